@@ -1,0 +1,163 @@
+//! Command line: `k3s-asg-agent run | join | leave | status`.
+
+use crate::config::AgentConfig;
+use crate::effects::{self, Effects};
+use crate::error::{Error, Result};
+use crate::state::State;
+use clap::{Parser, Subcommand};
+use k3s_asg_aws::params::Prefix;
+use k3s_asg_aws::tags::TagKeys;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Joins this EC2 instance to its k3s cluster and keeps it routable only while it can serve.
+///
+/// The agent reads IMDSv2 for its identity, its `Cluster` and `Role` tags for
+/// its place, and the cluster spec from SSM Parameter Store. AWS settings come
+/// from the standard environment (credentials chain, AWS_REGION,
+/// AWS_ENDPOINT_URL[_<SERVICE>], AWS_EC2_METADATA_SERVICE_ENDPOINT).
+///
+/// Exit codes: 0 done; 2 bad input (the message names the tag, parameter or
+/// field; nothing was changed); 1 any other failure.
+#[derive(Debug, Parser)]
+#[command(name = "k3s-asg-agent", version, propagate_version = true)]
+pub struct Cli {
+    /// Directory every host path is taken under.
+    #[arg(long, env = "K3S_ASG_ROOT", default_value = "/", global = true)]
+    root: PathBuf,
+    /// SSM parameter prefix of this region's k3s-asg parameters.
+    #[arg(long, env = "K3S_ASG_PREFIX", default_value = k3s_asg_aws::params::DEFAULT_PREFIX, global = true)]
+    prefix: String,
+    /// Instance tag key holding the cluster name.
+    #[arg(long, env = "K3S_ASG_CLUSTER_TAG", default_value = "Cluster", global = true)]
+    cluster_tag: String,
+    /// Instance tag key holding the role (`control-plane` or `node`).
+    #[arg(long, env = "K3S_ASG_ROLE_TAG", default_value = "Role", global = true)]
+    role_tag: String,
+    /// Seconds to wait for the join token and a live server.
+    #[arg(long, env = "K3S_ASG_JOIN_TIMEOUT", default_value_t = 900, global = true)]
+    join_timeout: u64,
+    /// Seconds to wait for k3s and the spec's readiness probes.
+    #[arg(long, env = "K3S_ASG_READY_TIMEOUT", default_value_t = 600, global = true)]
+    ready_timeout: u64,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "K3S_ASG_LOG_FORMAT", default_value = "text", global = true)]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Join, then stay until told to leave (the systemd service runs this).
+    Run,
+    /// Join the cluster once: configure and start k3s, wait until ready, publish, register.
+    Join,
+    /// Leave the cluster in order: deregister, remove the API record, drain, stop k3s.
+    Leave,
+    /// Show what the agent did on this host and where it stands.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("k3s-asg-agent: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("K3S_ASG_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn config(cli: &Cli) -> Result<AgentConfig> {
+    Ok(AgentConfig {
+        root: cli.root.clone(),
+        tag_keys: TagKeys { cluster: cli.cluster_tag.clone(), role: cli.role_tag.clone() },
+        prefix: Prefix::new(&cli.prefix).map_err(|why| Error::bad_input("read settings", "--prefix", why))?,
+        join_timeout: Duration::from_secs(cli.join_timeout),
+        ready_timeout: Duration::from_secs(cli.ready_timeout),
+        ..AgentConfig::default()
+    })
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    let cfg = config(&cli)?;
+    let fs = effects::hostfs::HostFs::new(&cfg.root);
+    match cli.command {
+        Command::Status { json } => {
+            let state = State::load(&fs)?;
+            print!("{}", if json { crate::status::json(state.as_ref()) } else { crate::status::human(state.as_ref()) });
+            Ok(())
+        }
+        Command::Join => {
+            let fx = real_effects(&cfg).await?;
+            run_join(&cfg, &fx).await
+        }
+        Command::Run => Err(Error::failed("run", "", "`run` is not implemented yet; use `join` (see issue: agent run and leave)")),
+        Command::Leave => Err(Error::failed("leave", "", "`leave` is not implemented yet (see issue: agent run and leave)")),
+    }
+}
+
+async fn run_join(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
+    match crate::join::join(cfg, fx).await {
+        Ok(st) => {
+            tracing::info!(instance = %st.instance_id, cluster = %st.cluster, "joined and registered");
+            Ok(())
+        }
+        Err(e) => {
+            if let Ok(Some(mut st)) = State::load(&fx.fs) {
+                st.phase = "failed".into();
+                st.last_error = Some(e.to_string());
+                let _ = st.save(&fx.fs);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Builds the real effects: the region comes from IMDS, clients from the environment.
+pub async fn real_effects(cfg: &AgentConfig) -> Result<Effects> {
+    use effects::metadata::Metadata;
+    let metadata = effects::metadata::Imds::from_env()?;
+    let region = metadata
+        .get("placement/region")
+        .await?
+        .ok_or_else(|| Error::failed("read instance metadata", "/latest/meta-data/placement/region", "absent"))?;
+    let sdk = k3s_asg_aws::clients::load(Some(region)).await;
+    Ok(Effects {
+        metadata: Box::new(metadata),
+        instances: Box::new(effects::instances::Ec2(aws_sdk_ec2::Client::new(&sdk))),
+        parameters: Box::new(effects::parameters::Ssm(aws_sdk_ssm::Client::new(&sdk))),
+        dns: Box::new(effects::dns::Route53(aws_sdk_route53::Client::new(&sdk))),
+        target_groups: Box::new(effects::target_groups::Elbv2(aws_sdk_elasticloadbalancingv2::Client::new(&sdk))),
+        services: Box::new(effects::services::Systemctl { root: cfg.root.clone() }),
+        k3s: Box::new(effects::k3s::K3sCli { root: cfg.root.clone() }),
+        supervisor: Box::new(effects::supervisor::HttpsSupervisor { port: cfg.supervisor_port }),
+        probes: Box::new(effects::probes::HttpProbes),
+        fs: effects::hostfs::HostFs::new(&cfg.root),
+    })
+}

@@ -1,0 +1,33 @@
+//! The agent's own settings (flags and environment), distinct from the cluster spec in SSM.
+
+use k3s_asg_aws::params::Prefix;
+use k3s_asg_aws::tags::TagKeys;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Every host path the agent touches is under this directory.
+    pub root: PathBuf,
+    pub tag_keys: TagKeys,
+    pub prefix: Prefix,
+    /// How long to wait for the join token and a live server.
+    pub join_timeout: Duration,
+    /// How long to wait for k3s and the readiness probes.
+    pub ready_timeout: Duration,
+    /// The k3s supervisor port probed on servers (k3s's `https-listen-port`).
+    pub supervisor_port: u16,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            root: PathBuf::from("/"),
+            tag_keys: TagKeys::default(),
+            prefix: Prefix::default(),
+            join_timeout: Duration::from_secs(900),
+            ready_timeout: Duration::from_secs(600),
+            supervisor_port: 6443,
+        }
+    }
+}

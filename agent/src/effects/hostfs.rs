@@ -1,0 +1,85 @@
+//! Host files, every path under `--root`. Writes are atomic (temp file + rename)
+//! with the mode set before the content becomes visible.
+
+use crate::error::{Error, Result};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct HostFs {
+    root: PathBuf,
+}
+
+impl HostFs {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        HostFs { root: root.into() }
+    }
+
+    /// `/etc/x` → `{root}/etc/x`.
+    pub fn path(&self, host_path: &str) -> PathBuf {
+        self.root.join(host_path.trim_start_matches('/'))
+    }
+
+    pub fn read(&self, host_path: &str) -> Result<Option<String>> {
+        let p = self.path(host_path);
+        match std::fs::read_to_string(&p) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::failed("read file", p.display().to_string(), e.to_string())),
+        }
+    }
+
+    /// Writes `content` with `mode` unless the file already holds exactly that;
+    /// returns whether it wrote.
+    pub fn write_if_changed(&self, host_path: &str, content: &str, mode: u32) -> Result<bool> {
+        let p = self.path(host_path);
+        if let Ok(meta) = std::fs::metadata(&p) {
+            if meta.permissions().mode() & 0o7777 == mode && std::fs::read(&p).ok().as_deref() == Some(content.as_bytes()) {
+                return Ok(false);
+            }
+        }
+        write_atomic(&p, content.as_bytes(), mode)
+            .map_err(|e| Error::failed("write file", p.display().to_string(), e.to_string()))?;
+        Ok(true)
+    }
+
+    pub fn exists(&self, host_path: &str) -> bool {
+        self.path(host_path).exists()
+    }
+}
+
+fn write_atomic(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
+    let dir = path.parent().expect("host paths have a parent");
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.k3s-asg-tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.write_all(content)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_once_with_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = HostFs::new(dir.path());
+        assert!(fs.write_if_changed("/etc/x/config.yaml", "a: 1\n", 0o600).unwrap());
+        assert!(!fs.write_if_changed("/etc/x/config.yaml", "a: 1\n", 0o600).unwrap());
+        let meta = std::fs::metadata(dir.path().join("etc/x/config.yaml")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert!(fs.write_if_changed("/etc/x/config.yaml", "a: 2\n", 0o600).unwrap());
+        assert_eq!(fs.read("/etc/x/config.yaml").unwrap().as_deref(), Some("a: 2\n"));
+        assert_eq!(fs.read("/nope").unwrap(), None);
+    }
+}

@@ -1,0 +1,86 @@
+//! k3s itself, through `k3s kubectl` found on PATH.
+
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+use async_trait::async_trait;
+use std::path::{Path, PathBuf};
+use tokio::process::Command;
+
+#[async_trait]
+pub trait K3s: Send + Sync {
+    /// Whether the Node object `node` reports Ready. `kubeconfig` is needed where
+    /// there is no local API server (worker nodes).
+    async fn node_ready(&self, node: &str, kubeconfig: Option<&Path>) -> Result<bool>;
+    /// The bearer token of the drain service account, once k3s has created it.
+    async fn drain_account_token(&self) -> Result<Option<Secret>>;
+}
+
+pub struct K3sCli {
+    pub root: PathBuf,
+}
+
+impl K3sCli {
+    async fn kubectl(&self, args: &[&str]) -> Result<std::process::Output> {
+        Command::new("k3s")
+            .arg("kubectl")
+            .args(args)
+            .env("K3S_ASG_ROOT", &self.root)
+            .output()
+            .await
+            .map_err(|e| Error::failed("run k3s kubectl", args.join(" "), e.to_string()))
+    }
+}
+
+#[async_trait]
+impl K3s for K3sCli {
+    async fn node_ready(&self, node: &str, kubeconfig: Option<&Path>) -> Result<bool> {
+        let kc = kubeconfig.map(|p| p.to_string_lossy().into_owned());
+        let mut args: Vec<&str> = Vec::new();
+        if let Some(kc) = kc.as_deref() {
+            args.extend(["--kubeconfig", kc]);
+        }
+        let node_ref = format!("node/{node}");
+        args.extend(["get", &node_ref, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]);
+        let out = self.kubectl(&args).await?;
+        Ok(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "True")
+    }
+
+    async fn drain_account_token(&self) -> Result<Option<Secret>> {
+        let out = self
+            .kubectl(&["-n", "kube-system", "get", "secret", crate::render::DRAIN_ACCOUNT, "-o", "jsonpath={.data.token}"])
+            .await?;
+        let b64 = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || b64.is_empty() {
+            return Ok(None);
+        }
+        let decoded = base64_decode(&b64)
+            .ok_or_else(|| Error::failed("read drain account token", crate::render::DRAIN_ACCOUNT, "token is not base64"))?;
+        Ok(Some(Secret::new(decoded)))
+    }
+}
+
+fn base64_decode(s: &str) -> Option<String> {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut buf, mut bits) = (0u32, 0);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = T.iter().position(|t| *t == c)? as u32;
+        buf = (buf << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+            buf &= (1 << bits) - 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64() {
+        assert_eq!(super::base64_decode("aGVsbG8gd29ybGQ=").as_deref(), Some("hello world"));
+        assert_eq!(super::base64_decode("!!").as_deref(), None);
+    }
+}

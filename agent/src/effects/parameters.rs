@@ -1,0 +1,79 @@
+//! SSM Parameter Store.
+
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+use async_trait::async_trait;
+use aws_sdk_ssm::types::ParameterType;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone)]
+pub struct Param {
+    pub value: Secret,
+    pub secure: bool,
+}
+
+#[async_trait]
+pub trait Parameters: Send + Sync {
+    /// Reads (decrypting) the named parameters in one call; absent ones are left out.
+    async fn get(&self, names: &[String]) -> Result<BTreeMap<String, Param>>;
+    /// Creates a SecureString with `Overwrite=false`; `false` when it already existed.
+    async fn create_secure(&self, name: &str, value: &Secret) -> Result<bool>;
+    /// Overwrites an existing SecureString.
+    async fn overwrite_secure(&self, name: &str, value: &Secret) -> Result<()>;
+}
+
+pub struct Ssm(pub aws_sdk_ssm::Client);
+
+#[async_trait]
+impl Parameters for Ssm {
+    async fn get(&self, names: &[String]) -> Result<BTreeMap<String, Param>> {
+        let mut out = BTreeMap::new();
+        for chunk in names.chunks(10) {
+            let resp = self
+                .0
+                .get_parameters()
+                .set_names(Some(chunk.to_vec()))
+                .with_decryption(true)
+                .send()
+                .await
+                .map_err(|e| Error::sdk("read parameters (ssm:GetParameters)", chunk.join(","), &e))?;
+            for p in resp.parameters() {
+                if let (Some(name), Some(value)) = (p.name(), p.value()) {
+                    let secure = p.r#type() == Some(&ParameterType::SecureString);
+                    out.insert(name.to_string(), Param { value: Secret::new(value), secure });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create_secure(&self, name: &str, value: &Secret) -> Result<bool> {
+        let res = self
+            .0
+            .put_parameter()
+            .name(name)
+            .value(value.expose())
+            .r#type(ParameterType::SecureString)
+            .overwrite(false)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_already_exists()) => Ok(false),
+            Err(e) => Err(Error::sdk("create parameter (ssm:PutParameter)", name, &e)),
+        }
+    }
+
+    async fn overwrite_secure(&self, name: &str, value: &Secret) -> Result<()> {
+        self.0
+            .put_parameter()
+            .name(name)
+            .value(value.expose())
+            .r#type(ParameterType::SecureString)
+            .overwrite(true)
+            .send()
+            .await
+            .map_err(|e| Error::sdk("update parameter (ssm:PutParameter)", name, &e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    k3s_asg_agent::cli::main()
+}

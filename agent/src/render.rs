@@ -1,0 +1,319 @@
+//! Files rendered as values first; `join` writes them. Golden-tested.
+
+use crate::plan::Mode;
+use k3s_asg_aws::spec::{ClusterSpec, LIST_KEYS};
+use k3s_asg_aws::tags::Role;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+pub const CONFIG_PATH: &str = "/etc/rancher/k3s/config.yaml";
+pub const KUBECONFIG_PATH: &str = "/etc/rancher/k3s/k3s.yaml";
+pub const SERVER_TOKEN_PATH: &str = "/var/lib/rancher/k3s/server/token";
+pub const DRAIN_MANIFEST_PATH: &str = "/var/lib/rancher/k3s/server/manifests/k3s-asg-drain.yaml";
+pub const DRAIN_KUBECONFIG_PATH: &str = "/var/lib/k3s-asg/drain.kubeconfig";
+pub const DRAIN_ACCOUNT: &str = "k3s-asg-drain";
+
+pub fn unit_name(role: Role) -> &'static str {
+    match role {
+        Role::ControlPlane => "k3s",
+        Role::Node => "k3s-agent",
+    }
+}
+
+pub fn unit_path(role: Role) -> String {
+    format!("/etc/systemd/system/{}.service", unit_name(role))
+}
+
+/// What the k3s config is made from.
+pub struct ConfigInputs<'a> {
+    pub role: Role,
+    pub mode: Mode,
+    pub instance_id: &'a str,
+    pub node_ip: &'a str,
+    pub region: &'a str,
+    pub zone: &'a str,
+    pub token: &'a str,
+    /// `https://IP:6443` of a live server; `None` for cluster-init.
+    pub server_url: Option<&'a str>,
+    pub spec: &'a ClusterSpec,
+}
+
+/// Renders `/etc/rancher/k3s/config.yaml`.
+///
+/// Merge rule: the agent sets the identity keys (`node-name`, `node-ip`,
+/// `token`, `server`/`cluster-init`) and the spec may not set them; for list
+/// keys (`tls-san`, `node-label`, `disable`, `*-arg`, ...) the spec's entries
+/// are appended after the agent's; every other key comes from the spec.
+/// Values are written as JSON scalars, which YAML reads unchanged.
+pub fn render_config(i: &ConfigInputs<'_>) -> String {
+    let mut out = String::from("# Written by k3s-asg-agent on every join; edit the cluster spec in SSM instead.\n");
+    let q = |s: &str| serde_json::to_string(s).expect("strings serialise");
+    out.push_str(&format!("node-name: {}\n", q(i.instance_id)));
+    out.push_str(&format!("node-ip: {}\n", q(i.node_ip)));
+    out.push_str(&format!("token: {}\n", q(i.token)));
+    match (i.mode, i.server_url) {
+        (Mode::ClusterInit, _) | (Mode::Join, None) => out.push_str("cluster-init: true\n"),
+        (Mode::Join, Some(url)) => out.push_str(&format!("server: {}\n", q(url))),
+    }
+    let extra = match i.role {
+        Role::ControlPlane => &i.spec.k3s.server,
+        Role::Node => &i.spec.k3s.agent,
+    };
+    let mut lists: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    lists.insert(
+        "node-label".into(),
+        vec![format!("topology.kubernetes.io/region={}", i.region), format!("topology.kubernetes.io/zone={}", i.zone)],
+    );
+    if i.role.is_server() {
+        lists.insert("tls-san".into(), vec![i.spec.api.hostname.clone()]);
+    }
+    let mut scalars: BTreeMap<String, String> = BTreeMap::new();
+    for (key, value) in extra {
+        if LIST_KEYS.contains(&key.as_str()) {
+            let entry = lists.entry(key.clone()).or_default();
+            let items: Vec<String> = match value {
+                Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+                Value::String(s) => vec![s.clone()],
+                _ => vec![],
+            };
+            for item in items {
+                if !entry.contains(&item) {
+                    entry.push(item);
+                }
+            }
+        } else {
+            scalars.insert(key.clone(), value.to_string());
+        }
+    }
+    let mut keys: Vec<&String> = lists.keys().chain(scalars.keys()).collect();
+    keys.sort();
+    for key in keys {
+        if let Some(items) = lists.get(key) {
+            out.push_str(&format!("{key}:\n"));
+            for item in items {
+                out.push_str(&format!("  - {}\n", q(item)));
+            }
+        } else {
+            out.push_str(&format!("{key}: {}\n", scalars[key]));
+        }
+    }
+    out
+}
+
+/// The systemd unit, equivalent to what k3s's installer writes.
+pub fn render_unit(role: Role) -> String {
+    let (kind, ty) = match role {
+        Role::ControlPlane => ("server", "notify"),
+        Role::Node => ("agent", "exec"),
+    };
+    let name = unit_name(role);
+    format!(
+        "\
+# Written by k3s-asg-agent (equivalent to the unit k3s's installer writes).
+[Unit]
+Description=Lightweight Kubernetes
+Documentation=https://k3s.io
+Wants=network-online.target
+After=network-online.target
+
+[Install]
+WantedBy=multi-user.target
+
+[Service]
+Type={ty}
+EnvironmentFile=-/etc/default/%N
+EnvironmentFile=-/etc/sysconfig/%N
+EnvironmentFile=-/etc/systemd/system/{name}.service.env
+KillMode=process
+Delegate=yes
+User=root
+LimitNOFILE=1048576
+LimitNPROC=infinity
+LimitCORE=infinity
+TasksMax=infinity
+TimeoutStartSec=0
+Restart=always
+RestartSec=5s
+ExecStartPre=-/sbin/modprobe br_netfilter
+ExecStartPre=-/sbin/modprobe overlay
+ExecStart=/usr/local/bin/k3s {kind}
+"
+    )
+}
+
+/// The least-privilege identity worker nodes drain themselves with, installed
+/// through k3s's auto-deploy manifests directory.
+pub fn render_drain_manifest() -> String {
+    format!(
+        "\
+# Written by k3s-asg-agent: the identity nodes use to cordon, drain and delete themselves.
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {DRAIN_ACCOUNT}
+  namespace: kube-system
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {DRAIN_ACCOUNT}
+  namespace: kube-system
+  annotations:
+    kubernetes.io/service-account.name: {DRAIN_ACCOUNT}
+type: kubernetes.io/service-account-token
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: {DRAIN_ACCOUNT}
+rules:
+  - apiGroups: [\"\"]
+    resources: [\"nodes\"]
+    verbs: [\"get\", \"list\", \"patch\", \"delete\"]
+  - apiGroups: [\"\"]
+    resources: [\"pods\"]
+    verbs: [\"get\", \"list\"]
+  - apiGroups: [\"\"]
+    resources: [\"pods/eviction\"]
+    verbs: [\"create\"]
+  - apiGroups: [\"apps\"]
+    resources: [\"daemonsets\", \"statefulsets\", \"replicasets\"]
+    verbs: [\"get\"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {DRAIN_ACCOUNT}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: {DRAIN_ACCOUNT}
+subjects:
+  - kind: ServiceAccount
+    name: {DRAIN_ACCOUNT}
+    namespace: kube-system
+"
+    )
+}
+
+/// The admin kubeconfig k3s wrote, pointed at the API hostname instead of loopback.
+pub fn admin_kubeconfig(k3s_yaml: &str, api_hostname: &str) -> String {
+    k3s_yaml
+        .lines()
+        .map(|l| match l.trim_start().strip_prefix("server:") {
+            Some(_) => {
+                let indent = &l[..l.len() - l.trim_start().len()];
+                format!("{indent}server: https://{api_hostname}:6443")
+            }
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// A kubeconfig for the drain account: the cluster CA from k3s.yaml, a bearer token.
+pub fn drain_kubeconfig(k3s_yaml: &str, api_hostname: &str, token: &str) -> Option<String> {
+    let ca = k3s_yaml.lines().find_map(|l| l.trim().strip_prefix("certificate-authority-data:"))?.trim();
+    Some(format!(
+        "\
+apiVersion: v1
+kind: Config
+clusters:
+  - name: k3s-asg
+    cluster:
+      server: https://{api_hostname}:6443
+      certificate-authority-data: {ca}
+users:
+  - name: {DRAIN_ACCOUNT}
+    user:
+      token: {token}
+contexts:
+  - name: {DRAIN_ACCOUNT}
+    context:
+      cluster: k3s-asg
+      user: {DRAIN_ACCOUNT}
+current-context: {DRAIN_ACCOUNT}
+"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn golden(name: &str, actual: &str) {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, actual).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
+        assert_eq!(actual, expected, "{} differs from the rendered text", path.display());
+    }
+
+    fn spec() -> ClusterSpec {
+        ClusterSpec::parse(
+            "/k3s-asg/clusters/alpha/config",
+            r#"{"api":{"hostname":"api.alpha.us-east-1.example.com","hosted_zone_id":"Z0123"},
+                "k3s":{"server":{"disable":["servicelb","traefik"],"tls-san":["k8s.example.com"],"write-kubeconfig-mode":"0600","etcd-snapshot-retention":5},
+                       "agent":{"node-label":["pool=general"],"kubelet-arg":"max-pods=200"}}}"#,
+        )
+        .unwrap()
+    }
+
+    fn inputs<'a>(spec: &'a ClusterSpec, role: Role, mode: Mode, server: Option<&'a str>) -> ConfigInputs<'a> {
+        ConfigInputs {
+            role,
+            mode,
+            instance_id: "i-0123456789abcdef0",
+            node_ip: "10.0.1.17",
+            region: "us-east-1",
+            zone: "us-east-1a",
+            token: "K10aaaa::server:pw",
+            server_url: server,
+            spec,
+        }
+    }
+
+    #[test]
+    fn config_cluster_init() {
+        let s = spec();
+        golden("config-server-init.yaml", &render_config(&inputs(&s, Role::ControlPlane, Mode::ClusterInit, None)));
+    }
+
+    #[test]
+    fn config_server_join() {
+        let s = spec();
+        golden(
+            "config-server-join.yaml",
+            &render_config(&inputs(&s, Role::ControlPlane, Mode::Join, Some("https://10.0.1.5:6443"))),
+        );
+    }
+
+    #[test]
+    fn config_agent() {
+        let s = spec();
+        golden("config-agent.yaml", &render_config(&inputs(&s, Role::Node, Mode::Join, Some("https://10.0.1.5:6443"))));
+    }
+
+    #[test]
+    fn units_and_manifest() {
+        golden("k3s.service", &render_unit(Role::ControlPlane));
+        golden("k3s-agent.service", &render_unit(Role::Node));
+        golden("k3s-asg-drain.yaml", &render_drain_manifest());
+    }
+
+    #[test]
+    fn kubeconfigs() {
+        let k3s_yaml = "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: Q0E=\n    server: https://127.0.0.1:6443\n  name: default\n";
+        let admin = admin_kubeconfig(k3s_yaml, "api.alpha.example.com");
+        assert!(admin.contains("    server: https://api.alpha.example.com:6443\n"), "{admin}");
+        assert!(!admin.contains("127.0.0.1"));
+        let drain = drain_kubeconfig(k3s_yaml, "api.alpha.example.com", "tok").unwrap();
+        golden("drain.kubeconfig", &drain);
+        assert!(drain_kubeconfig("apiVersion: v1\n", "x", "t").is_none());
+    }
+}

@@ -1,0 +1,52 @@
+//! What the agent did, kept under `{root}/var/lib/k3s-asg/state.json` for
+//! `status` and for a restarted agent. Holds no secrets.
+
+use crate::effects::hostfs::HostFs;
+use crate::error::Result;
+use crate::plan::Mode;
+use k3s_asg_aws::tags::Role;
+use serde::{Deserialize, Serialize};
+
+pub const STATE_PATH: &str = "/var/lib/k3s-asg/state.json";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    pub instance_id: String,
+    pub cluster: String,
+    pub role: Option<Role>,
+    pub mode: Option<Mode>,
+    pub server_url: Option<String>,
+    /// `joining`, `ready`, `failed`.
+    pub phase: String,
+    pub api_hostname: Option<String>,
+    pub api_record: Option<String>,
+    pub target_groups: Vec<String>,
+    /// Steps completed, in order, with the Unix time (ms) each finished.
+    pub steps: Vec<Step>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Step {
+    pub name: String,
+    pub at_ms: u128,
+}
+
+impl State {
+    pub fn load(fs: &HostFs) -> Result<Option<State>> {
+        Ok(fs.read(STATE_PATH)?.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
+    pub fn save(&self, fs: &HostFs) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("state serialises") + "\n";
+        fs.write_if_changed(STATE_PATH, &text, 0o644)?;
+        Ok(())
+    }
+
+    pub fn step(&mut self, fs: &HostFs, name: &str) -> Result<()> {
+        let at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+        self.steps.push(Step { name: name.to_string(), at_ms });
+        tracing::info!(step = name, "done");
+        self.save(fs)
+    }
+}

@@ -1,0 +1,75 @@
+//! k3s join tokens.
+//!
+//! The first control-plane agent creates an *election* token
+//! (`k3sasg{instance-id}x{hex}`: it names its creator, so a restarted creator
+//! knows it won). Once its k3s is up the creator replaces it with k3s's
+//! *secure* form, `K10<sha256 of the cluster CA bundle>::server:<password>`,
+//! which lets every joiner verify the server it talks to.
+
+use crate::secret::Secret;
+use rand::Rng;
+
+const ELECTION_PREFIX: &str = "k3sasg";
+
+pub fn new_election_token(instance_id: &str) -> Secret {
+    let bytes: [u8; 16] = rand::rng().random();
+    Secret::new(format!("{ELECTION_PREFIX}{}x{}", instance_id.replace('-', ""), hex::encode(bytes)))
+}
+
+/// The instance id that created an election token, if the token is one.
+pub fn election_creator(token: &str) -> Option<String> {
+    let rest = token.strip_prefix(ELECTION_PREFIX)?;
+    let (id, _) = rest.split_once('x')?;
+    let hexpart = id.strip_prefix('i')?;
+    Some(format!("i-{hexpart}"))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecureToken {
+    pub ca_hash: String,
+    pub password: String,
+}
+
+pub fn parse_secure(token: &str) -> Option<SecureToken> {
+    let rest = token.strip_prefix("K10")?;
+    let (hash, creds) = rest.split_once("::")?;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let (_user, password) = creds.split_once(':')?;
+    Some(SecureToken { ca_hash: hash.to_ascii_lowercase(), password: password.to_string() })
+}
+
+/// The password part k3s derives a cluster from: the whole election token, or the
+/// part after `server:` of a secure token.
+pub fn password_of(token: &str) -> &str {
+    match token.strip_prefix("K10").and_then(|r| r.split_once("::")) {
+        Some((_, creds)) => creds.split_once(':').map(|(_, p)| p).unwrap_or(creds),
+        None => token,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn election_names_its_creator() {
+        let t = new_election_token("i-0123456789abcdef0");
+        assert_eq!(election_creator(t.expose()).as_deref(), Some("i-0123456789abcdef0"));
+        assert!(parse_secure(t.expose()).is_none());
+        assert_eq!(password_of(t.expose()), t.expose());
+    }
+
+    #[test]
+    fn secure_form() {
+        let hash = "a".repeat(64);
+        let t = format!("K10{hash}::server:secretpw");
+        let s = parse_secure(&t).unwrap();
+        assert_eq!(s.ca_hash, hash);
+        assert_eq!(s.password, "secretpw");
+        assert_eq!(password_of(&t), "secretpw");
+        assert_eq!(election_creator(&t), None);
+        assert!(parse_secure("K10short::server:x").is_none());
+    }
+}

@@ -1,0 +1,80 @@
+//! Bounded waits: jittered exponential backoff under one deadline, logging
+//! what is awaited at most every five seconds.
+//!
+//! ```ignore
+//! let mut w = Waiter::new("the join token", Duration::from_secs(60));
+//! let value = loop {
+//!     if let Some(v) = look().await? { break v; }
+//!     w.pending("not published yet").await.map_err(|why| timeout_error(why))?;
+//! };
+//! ```
+
+use rand::Rng;
+use std::time::{Duration, Instant};
+
+pub struct Waiter {
+    what: String,
+    start: Instant,
+    deadline: Duration,
+    delay: Duration,
+    max_delay: Duration,
+    last_log: Option<Instant>,
+}
+
+impl Waiter {
+    pub fn new(what: impl Into<String>, deadline: Duration) -> Self {
+        Waiter {
+            what: what.into(),
+            start: Instant::now(),
+            deadline,
+            delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(5),
+            last_log: None,
+        }
+    }
+
+    /// Caps the delay between attempts.
+    pub fn max_delay(mut self, max: Duration) -> Self {
+        self.max_delay = max;
+        self.delay = self.delay.min(max);
+        self
+    }
+
+    /// Records that the awaited thing is not there yet because of `reason`, and
+    /// sleeps before the next attempt; `Err(reason)` once the deadline has passed.
+    pub async fn pending(&mut self, reason: impl Into<String>) -> Result<(), String> {
+        let reason = reason.into();
+        let elapsed = self.start.elapsed();
+        if elapsed >= self.deadline {
+            tracing::warn!(waiting_for = %self.what, reason = %reason, waited_s = elapsed.as_secs(), "gave up waiting");
+            return Err(reason);
+        }
+        if self.last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            tracing::info!(waiting_for = %self.what, reason = %reason, elapsed_s = elapsed.as_secs(), deadline_s = self.deadline.as_secs(), "waiting");
+            self.last_log = Some(Instant::now());
+        }
+        let jittered = self.delay.mul_f64(rand::rng().random_range(0.5..1.0));
+        tokio::time::sleep(jittered.min(self.deadline - elapsed)).await;
+        self.delay = (self.delay * 2).min(self.max_delay);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waits_then_gives_up_with_last_reason() {
+        let mut w = Waiter::new("thing", Duration::from_millis(50)).max_delay(Duration::from_millis(5));
+        let mut n = 0;
+        let err = loop {
+            n += 1;
+            if let Err(why) = w.pending(format!("try {n}")).await {
+                break why;
+            }
+        };
+        assert!(n > 2, "retried {n} times");
+        assert_eq!(err, format!("try {n}"));
+    }
+}

@@ -1,0 +1,315 @@
+//! The cluster spec kept in `{prefix}/clusters/{cluster}/config` (DESIGN.md).
+//!
+//! Parsing is strict: unknown fields are refused (a typo must not silently
+//! become a default), and every error names the parameter and the field path.
+
+use crate::names::check_hostname;
+use crate::tags::Role;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("parameter {parameter}: field `{field}`: {problem}")]
+pub struct SpecError {
+    pub parameter: String,
+    pub field: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    pub api: ApiSpec,
+    #[serde(default)]
+    pub target_groups: Vec<TargetGroupSpec>,
+    #[serde(default)]
+    pub readiness: Vec<ProbeSpec>,
+    #[serde(default)]
+    pub k3s: K3sSpec,
+    #[serde(default)]
+    pub drain: DrainSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSpec {
+    pub hostname: String,
+    pub hosted_zone_id: String,
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+    #[serde(default)]
+    pub address: AddressKind,
+}
+
+fn default_ttl() -> u32 {
+    30
+}
+
+/// Which address of a control-plane instance its API record carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressKind {
+    #[default]
+    Private,
+    Public,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetGroupSpec {
+    pub arn: String,
+    pub port: u16,
+    #[serde(default = "all_roles")]
+    pub roles: Vec<Role>,
+    #[serde(default)]
+    pub ingress: bool,
+}
+
+fn all_roles() -> Vec<Role> {
+    vec![Role::ControlPlane, Role::Node]
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSpec {
+    /// `http://` or `https://` URL; `{node_ip}` is replaced by the instance's address.
+    pub http: String,
+    #[serde(default = "default_status")]
+    pub expect_status: u16,
+}
+
+fn default_status() -> u16 {
+    200
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K3sSpec {
+    /// Extra `k3s server` flags (config.yaml keys) for control-plane instances.
+    #[serde(default)]
+    pub server: Map<String, Value>,
+    /// Extra `k3s agent` flags for node instances.
+    #[serde(default)]
+    pub agent: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainSpec {
+    #[serde(default = "default_drain_timeout")]
+    pub timeout_s: u64,
+    #[serde(default = "default_grace")]
+    pub grace_period_s: u64,
+}
+
+impl Default for DrainSpec {
+    fn default() -> Self {
+        DrainSpec { timeout_s: default_drain_timeout(), grace_period_s: default_grace() }
+    }
+}
+
+fn default_drain_timeout() -> u64 {
+    360
+}
+fn default_grace() -> u64 {
+    180
+}
+
+/// Keys the agent sets itself; a spec that sets them is refused.
+pub const AGENT_OWNED_KEYS: &[&str] =
+    &["node-name", "node-ip", "token", "token-file", "server", "cluster-init", "agent-token", "data-dir", "config"];
+
+/// Keys whose values are lists and are appended to the agent's own entries.
+pub const LIST_KEYS: &[&str] = &[
+    "tls-san", "node-label", "node-taint", "disable", "kubelet-arg", "kube-proxy-arg", "kube-apiserver-arg",
+    "kube-controller-manager-arg", "kube-scheduler-arg", "etcd-arg", "kube-cloud-controller-manager-arg",
+    "node-external-ip",
+];
+
+/// Flags of `k3s agent` (k3s v1.31+) that may appear in config.yaml.
+pub const K3S_AGENT_FLAGS: &[&str] = &[
+    "debug", "v", "vmodule", "log", "alsologtostderr", "token", "token-file", "server", "data-dir", "node-name",
+    "with-node-id", "node-label", "node-taint", "image-credential-provider-bin-dir",
+    "image-credential-provider-config", "selinux", "lb-server-port", "protect-kernel-defaults", "docker",
+    "container-runtime-endpoint", "default-runtime", "image-service-endpoint", "disable-default-registry-endpoint",
+    "nonroot-devices", "pause-image", "snapshotter", "private-registry", "node-ip", "node-external-ip",
+    "node-internal-dns", "node-external-dns", "resolv-conf", "flannel-iface", "flannel-conf", "flannel-cni-conf",
+    "kubelet-arg", "kube-proxy-arg", "rootless", "prefer-bundled-bin", "vpn-auth", "vpn-auth-file",
+    "disable-apiserver-lb", "airgap-extra-registry",
+];
+
+/// Flags of `k3s server` beyond the agent flags it shares (k3s v1.31+).
+pub const K3S_SERVER_ONLY_FLAGS: &[&str] = &[
+    "bind-address", "https-listen-port", "supervisor-port", "apiserver-port", "apiserver-bind-address",
+    "advertise-address", "advertise-port", "tls-san", "tls-san-security", "cluster-cidr", "service-cidr",
+    "service-node-port-range", "cluster-dns", "cluster-domain", "flannel-backend", "flannel-ipv6-masq",
+    "flannel-external-ip", "egress-selector-mode", "servicelb-namespace", "write-kubeconfig",
+    "write-kubeconfig-mode", "write-kubeconfig-group", "helm-job-image", "agent-token", "agent-token-file",
+    "cluster-init", "cluster-reset", "cluster-reset-restore-path", "kube-apiserver-arg", "etcd-arg",
+    "kube-controller-manager-arg", "kube-scheduler-arg", "kube-cloud-controller-manager-arg",
+    "datastore-endpoint", "datastore-cafile", "datastore-certfile", "datastore-keyfile", "etcd-expose-metrics",
+    "etcd-disable-snapshots", "etcd-snapshot-name", "etcd-snapshot-schedule-cron", "etcd-snapshot-retention",
+    "etcd-snapshot-dir", "etcd-snapshot-compress", "etcd-s3", "etcd-s3-endpoint", "etcd-s3-endpoint-ca",
+    "etcd-s3-skip-ssl-verify", "etcd-s3-access-key", "etcd-s3-secret-key", "etcd-s3-bucket", "etcd-s3-region",
+    "etcd-s3-folder", "etcd-s3-insecure", "etcd-s3-timeout", "default-local-storage-path", "disable",
+    "disable-scheduler", "disable-cloud-controller", "disable-kube-proxy", "disable-network-policy",
+    "disable-helm-controller", "embedded-registry", "supervisor-metrics", "secrets-encryption",
+    "secrets-encryption-provider", "enable-pprof", "system-default-registry",
+];
+
+pub fn is_k3s_flag(role: Role, key: &str) -> bool {
+    K3S_AGENT_FLAGS.contains(&key) || (role.is_server() && K3S_SERVER_ONLY_FLAGS.contains(&key))
+}
+
+impl ClusterSpec {
+    /// Parses and validates the JSON held in `parameter`.
+    pub fn parse(parameter: &str, json: &str) -> Result<ClusterSpec, SpecError> {
+        let de = &mut serde_json::Deserializer::from_str(json);
+        let spec: ClusterSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." { "(document)".to_string() } else { field };
+            SpecError { parameter: parameter.to_string(), field, problem: e.into_inner().to_string() }
+        })?;
+        spec.validate().map_err(|(field, problem)| SpecError { parameter: parameter.to_string(), field, problem })?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        check_hostname(&self.api.hostname).map_err(|p| ("api.hostname".into(), p))?;
+        let zone = &self.api.hosted_zone_id;
+        if zone.is_empty() || !zone.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
+            return Err(("api.hosted_zone_id".into(), format!("{zone:?} is not a Route53 hosted zone id")));
+        }
+        if self.api.ttl > 172_800 {
+            return Err(("api.ttl".into(), format!("{} is above Route53's limit of 172800 seconds", self.api.ttl)));
+        }
+        for (i, tg) in self.target_groups.iter().enumerate() {
+            if !(tg.arn.starts_with("arn:") && tg.arn.contains(":elasticloadbalancing:") && tg.arn.contains(":targetgroup/")) {
+                return Err((format!("target_groups[{i}].arn"), format!("{:?} is not a target group ARN", tg.arn)));
+            }
+            if tg.port == 0 {
+                return Err((format!("target_groups[{i}].port"), "must be between 1 and 65535".into()));
+            }
+            if tg.roles.is_empty() {
+                return Err((format!("target_groups[{i}].roles"), "must list at least one role".into()));
+            }
+        }
+        let ingress = self.target_groups.iter().filter(|tg| tg.ingress).count();
+        if ingress > 1 {
+            return Err(("target_groups".into(), format!("{ingress} groups are marked ingress; at most one may be")));
+        }
+        for (i, probe) in self.readiness.iter().enumerate() {
+            if !(probe.http.starts_with("http://") || probe.http.starts_with("https://")) {
+                return Err((format!("readiness[{i}].http"), format!("{:?} is not an http:// or https:// URL", probe.http)));
+            }
+            if !(100..=599).contains(&probe.expect_status) {
+                return Err((format!("readiness[{i}].expect_status"), format!("{} is not an HTTP status", probe.expect_status)));
+            }
+        }
+        for (side, role, map) in [("server", Role::ControlPlane, &self.k3s.server), ("agent", Role::Node, &self.k3s.agent)] {
+            for (key, value) in map {
+                let field = format!("k3s.{side}.{key}");
+                if AGENT_OWNED_KEYS.contains(&key.as_str()) {
+                    return Err((field, "is set by the agent itself and may not be given in the spec".into()));
+                }
+                if !is_k3s_flag(role, key) {
+                    return Err((field, format!("is not a flag of `k3s {side}`")));
+                }
+                if LIST_KEYS.contains(&key.as_str()) {
+                    let ok = match value {
+                        Value::Array(items) => items.iter().all(|v| v.is_string()),
+                        Value::String(_) => true,
+                        _ => false,
+                    };
+                    if !ok {
+                        return Err((field, "must be a string or a list of strings".into()));
+                    }
+                } else if !(value.is_string() || value.is_boolean() || value.is_number()) {
+                    return Err((field, "must be a string, number or boolean".into()));
+                }
+            }
+        }
+        if self.drain.timeout_s == 0 {
+            return Err(("drain.timeout_s".into(), "must be above 0".into()));
+        }
+        Ok(())
+    }
+
+    /// Target groups an instance of `role` belongs in.
+    pub fn target_groups_for(&self, role: Role) -> impl Iterator<Item = &TargetGroupSpec> {
+        self.target_groups.iter().filter(move |tg| tg.roles.contains(&role))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "/k3s-asg/clusters/alpha/config";
+
+    fn example() -> &'static str {
+        r#"{
+          "api": { "hostname": "api.alpha.us-east-1.example.com", "hosted_zone_id": "Z0123", "ttl": 30, "address": "private" },
+          "target_groups": [
+            { "arn": "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/alpha-ingress/0123456789abcdef",
+              "port": 80, "roles": ["node", "control-plane"], "ingress": true }
+          ],
+          "readiness": [ { "http": "http://127.0.0.1:80/ping", "expect_status": 200 } ],
+          "k3s": { "server": { "disable": ["servicelb"] }, "agent": {} },
+          "drain": { "timeout_s": 360, "grace_period_s": 180 }
+        }"#
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let spec = ClusterSpec::parse(P, example()).unwrap();
+        assert_eq!(spec.api.ttl, 30);
+        assert_eq!(spec.target_groups_for(Role::Node).count(), 1);
+        assert_eq!(spec.k3s.server["disable"], serde_json::json!(["servicelb"]));
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let spec = ClusterSpec::parse(P, r#"{"api":{"hostname":"api.a.example.com","hosted_zone_id":"Z1"}}"#).unwrap();
+        assert_eq!(spec.api.ttl, 30);
+        assert_eq!(spec.api.address, AddressKind::Private);
+        assert_eq!(spec.drain, DrainSpec::default());
+        assert!(spec.target_groups.is_empty());
+    }
+
+    fn err(json: &str) -> SpecError {
+        ClusterSpec::parse(P, json).unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_parameter_and_field() {
+        let e = err(r#"{"api":{"hostname":"api.a.example.com","hosted_zone_id":"Z1","ttl":"x"}}"#);
+        assert_eq!(e.field, "api.ttl");
+        assert!(e.to_string().starts_with("parameter /k3s-asg/clusters/alpha/config: field `api.ttl`"), "{e}");
+
+        let e = err(r#"{"api":{"hostname":"api.a.example.com","hosted_zone_id":"Z1"},"target_groups":[{"arn":"arn:aws:elasticloadbalancing:r:1:targetgroup/x/y","port":"80"}]}"#);
+        assert_eq!(e.field, "target_groups[0].port");
+
+        let e = err(r#"{"api":{"hostname":"nope","hosted_zone_id":"Z1"}}"#);
+        assert_eq!(e.field, "api.hostname");
+
+        let e = err(r#"{"api":{"hostname":"api.a.example.com","hosted_zone_id":"Z1","hostnme":"x"}}"#);
+        assert!(e.problem.contains("unknown field `hostnme`"), "{e}");
+
+        let e = err(r#"{"api":{"hostname":"api.a.example.com","hosted_zone_id":"Z1"},"k3s":{"server":{"token":"x"}}}"#);
+        assert_eq!(e.field, "k3s.server.token");
+
+        let e = err(r#"{"api":{"hostname":"api.a.example.com","hosted_zone_id":"Z1"},"k3s":{"agent":{"cluster-cidr":"10.0.0.0/16"}}}"#);
+        assert_eq!(e.field, "k3s.agent.cluster-cidr");
+        assert!(e.problem.contains("not a flag of `k3s agent`"));
+
+        let e = err(r#"{"api":{"hostname":"api.a.example.com","hosted_zone_id":"Z1"},"readiness":[{"http":"ftp://x"}]}"#);
+        assert_eq!(e.field, "readiness[0].http");
+
+        let e = err("not json");
+        assert_eq!(e.field, "(document)");
+
+        let e = err(r#"{"api":{"hostname":"api.a.example.com","hosted_zone_id":"Z1"},"target_groups":[{"arn":"x","port":80}]}"#);
+        assert_eq!(e.field, "target_groups[0].arn");
+    }
+}
