@@ -1,1 +1,33 @@
+//! The k3s-asg test bed: an emulated region in which fake instances run the
+//! real agent binary.
+//!
+//! - [`moto::Moto`]: the moto server on a free loopback port, from `.venv/`.
+//! - [`recorder::Recorder`]: an HTTP proxy between the SDK and moto that
+//!   records every AWS call (service, operation, caller, time).
+//! - [`imds::ImdsDouble`]: IMDSv2 per fake instance (token TTL header, 401
+//!   without a token, settable tags / spot / lifecycle state).
+//! - [`supervisor::SupervisorDouble`]: the k3s server's supervisor port
+//!   (`/cacerts`, `/ping` over TLS with the cluster CA) on each server's address.
+//! - `stubs/`: `systemctl` and `k3s` stand-ins put first on PATH.
+//! - [`world::World`]: ties them together: clusters, instances, agent runs.
+//!
+//! Every address used is on 127.0.0.0/8.
 
+pub mod http;
+pub mod imds;
+pub mod moto;
+pub mod recorder;
+pub mod supervisor;
+pub mod world;
+
+use std::path::PathBuf;
+
+/// The repository's top directory.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the repo").to_path_buf()
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().unwrap().port()
+}

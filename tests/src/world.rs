@@ -1,0 +1,398 @@
+//! An emulated region: moto behind the recorder, clusters (hosted zone, target
+//! group, SSM spec, CA), fake instances in a 127.x.0.0/16 VPC, and runs of the
+//! real agent binary against them.
+
+use crate::http::{serve, Served};
+use crate::imds::ImdsDouble;
+use crate::moto::Moto;
+use crate::recorder::Recorder;
+use crate::supervisor::{ClusterCa, SupervisorDouble};
+use anyhow::Context;
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
+use std::sync::Arc;
+
+pub const REGION: &str = "us-east-1";
+pub const ZONE_NAME: &str = "example.com";
+static NEXT_NET: AtomicU8 = AtomicU8::new(20);
+
+pub struct Cluster {
+    pub name: String,
+    pub zone_id: String,
+    pub hostname: String,
+    pub target_group_arn: String,
+    pub ca: ClusterCa,
+    pub ca_file: PathBuf,
+}
+
+pub struct Instance {
+    pub id: String,
+    pub ip: String,
+    pub cluster: String,
+    pub role: String,
+    pub root: PathBuf,
+    pub imds: ImdsDouble,
+    _supervisor: Option<SupervisorDouble>,
+}
+
+impl Instance {
+    /// Lines of the stub call log: `ms \t program \t args`.
+    pub fn stub_calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.root.join("run/k3s-stub/calls.log"))
+            .map(|s| s.lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn file(&self, host_path: &str) -> Option<String> {
+        std::fs::read_to_string(self.root.join(host_path.trim_start_matches('/'))).ok()
+    }
+
+    pub fn path(&self, host_path: &str) -> PathBuf {
+        self.root.join(host_path.trim_start_matches('/'))
+    }
+
+    /// The access key id this instance's agent signs with (the recorder's caller).
+    pub fn access_key(&self) -> String {
+        access_key_for(&self.id)
+    }
+}
+
+fn access_key_for(id: &str) -> String {
+    format!("AKIA{}", id.trim_start_matches("i-").to_ascii_uppercase())
+}
+
+pub struct AgentRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl AgentRun {
+    fn from(out: Output) -> Self {
+        AgentRun {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+pub struct World {
+    pub moto: Moto,
+    pub recorder: Recorder,
+    pub ec2: aws_sdk_ec2::Client,
+    pub ssm: aws_sdk_ssm::Client,
+    pub route53: aws_sdk_route53::Client,
+    pub elb: aws_sdk_elasticloadbalancingv2::Client,
+    pub net: u8,
+    pub vpc_id: String,
+    pub subnet_id: String,
+    zone_id: String,
+    pub readiness_status: Arc<AtomicU16>,
+    readiness: Served,
+    pub dir: tempfile::TempDir,
+    pub clusters: BTreeMap<String, Cluster>,
+    /// Extra environment for every agent run.
+    pub agent_env: BTreeMap<String, String>,
+}
+
+/// The agent binary: `K3S_ASG_AGENT_BIN`, else `target/debug/k3s-asg-agent`.
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("K3S_ASG_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::repo_root().join("target/debug/k3s-asg-agent"))
+}
+
+impl World {
+    pub async fn new() -> anyhow::Result<World> {
+        let moto = Moto::start().await?;
+        let recorder = Recorder::start(moto.url()).await?;
+        let creds = aws_sdk_ec2::config::Credentials::new("AKIATESTBED", "testbed-secret", None, None, "testbed");
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(REGION))
+            .endpoint_url(moto.url())
+            .credentials_provider(creds)
+            .load()
+            .await;
+        let ec2 = aws_sdk_ec2::Client::new(&sdk);
+        let net = NEXT_NET.fetch_add(1, Ordering::SeqCst);
+        let vpc_id = ec2
+            .create_vpc()
+            .cidr_block(format!("127.{net}.0.0/16"))
+            .send()
+            .await?
+            .vpc()
+            .and_then(|v| v.vpc_id())
+            .context("vpc id")?
+            .to_string();
+        let subnet_id = ec2
+            .create_subnet()
+            .vpc_id(&vpc_id)
+            .cidr_block(format!("127.{net}.0.0/20"))
+            .availability_zone(format!("{REGION}a"))
+            .send()
+            .await?
+            .subnet()
+            .and_then(|s| s.subnet_id())
+            .context("subnet id")?
+            .to_string();
+        let route53 = aws_sdk_route53::Client::new(&sdk);
+        let zone = route53
+            .create_hosted_zone()
+            .name(ZONE_NAME)
+            .caller_reference(format!("testbed-{net}"))
+            .send()
+            .await?;
+        let zone_id = zone.hosted_zone().context("zone")?.id().trim_start_matches("/hostedzone/").to_string();
+        let readiness_status = Arc::new(AtomicU16::new(200));
+        let st = readiness_status.clone();
+        let router = axum::Router::new().route(
+            "/ping",
+            axum::routing::get(move || {
+                let st = st.clone();
+                async move { axum::http::StatusCode::from_u16(st.load(Ordering::SeqCst)).unwrap() }
+            }),
+        );
+        let readiness = serve("127.0.0.1:0", router).await?;
+        Ok(World {
+            ssm: aws_sdk_ssm::Client::new(&sdk),
+            elb: aws_sdk_elasticloadbalancingv2::Client::new(&sdk),
+            route53,
+            ec2,
+            moto,
+            recorder,
+            net,
+            vpc_id,
+            subnet_id,
+            zone_id,
+            readiness_status,
+            readiness,
+            dir: tempfile::tempdir()?,
+            clusters: BTreeMap::new(),
+            agent_env: BTreeMap::new(),
+        })
+    }
+
+    pub fn readiness_url(&self) -> String {
+        format!("{}/ping", self.readiness.url())
+    }
+
+    /// The spec the test bed gives a cluster unless a test writes its own.
+    pub fn default_spec(&self, cluster: &Cluster) -> serde_json::Value {
+        serde_json::json!({
+            "api": { "hostname": cluster.hostname, "hosted_zone_id": cluster.zone_id, "ttl": 30, "address": "private" },
+            "target_groups": [ { "arn": cluster.target_group_arn, "port": 80, "roles": ["node", "control-plane"], "ingress": true } ],
+            "readiness": [ { "http": self.readiness_url(), "expect_status": 200 } ],
+            "k3s": { "server": { "disable": ["servicelb"] }, "agent": {} },
+            "drain": { "timeout_s": 60, "grace_period_s": 30 }
+        })
+    }
+
+    /// Creates a cluster's AWS side (target group, SSM spec) and its CA.
+    pub async fn create_cluster(&mut self, name: &str) -> anyhow::Result<&Cluster> {
+        let tg = self
+            .elb
+            .create_target_group()
+            .name(format!("{name}-ingress"))
+            .protocol(aws_sdk_elasticloadbalancingv2::types::ProtocolEnum::Http)
+            .port(80)
+            .vpc_id(&self.vpc_id)
+            .target_type(aws_sdk_elasticloadbalancingv2::types::TargetTypeEnum::Instance)
+            .send()
+            .await?;
+        let arn = tg.target_groups()[0].target_group_arn().context("tg arn")?.to_string();
+        let ca = ClusterCa::generate(name)?;
+        let ca_file = self.dir.path().join(format!("{name}-ca.pem"));
+        std::fs::write(&ca_file, &ca.pem)?;
+        let cluster = Cluster {
+            name: name.to_string(),
+            zone_id: self.zone_id.clone(),
+            hostname: format!("api.{name}.{REGION}.{ZONE_NAME}"),
+            target_group_arn: arn,
+            ca,
+            ca_file,
+        };
+        let spec = self.default_spec(&cluster);
+        self.clusters.insert(name.to_string(), cluster);
+        self.put_spec(name, &spec.to_string()).await?;
+        Ok(&self.clusters[name])
+    }
+
+    pub async fn put_spec(&self, cluster: &str, json: &str) -> anyhow::Result<()> {
+        self.ssm
+            .put_parameter()
+            .name(format!("/k3s-asg/clusters/{cluster}/config"))
+            .value(json)
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    /// Launches a fake instance tagged for `cluster` and `role` (either may be
+    /// absent or anything, for bad-input tests) with its IMDS double and, for a
+    /// control-plane instance, its supervisor double.
+    pub async fn launch_tagged(&self, tags: &[(&str, &str)], cluster: Option<&str>) -> anyhow::Result<Instance> {
+        let mut spec = TagSpecification::builder().resource_type(ResourceType::Instance);
+        for (k, v) in tags {
+            spec = spec.tags(Tag::builder().key(*k).value(*v).build());
+        }
+        let resp = self
+            .ec2
+            .run_instances()
+            .image_id("ami-12c6146b")
+            .min_count(1)
+            .max_count(1)
+            .subnet_id(&self.subnet_id)
+            .tag_specifications(spec.build())
+            .send()
+            .await?;
+        let inst = &resp.instances()[0];
+        let id = inst.instance_id().context("instance id")?.to_string();
+        let ip = inst.private_ip_address().context("private ip")?.to_string();
+        let root = self.dir.path().join(&id);
+        std::fs::create_dir_all(&root)?;
+        let values: BTreeMap<String, String> = [
+            ("instance-id", id.clone()),
+            ("placement/region", REGION.to_string()),
+            ("placement/availability-zone", format!("{REGION}a")),
+            ("local-ipv4", ip.clone()),
+            ("hostname", format!("ip-{}.ec2.internal", ip.replace('.', "-"))),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let tag_map: BTreeMap<String, String> = tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let imds = ImdsDouble::start(values, Some(tag_map.clone())).await?;
+        let role = tag_map.get("Role").cloned().unwrap_or_default();
+        let supervisor = match (cluster.and_then(|c| self.clusters.get(c)), role.as_str()) {
+            (Some(c), "control-plane") => Some(SupervisorDouble::start(&c.ca, &ip, 6443, root.clone()).await?),
+            _ => None,
+        };
+        Ok(Instance {
+            id,
+            ip,
+            cluster: cluster.unwrap_or_default().to_string(),
+            role,
+            root,
+            imds,
+            _supervisor: supervisor,
+        })
+    }
+
+    pub async fn launch(&self, cluster: &str, role: &str) -> anyhow::Result<Instance> {
+        self.launch_tagged(&[("Cluster", cluster), ("Role", role)], Some(cluster)).await
+    }
+
+    /// Runs `k3s-asg-agent ARGS` as `inst` would: its IMDS, its root, the stubs on PATH.
+    pub async fn agent(&self, inst: &Instance, args: &[&str]) -> anyhow::Result<AgentRun> {
+        let stubs = crate::repo_root().join("tests/stubs");
+        let path = format!("{}:{}", stubs.display(), std::env::var("PATH").unwrap_or_default());
+        let ca_file = self.clusters.get(&inst.cluster).map(|c| c.ca_file.clone()).unwrap_or_default();
+        let mut cmd = tokio::process::Command::new(agent_bin());
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", path)
+            .env("HOME", self.dir.path())
+            .env("AWS_ENDPOINT_URL", self.recorder.url())
+            .env("AWS_ACCESS_KEY_ID", inst.access_key())
+            .env("AWS_SECRET_ACCESS_KEY", "testbed-secret")
+            .env("AWS_CONFIG_FILE", "/nonexistent/k3s-asg-testbed")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/k3s-asg-testbed")
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", inst.imds.url())
+            .env("K3S_ASG_ROOT", &inst.root)
+            .env("K3S_STUB_CA", ca_file)
+            .env("K3S_ASG_JOIN_TIMEOUT", "60")
+            .env("K3S_ASG_READY_TIMEOUT", "20")
+            .env("K3S_ASG_LOG", "info");
+        for (k, v) in &self.agent_env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().await.with_context(|| format!("run {}", agent_bin().display()))?;
+        Ok(AgentRun::from(out))
+    }
+
+    /// `(SetIdentifier, values)` of the A records under the cluster's API hostname.
+    pub async fn api_records(&self, cluster: &str) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+        let c = &self.clusters[cluster];
+        let want = format!("{}.", c.hostname);
+        let resp = self.route53.list_resource_record_sets().hosted_zone_id(&c.zone_id).send().await?;
+        let mut out: Vec<(String, Vec<String>)> = resp
+            .resource_record_sets()
+            .iter()
+            .filter(|r| r.name() == want && r.r#type().as_str() == "A")
+            .map(|r| {
+                (
+                    r.set_identifier().unwrap_or_default().to_string(),
+                    r.resource_records().iter().map(|v| v.value().to_string()).collect(),
+                )
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Instance ids registered in a target group.
+    pub async fn members(&self, tg_arn: &str) -> anyhow::Result<Vec<String>> {
+        let resp = self.elb.describe_target_health().target_group_arn(tg_arn).send().await?;
+        let mut ids: Vec<String> = resp
+            .target_health_descriptions()
+            .iter()
+            .filter_map(|d| d.target().and_then(|t| t.id()).map(str::to_string))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    pub async fn param(&self, name: &str) -> anyhow::Result<Option<String>> {
+        match self.ssm.get_parameter().name(name).with_decryption(true).send().await {
+            Ok(r) => Ok(r.parameter().and_then(|p| p.value()).map(str::to_string)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_not_found()) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn terminate(&self, inst: &Instance) -> anyhow::Result<()> {
+        self.ec2.terminate_instances().instance_ids(&inst.id).send().await?;
+        Ok(())
+    }
+
+    pub async fn running(&self) -> anyhow::Result<Vec<String>> {
+        let resp = self
+            .ec2
+            .describe_instances()
+            .filters(Filter::builder().name("instance-state-name").values("running").build())
+            .send()
+            .await?;
+        Ok(resp.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.instance_id().map(str::to_string)).collect())
+    }
+}
+
+/// Every secret an instance's run could leak: the cluster token, kubeconfig material.
+pub fn secrets_of(world_params: &[Option<String>], roots: &[&Path]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in world_params.iter().flatten() {
+        out.push(p.clone());
+        if let Some((_, pw)) = p.rsplit_once("::server:") {
+            out.push(pw.to_string());
+        }
+        for line in p.lines() {
+            for key in ["token:", "client-key-data:"] {
+                if let Some(v) = line.trim().strip_prefix(key) {
+                    out.push(v.trim().to_string());
+                }
+            }
+        }
+    }
+    for root in roots {
+        if let Ok(t) = std::fs::read_to_string(root.join("run/k3s-stub/sa-token")) {
+            out.push(t.trim().to_string());
+        }
+    }
+    out.retain(|s| s.len() >= 8);
+    out
+}
