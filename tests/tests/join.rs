@@ -103,3 +103,135 @@ async fn first_server_initialises_then_node_joins() {
     // IMDSv1 was never attempted.
     assert_eq!(cp.imds.state.lock().unwrap().refused, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_servers_at_once_elect_exactly_one() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let tg = w.clusters["alpha"].target_group_arn.clone();
+    let mut servers = Vec::new();
+    for _ in 0..5 {
+        servers.push(w.launch("alpha", "control-plane").await.unwrap());
+    }
+    let runs = futures_join_all(&w, &servers).await;
+    for r in &runs {
+        ok(r);
+    }
+    let inits = servers
+        .iter()
+        .filter(|s| s.file("/etc/rancher/k3s/config.yaml").unwrap().contains("cluster-init: true"))
+        .count();
+    assert_eq!(inits, 1, "exactly one server initialises the cluster");
+    let creates = w.recorder.calls().iter().filter(|c| c.operation == "PutParameter").count();
+    assert!(creates >= 5, "every server tried to create or secure the token ({creates})");
+    let mut ids: Vec<String> = servers.iter().map(|s| s.id.clone()).collect();
+    ids.sort();
+    let records: Vec<String> = w.api_records("alpha").await.unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(records, ids, "five API records");
+    assert_eq!(w.members(&tg).await.unwrap(), ids, "all registered");
+    assert!(w.param(TOKEN).await.unwrap().unwrap().starts_with("K10"));
+}
+
+async fn futures_join_all(w: &World, servers: &[k3s_asg_testbed::world::Instance]) -> Vec<k3s_asg_testbed::world::AgentRun> {
+    let futs = servers.iter().map(|s| w.agent(s, &["join"]));
+    let mut out = Vec::new();
+    // Start all at the same moment: build every future first, then drive them together.
+    let results = join_all(futs.collect()).await;
+    for r in results {
+        out.push(r.unwrap());
+    }
+    out
+}
+
+async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut results: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if results[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => results[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    results.into_iter().map(Option::unwrap).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_fall_back_to_describe_tags_and_stale_records_are_pruned() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let first = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&first, &["join"]).await.unwrap());
+
+    // Instance metadata tags off: the agent reads its tags through ec2:DescribeTags.
+    let second = w.launch("alpha", "control-plane").await.unwrap();
+    second.imds.set_tags(None);
+    ok(&w.agent(&second, &["join"]).await.unwrap());
+    assert!(w.recorder.calls_by(&second.access_key()).iter().any(|c| c.operation == "DescribeTags"));
+    assert!(second.file("/etc/rancher/k3s/config.yaml").unwrap().contains(&format!("server: \"https://{}:6443\"", first.ip)));
+
+    // A foreign record beside ours (another SetIdentifier, same name) must survive.
+    let c = &w.clusters["alpha"];
+    let foreign = aws_sdk_route53::types::ResourceRecordSet::builder()
+        .name(format!("{}.", c.hostname))
+        .r#type(aws_sdk_route53::types::RrType::A)
+        .set_identifier("manual-entry")
+        .multi_value_answer(true)
+        .ttl(60)
+        .resource_records(aws_sdk_route53::types::ResourceRecord::builder().value("127.9.9.9").build().unwrap())
+        .build()
+        .unwrap();
+    w.route53
+        .change_resource_record_sets()
+        .hosted_zone_id(&c.zone_id)
+        .change_batch(
+            aws_sdk_route53::types::ChangeBatch::builder()
+                .changes(aws_sdk_route53::types::Change::builder().action(aws_sdk_route53::types::ChangeAction::Create).resource_record_set(foreign).build().unwrap())
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    // The second server's instance dies without leaving: its record stays behind.
+    w.terminate(&second).await.unwrap();
+    std::fs::remove_file(second.path("/run/k3s-stub/active-k3s")).unwrap();
+
+    let third = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&third, &["join"]).await.unwrap());
+    let records: Vec<String> = w.api_records("alpha").await.unwrap().into_iter().map(|(id, _)| id).collect();
+    let mut want = vec![first.id.clone(), third.id.clone(), "manual-entry".to_string()];
+    want.sort();
+    assert_eq!(records, want, "the dead server's record is pruned, the foreign one kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_timeout_names_the_probe_and_registers_nothing() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    w.agent_env.insert("K3S_ASG_READY_TIMEOUT".into(), "2".into());
+    w.readiness_status.store(503, std::sync::atomic::Ordering::SeqCst);
+    let cp = w.launch("alpha", "control-plane").await.unwrap();
+    let run = w.agent(&cp, &["join"]).await.unwrap();
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("readiness[0]") && run.stderr.contains("answered 503"), "{}", run.stderr);
+    assert!(w.members(&w.clusters["alpha"].target_group_arn).await.unwrap().is_empty());
+    assert!(w.api_records("alpha").await.unwrap().is_empty());
+    let status = w.agent(&cp, &["status"]).await.unwrap();
+    assert!(status.stdout.contains("phase:      failed"), "{}", status.stdout);
+
+    // Once the probe passes, joining again completes.
+    w.readiness_status.store(200, std::sync::atomic::Ordering::SeqCst);
+    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    assert_eq!(w.members(&w.clusters["alpha"].target_group_arn).await.unwrap(), vec![cp.id.clone()]);
+}

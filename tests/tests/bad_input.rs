@@ -1,0 +1,107 @@
+//! Bad input stops the agent with exit 2 and a message naming the tag,
+//! parameter or field, before anything is changed in AWS or on disk.
+
+use k3s_asg_testbed::world::World;
+
+struct Case {
+    name: &'static str,
+    tags: &'static [(&'static str, &'static str)],
+    spec: Option<&'static str>,
+    expect: &'static [&'static str],
+}
+
+const CASES: &[Case] = &[
+    Case { name: "missing Cluster tag", tags: &[("Role", "node")], spec: None, expect: &["tag \"Cluster\"", "missing"] },
+    Case { name: "missing Role tag", tags: &[("Cluster", "alpha")], spec: None, expect: &["tag \"Role\"", "missing"] },
+    Case {
+        name: "unknown role",
+        tags: &[("Cluster", "alpha"), ("Role", "worker")],
+        spec: None,
+        expect: &["tag \"Role\"", "\"worker\" is not a role"],
+    },
+    Case {
+        name: "bad cluster name",
+        tags: &[("Cluster", "Alpha_1"), ("Role", "node")],
+        spec: None,
+        expect: &["tag \"Cluster\"", "not a valid cluster name"],
+    },
+    Case {
+        name: "cluster without spec",
+        tags: &[("Cluster", "ghost"), ("Role", "node")],
+        spec: None,
+        expect: &["/k3s-asg/clusters/ghost/config", "does not exist"],
+    },
+    Case {
+        name: "spec with wrong type",
+        tags: &[("Cluster", "alpha"), ("Role", "control-plane")],
+        spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1","ttl":"thirty"}}"#),
+        expect: &["/k3s-asg/clusters/alpha/config", "field `api.ttl`"],
+    },
+    Case {
+        name: "spec with unknown field",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"target_group":[]}"#),
+        expect: &["/k3s-asg/clusters/alpha/config", "unknown field `target_group`"],
+    },
+    Case {
+        name: "spec setting an agent-owned k3s key",
+        tags: &[("Cluster", "alpha"), ("Role", "control-plane")],
+        spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"k3s":{"server":{"cluster-init":true}}}"#),
+        expect: &["field `k3s.server.cluster-init`"],
+    },
+    Case {
+        name: "spec with a non-k3s flag",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"k3s":{"agent":{"no-such-flag":1}}}"#),
+        expect: &["field `k3s.agent.no-such-flag`", "not a flag of `k3s agent`"],
+    },
+    Case {
+        name: "spec with an invalid hostname",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some(r#"{"api":{"hostname":"api_alpha","hosted_zone_id":"Z1"}}"#),
+        expect: &["field `api.hostname`"],
+    },
+    Case {
+        name: "spec that is not JSON",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some("api: yaml-is-not-json"),
+        expect: &["/k3s-asg/clusters/alpha/config", "(document)"],
+    },
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_exits_2_names_the_culprit_and_changes_nothing() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let good_spec = w.default_spec(&w.clusters["alpha"]).to_string();
+    for case in CASES {
+        w.put_spec("alpha", case.spec.unwrap_or(&good_spec)).await.unwrap();
+        let inst = w.launch_tagged(case.tags, Some("alpha")).await.unwrap();
+        w.recorder.clear();
+        let run = w.agent(&inst, &["join"]).await.unwrap();
+        assert_eq!(run.code, 2, "{}: exit {} stderr:\n{}", case.name, run.code, run.stderr);
+        let last = run.stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with("k3s-asg-agent: error: "), "{}: {last}", case.name);
+        for e in case.expect {
+            assert!(last.contains(e), "{}: expected {e:?} in {last:?}", case.name);
+        }
+        let mutating: Vec<_> = w.recorder.calls().into_iter().filter(|c| c.is_mutating()).collect();
+        assert!(mutating.is_empty(), "{}: mutating calls {mutating:?}", case.name);
+        assert!(!inst.path("/etc").exists(), "{}: wrote under /etc", case.name);
+        assert!(inst.stub_calls().is_empty(), "{}: ran systemctl/k3s", case.name);
+    }
+    assert!(w.param("/k3s-asg/clusters/alpha/token").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_teaches_and_bad_flags_exit_2() {
+    let out = std::process::Command::new(k3s_asg_testbed::world::agent_bin()).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for word in ["join", "leave", "status", "run", "--root", "Exit codes"] {
+        assert!(text.contains(word), "--help lacks {word}:\n{text}");
+    }
+    let out = std::process::Command::new(k3s_asg_testbed::world::agent_bin()).args(["--prefix", "nope", "status"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--prefix"));
+}
