@@ -1,1 +1,113 @@
-fn main() {}
+//! Benchmark (not a test): AWS API calls per join by service and operation,
+//! and the agent's wall time from "k3s ready" to "registered", against moto.
+//! `--write` records the figures in BENCHMARKS.md.
+
+use k3s_asg_testbed::world::{Instance, World};
+use std::collections::BTreeMap;
+
+struct Sample {
+    calls: BTreeMap<String, usize>,
+    total: usize,
+    ready_to_registered_ms: u128,
+    wall_ms: u128,
+}
+
+async fn measure(w: &World, inst: &Instance) -> anyhow::Result<Sample> {
+    w.recorder.clear();
+    let t = std::time::Instant::now();
+    let run = w.agent(inst, &["join"]).await?;
+    let wall_ms = t.elapsed().as_millis();
+    anyhow::ensure!(run.code == 0, "join of {} failed: {}", inst.id, run.stderr);
+    let mut calls = BTreeMap::new();
+    let mine = w.recorder.calls_by(&inst.access_key());
+    for c in &mine {
+        *calls.entry(format!("{}:{}", c.service, c.operation)).or_insert(0) += 1;
+    }
+    let state: serde_json::Value = serde_json::from_str(&inst.file("/var/lib/k3s-asg/state.json").unwrap_or_default())?;
+    let at = |name: &str| {
+        state["steps"].as_array().and_then(|s| s.iter().find(|st| st["name"] == name)).and_then(|st| st["at_ms"].as_u64()).unwrap_or(0) as u128
+    };
+    Ok(Sample { total: mine.len(), calls, ready_to_registered_ms: at("registered").saturating_sub(at("ready")), wall_ms })
+}
+
+fn row(label: &str, samples: &[Sample]) -> String {
+    let n = samples.len().max(1);
+    let total: usize = samples.iter().map(|s| s.total).sum::<usize>() / n;
+    let mut ops: BTreeMap<String, usize> = BTreeMap::new();
+    for s in samples {
+        for (k, v) in &s.calls {
+            *ops.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    let ops: Vec<String> = ops.iter().map(|(k, v)| format!("{k}×{}", ((*v as f64 / n as f64) * 100.0).round() / 100.0)).collect();
+    let mut overhead: Vec<u128> = samples.iter().map(|s| s.ready_to_registered_ms).collect();
+    overhead.sort();
+    let mut wall: Vec<u128> = samples.iter().map(|s| s.wall_ms).collect();
+    wall.sort();
+    format!(
+        "| {label} | {n} | {total} | {} | {} | {} | {} |",
+        ops.join(", "),
+        overhead[overhead.len() / 2],
+        overhead[overhead.len() - 1],
+        wall[wall.len() / 2]
+    )
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let write = std::env::args().any(|a| a == "--write");
+    let mut w = World::new().await?;
+    w.create_cluster("alpha").await?;
+    let first = w.launch("alpha", "control-plane").await?;
+    let init = vec![measure(&w, &first).await?];
+    let mut server_joins = Vec::new();
+    let mut servers = vec![first];
+    for _ in 0..2 {
+        let s = w.launch("alpha", "control-plane").await?;
+        server_joins.push(measure(&w, &s).await?);
+        servers.push(s);
+    }
+    let mut node_joins = Vec::new();
+    let mut nodes = Vec::new();
+    for _ in 0..10 {
+        let n = w.launch("alpha", "node").await?;
+        node_joins.push(measure(&w, &n).await?);
+        nodes.push(n);
+    }
+    let mut rejoins = Vec::new();
+    for inst in servers.iter().chain(nodes.iter()) {
+        rejoins.push(measure(&w, inst).await?);
+    }
+    let mut nodes_no_tags = Vec::new();
+    for _ in 0..3 {
+        let n = w.launch("alpha", "node").await?;
+        n.imds.set_tags(None);
+        nodes_no_tags.push(measure(&w, &n).await?);
+    }
+
+    let header = "| join | runs | AWS calls per join | calls by service:operation (mean) | ready→registered median ms | max ms | whole join median ms |\n|---|---|---|---|---|---|---|";
+    let table = [
+        header.to_string(),
+        row("first control plane (cluster-init)", &init),
+        row("further control plane", &server_joins),
+        row("node", &node_joins),
+        row("node, IMDS tags off (DescribeTags)", &nodes_no_tags),
+        row("second join, any role (steady state)", &rejoins),
+    ]
+    .join("\n");
+    println!("{table}");
+    if write {
+        let machine = std::process::Command::new("uname").arg("-srm").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+        let text = format!(
+            "# Benchmarks\n\nProduced by `scripts/bench --write` (debug build of the agent, moto {moto} on loopback, {machine}). \
+             AWS calls are counted by the test bed's recording proxy per agent (IMDS and local probes are not AWS calls). \
+             \"ready→registered\" is the agent's own overhead from the moment k3s and every readiness probe passed \
+             to the end of target-group registration (token securing, kubeconfig publishing, API record, registration), \
+             from the step timestamps in its state file.\n\nTargets (agent-join issue): ≤ 8 AWS calls for a node join; ≤ 200 ms overhead.\n\n## Agent join\n\n{table}\n",
+            moto = "5.2.5"
+        );
+        std::fs::write(k3s_asg_testbed::repo_root().join("BENCHMARKS.md"), text)?;
+        println!("\nwrote BENCHMARKS.md");
+    }
+    Ok(())
+}
