@@ -41,6 +41,9 @@ pub struct Cli {
     /// Seconds to wait for k3s and the spec's readiness probes.
     #[arg(long, env = "K3S_ASG_READY_TIMEOUT", default_value_t = 600, global = true)]
     ready_timeout: u64,
+    /// What to do on an EC2 rebalance recommendation: `ignore` or `leave`.
+    #[arg(long, env = "K3S_ASG_ON_REBALANCE", default_value = "ignore", global = true, value_parser = ["ignore", "leave"])]
+    on_rebalance: String,
     /// Log format: `text` or `json`.
     #[arg(long, env = "K3S_ASG_LOG_FORMAT", default_value = "text", global = true)]
     log_format: String,
@@ -100,6 +103,7 @@ fn config(cli: &Cli) -> Result<AgentConfig> {
         prefix: Prefix::new(&cli.prefix).map_err(|why| Error::bad_input("read settings", "--prefix", why))?,
         join_timeout: Duration::from_secs(cli.join_timeout),
         ready_timeout: Duration::from_secs(cli.ready_timeout),
+        leave_on_rebalance: cli.on_rebalance == "leave",
         ..AgentConfig::default()
     })
 }
@@ -117,26 +121,37 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let fx = real_effects(&cfg).await?;
             run_join(&cfg, &fx).await
         }
-        Command::Run => Err(Error::failed("run", "", "`run` is not implemented yet; use `join` (see issue: agent run and leave)")),
-        Command::Leave => Err(Error::failed("leave", "", "`leave` is not implemented yet (see issue: agent run and leave)")),
+        Command::Run => {
+            let fx = real_effects(&cfg).await?;
+            record_failure(&fx, crate::run::run(&cfg, &fx).await)
+        }
+        Command::Leave => {
+            let fx = real_effects(&cfg).await?;
+            let hurry = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            record_failure(&fx, crate::leave::leave(&cfg, &fx, &hurry).await)
+        }
     }
 }
 
 async fn run_join(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
-    match crate::join::join(cfg, fx).await {
-        Ok(st) => {
-            tracing::info!(instance = %st.instance_id, cluster = %st.cluster, "joined and registered");
-            Ok(())
-        }
-        Err(e) => {
-            if let Ok(Some(mut st)) = State::load(&fx.fs) {
+    let st = record_failure(fx, crate::join::join(cfg, fx).await)?;
+    tracing::info!(instance = %st.instance_id, cluster = %st.cluster, "joined and registered");
+    Ok(())
+}
+
+/// Notes a failure in the state file for `status`; a failed leave stays
+/// `leaving` so that `run` finishes it when started again.
+fn record_failure<T>(fx: &Effects, r: Result<T>) -> Result<T> {
+    if let Err(e) = &r {
+        if let Ok(Some(mut st)) = State::load(&fx.fs) {
+            if st.phase != "leaving" {
                 st.phase = "failed".into();
-                st.last_error = Some(e.to_string());
-                let _ = st.save(&fx.fs);
             }
-            Err(e)
+            st.last_error = Some(e.to_string());
+            let _ = st.save(&fx.fs);
         }
     }
+    r
 }
 
 /// Builds the real effects: the region comes from IMDS, clients from the environment.
@@ -156,6 +171,7 @@ pub async fn real_effects(cfg: &AgentConfig) -> Result<Effects> {
         target_groups: Box::new(effects::target_groups::Elbv2(aws_sdk_elasticloadbalancingv2::Client::new(&sdk))),
         services: Box::new(effects::services::Systemctl { root: cfg.root.clone() }),
         k3s: Box::new(effects::k3s::K3sCli { root: cfg.root.clone() }),
+        lifecycle: Box::new(effects::lifecycle::AutoScaling(aws_sdk_autoscaling::Client::new(&sdk))),
         supervisor: Box::new(effects::supervisor::HttpsSupervisor { port: cfg.supervisor_port }),
         probes: Box::new(effects::probes::HttpProbes),
         fs: effects::hostfs::HostFs::new(&cfg.root),

@@ -17,6 +17,8 @@ pub struct AgentConfig {
     pub ready_timeout: Duration,
     /// The k3s supervisor port probed on servers (k3s's `https-listen-port`).
     pub supervisor_port: u16,
+    /// Leave on an EC2 rebalance recommendation (default: ignore it).
+    pub leave_on_rebalance: bool,
 }
 
 impl Default for AgentConfig {
@@ -28,6 +30,7 @@ impl Default for AgentConfig {
             join_timeout: Duration::from_secs(900),
             ready_timeout: Duration::from_secs(600),
             supervisor_port: 6443,
+            leave_on_rebalance: false,
         }
     }
 }

@@ -9,6 +9,8 @@ pub mod config;
 pub mod effects;
 pub mod error;
 pub mod join;
+pub mod leave;
+pub mod run;
 pub mod plan;
 pub mod render;
 pub mod secret;

@@ -19,6 +19,14 @@ pub struct Waiter {
     delay: Duration,
     max_delay: Duration,
     last_log: Option<Instant>,
+    hurry: Option<Hurry>,
+}
+
+/// Set by a second SIGTERM: waits stop early, cleanup still runs.
+pub type Hurry = std::sync::Arc<std::sync::atomic::AtomicBool>;
+
+pub fn hurried(h: &Hurry) -> bool {
+    h.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 impl Waiter {
@@ -30,6 +38,7 @@ impl Waiter {
             delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(5),
             last_log: None,
+            hurry: None,
         }
     }
 
@@ -40,11 +49,21 @@ impl Waiter {
         self
     }
 
+    /// Stops waiting (with `Err`) once `hurry` is set.
+    pub fn hurry(mut self, hurry: &Hurry) -> Self {
+        self.hurry = Some(hurry.clone());
+        self
+    }
+
     /// Records that the awaited thing is not there yet because of `reason`, and
     /// sleeps before the next attempt; `Err(reason)` once the deadline has passed.
     pub async fn pending(&mut self, reason: impl Into<String>) -> Result<(), String> {
         let reason = reason.into();
         let elapsed = self.start.elapsed();
+        if self.hurry.as_ref().is_some_and(hurried) {
+            tracing::warn!(waiting_for = %self.what, reason = %reason, "not waiting any longer: asked to hurry (second SIGTERM)");
+            return Err(format!("{reason} (wait skipped after a second SIGTERM)"));
+        }
         if elapsed >= self.deadline {
             tracing::warn!(waiting_for = %self.what, reason = %reason, waited_s = elapsed.as_secs(), "gave up waiting");
             return Err(reason);

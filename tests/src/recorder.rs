@@ -31,6 +31,8 @@ struct Inner {
     upstream: String,
     client: reqwest::Client,
     calls: Mutex<Vec<Call>>,
+    /// Services sent somewhere other than moto (e.g. `autoscaling` → the lifecycle double).
+    routes: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 pub struct Recorder {
@@ -40,7 +42,7 @@ pub struct Recorder {
 
 impl Recorder {
     pub async fn start(upstream: String) -> anyhow::Result<Recorder> {
-        let inner = Arc::new(Inner { upstream, client: reqwest::Client::new(), calls: Mutex::new(Vec::new()) });
+        let inner = Arc::new(Inner { upstream, client: reqwest::Client::new(), calls: Mutex::new(Vec::new()), routes: Default::default() });
         let router = axum::Router::new().fallback(forward).with_state(inner.clone());
         let served = serve("127.0.0.1:0", router).await?;
         Ok(Recorder { inner, served })
@@ -56,6 +58,11 @@ impl Recorder {
 
     pub fn calls_by(&self, caller: &str) -> Vec<Call> {
         self.calls().into_iter().filter(|c| c.caller == caller).collect()
+    }
+
+    /// Sends calls signed for `service` to `upstream` instead of moto.
+    pub fn route(&self, service: &str, upstream: String) {
+        self.inner.routes.lock().unwrap().insert(service.to_string(), upstream);
     }
 
     pub fn clear(&self) {
@@ -106,7 +113,8 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
     let (caller, service) = credential(&parts.headers);
     let op = operation(&parts.method, parts.uri.path(), &parts.headers, &body);
-    let url = format!("{}{}", inner.upstream, parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let upstream = inner.routes.lock().unwrap().get(&service).cloned().unwrap_or_else(|| inner.upstream.clone());
+    let url = format!("{}{}", upstream, parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     let mut out = inner.client.request(parts.method.clone(), url).body(body.to_vec());
     for (k, v) in parts.headers.iter() {
         if k != "host" && k != "content-length" {

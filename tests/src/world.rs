@@ -4,6 +4,7 @@
 
 use crate::http::{serve, Served};
 use crate::imds::ImdsDouble;
+use crate::lifecycle::LifecycleDouble;
 use crate::moto::Moto;
 use crate::recorder::Recorder;
 use crate::supervisor::{ClusterCa, SupervisorDouble};
@@ -46,6 +47,11 @@ impl Instance {
             .unwrap_or_default()
     }
 
+    /// Forgets the stub calls so far (to look at one phase alone).
+    pub fn clear_stub_calls(&self) {
+        let _ = std::fs::remove_file(self.root.join("run/k3s-stub/calls.log"));
+    }
+
     pub fn file(&self, host_path: &str) -> Option<String> {
         std::fs::read_to_string(self.root.join(host_path.trim_start_matches('/'))).ok()
     }
@@ -80,9 +86,29 @@ impl AgentRun {
     }
 }
 
+/// An agent running in the background.
+pub struct Running {
+    child: tokio::process::Child,
+}
+
+impl Running {
+    pub fn sigterm(&self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+    }
+
+    /// Waits (bounded) for the agent to exit.
+    pub async fn wait(self, limit: std::time::Duration) -> anyhow::Result<AgentRun> {
+        let out = tokio::time::timeout(limit, self.child.wait_with_output()).await.context("agent did not exit in time")??;
+        Ok(AgentRun::from(out))
+    }
+}
+
 pub struct World {
     pub moto: Moto,
     pub recorder: Recorder,
+    pub asg: LifecycleDouble,
     pub ec2: aws_sdk_ec2::Client,
     pub ssm: aws_sdk_ssm::Client,
     pub route53: aws_sdk_route53::Client,
@@ -110,6 +136,8 @@ impl World {
     pub async fn new() -> anyhow::Result<World> {
         let moto = Moto::start().await?;
         let recorder = Recorder::start(moto.url()).await?;
+        let asg = LifecycleDouble::start().await?;
+        recorder.route("autoscaling", asg.url());
         let creds = aws_sdk_ec2::config::Credentials::new("AKIATESTBED", "testbed-secret", None, None, "testbed");
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(REGION))
@@ -164,6 +192,7 @@ impl World {
             ec2,
             moto,
             recorder,
+            asg,
             net,
             vpc_id,
             subnet_id,
@@ -290,6 +319,11 @@ impl World {
 
     /// Runs `k3s-asg-agent ARGS` as `inst` would: its IMDS, its root, the stubs on PATH.
     pub async fn agent(&self, inst: &Instance, args: &[&str]) -> anyhow::Result<AgentRun> {
+        let out = self.agent_command(inst, args).output().await.with_context(|| format!("run {}", agent_bin().display()))?;
+        Ok(AgentRun::from(out))
+    }
+
+    fn agent_command(&self, inst: &Instance, args: &[&str]) -> tokio::process::Command {
         let stubs = crate::repo_root().join("tests/stubs");
         let path = format!("{}:{}", stubs.display(), std::env::var("PATH").unwrap_or_default());
         let ca_file = self.clusters.get(&inst.cluster).map(|c| c.ca_file.clone()).unwrap_or_default();
@@ -312,8 +346,15 @@ impl World {
         for (k, v) in &self.agent_env {
             cmd.env(k, v);
         }
-        let out = cmd.output().await.with_context(|| format!("run {}", agent_bin().display()))?;
-        Ok(AgentRun::from(out))
+        cmd.kill_on_drop(true);
+        cmd
+    }
+
+    /// Starts `k3s-asg-agent ARGS` in the background (for `run`); signal it with [`Running::sigterm`].
+    pub fn spawn_agent(&self, inst: &Instance, args: &[&str]) -> anyhow::Result<Running> {
+        let mut cmd = self.agent_command(inst, args);
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        Ok(Running { child: cmd.spawn()? })
     }
 
     /// `(SetIdentifier, values)` of the A records under the cluster's API hostname.

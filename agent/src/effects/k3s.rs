@@ -13,6 +13,10 @@ pub trait K3s: Send + Sync {
     async fn node_ready(&self, node: &str, kubeconfig: Option<&Path>) -> Result<bool>;
     /// The bearer token of the drain service account, once k3s has created it.
     async fn drain_account_token(&self) -> Result<Option<Secret>>;
+    /// `kubectl drain` (which cordons first); `Err` with kubectl's message when it fails.
+    async fn drain(&self, node: &str, kubeconfig: Option<&Path>, timeout_s: u64, grace_period_s: u64) -> Result<()>;
+    /// Deletes the Node object; absent is fine.
+    async fn delete_node(&self, node: &str, kubeconfig: Option<&Path>) -> Result<()>;
 }
 
 pub struct K3sCli {
@@ -57,6 +61,40 @@ impl K3s for K3sCli {
             .ok_or_else(|| Error::failed("read drain account token", crate::render::DRAIN_ACCOUNT, "token is not base64"))?;
         Ok(Some(Secret::new(decoded)))
     }
+
+    async fn drain(&self, node: &str, kubeconfig: Option<&Path>, timeout_s: u64, grace_period_s: u64) -> Result<()> {
+        let mut args = kubeconfig_args(kubeconfig);
+        args.extend([
+            "drain".to_string(),
+            node.to_string(),
+            "--ignore-daemonsets".to_string(),
+            "--delete-emptydir-data".to_string(),
+            "--force".to_string(),
+            format!("--grace-period={grace_period_s}"),
+            format!("--timeout={timeout_s}s"),
+        ]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.kubectl(&refs).await?;
+        if !out.status.success() {
+            return Err(Error::failed("drain node", node, String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        }
+        Ok(())
+    }
+
+    async fn delete_node(&self, node: &str, kubeconfig: Option<&Path>) -> Result<()> {
+        let mut args = kubeconfig_args(kubeconfig);
+        args.extend(["delete".to_string(), format!("node/{node}"), "--ignore-not-found".to_string(), "--wait=false".to_string()]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.kubectl(&refs).await?;
+        if !out.status.success() {
+            return Err(Error::failed("delete node", node, String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        }
+        Ok(())
+    }
+}
+
+fn kubeconfig_args(kubeconfig: Option<&Path>) -> Vec<String> {
+    kubeconfig.map(|p| vec!["--kubeconfig".to_string(), p.to_string_lossy().into_owned()]).unwrap_or_default()
 }
 
 fn base64_decode(s: &str) -> Option<String> {

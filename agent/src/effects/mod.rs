@@ -6,6 +6,7 @@ pub mod dns;
 pub mod hostfs;
 pub mod instances;
 pub mod k3s;
+pub mod lifecycle;
 pub mod metadata;
 pub mod parameters;
 pub mod probes;
@@ -22,6 +23,7 @@ pub struct Effects {
     pub target_groups: Box<dyn target_groups::TargetGroups>,
     pub services: Box<dyn services::Services>,
     pub k3s: Box<dyn k3s::K3s>,
+    pub lifecycle: Box<dyn lifecycle::Lifecycle>,
     pub supervisor: Box<dyn supervisor::Supervisor>,
     pub probes: Box<dyn probes::Probes>,
     pub fs: hostfs::HostFs,

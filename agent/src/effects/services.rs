@@ -12,6 +12,7 @@ pub trait Services: Send + Sync {
     async fn enable_start(&self, unit: &str) -> Result<()>;
     async fn restart(&self, unit: &str) -> Result<()>;
     async fn is_active(&self, unit: &str) -> Result<bool>;
+    async fn stop(&self, unit: &str) -> Result<()>;
 }
 
 /// Runs `systemctl`; `K3S_ASG_ROOT` is passed on so stand-ins used in tests see the root.
@@ -55,5 +56,8 @@ impl Services for Systemctl {
     }
     async fn is_active(&self, unit: &str) -> Result<bool> {
         Ok(self.run(&["is-active", "--quiet", unit]).await?.status.success())
+    }
+    async fn stop(&self, unit: &str) -> Result<()> {
+        self.run_ok(&["stop", unit]).await
     }
 }

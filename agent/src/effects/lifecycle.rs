@@ -1,0 +1,80 @@
+//! EC2 Auto Scaling lifecycle actions: is a terminating hook waiting for this
+//! instance, heartbeats while it leaves, and completion.
+
+use crate::error::{Error, Result};
+use async_trait::async_trait;
+
+/// A terminating lifecycle hook that holds this instance in `Terminating:Wait`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitingHook {
+    pub group: String,
+    pub hook: String,
+    pub heartbeat_timeout_s: u64,
+}
+
+#[async_trait]
+pub trait Lifecycle: Send + Sync {
+    /// The hook waiting on this instance, if it is in `Terminating:Wait`.
+    async fn waiting_hook(&self, instance_id: &str) -> Result<Option<WaitingHook>>;
+    async fn heartbeat(&self, hook: &WaitingHook, instance_id: &str) -> Result<()>;
+    async fn complete(&self, hook: &WaitingHook, instance_id: &str) -> Result<()>;
+}
+
+pub struct AutoScaling(pub aws_sdk_autoscaling::Client);
+
+const TERMINATING: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
+
+#[async_trait]
+impl Lifecycle for AutoScaling {
+    async fn waiting_hook(&self, instance_id: &str) -> Result<Option<WaitingHook>> {
+        let resp = self
+            .0
+            .describe_auto_scaling_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(|e| Error::sdk("find the instance's group (autoscaling:DescribeAutoScalingInstances)", instance_id, &e))?;
+        let Some(inst) = resp.auto_scaling_instances().first() else { return Ok(None) };
+        if !inst.lifecycle_state().unwrap_or_default().starts_with("Terminating:Wait") {
+            return Ok(None);
+        }
+        let group = inst.auto_scaling_group_name().unwrap_or_default().to_string();
+        let hooks = self
+            .0
+            .describe_lifecycle_hooks()
+            .auto_scaling_group_name(&group)
+            .send()
+            .await
+            .map_err(|e| Error::sdk("find the terminating hook (autoscaling:DescribeLifecycleHooks)", &group, &e))?;
+        Ok(hooks.lifecycle_hooks().iter().find(|h| h.lifecycle_transition() == Some(TERMINATING)).map(|h| WaitingHook {
+            group: group.clone(),
+            hook: h.lifecycle_hook_name().unwrap_or_default().to_string(),
+            heartbeat_timeout_s: h.heartbeat_timeout().unwrap_or(3600).max(1) as u64,
+        }))
+    }
+
+    async fn heartbeat(&self, hook: &WaitingHook, instance_id: &str) -> Result<()> {
+        self.0
+            .record_lifecycle_action_heartbeat()
+            .auto_scaling_group_name(&hook.group)
+            .lifecycle_hook_name(&hook.hook)
+            .instance_id(instance_id)
+            .send()
+            .await
+            .map_err(|e| Error::sdk("heartbeat (autoscaling:RecordLifecycleActionHeartbeat)", format!("{}/{}", hook.group, hook.hook), &e))?;
+        Ok(())
+    }
+
+    async fn complete(&self, hook: &WaitingHook, instance_id: &str) -> Result<()> {
+        self.0
+            .complete_lifecycle_action()
+            .auto_scaling_group_name(&hook.group)
+            .lifecycle_hook_name(&hook.hook)
+            .instance_id(instance_id)
+            .lifecycle_action_result("CONTINUE")
+            .send()
+            .await
+            .map_err(|e| Error::sdk("complete lifecycle action (autoscaling:CompleteLifecycleAction)", format!("{}/{}", hook.group, hook.hook), &e))?;
+        Ok(())
+    }
+}

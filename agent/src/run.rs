@@ -1,0 +1,106 @@
+//! `run`: join, watch for the signal to go, leave.
+//!
+//! Triggers: SIGTERM; IMDS `autoscaling/target-lifecycle-state` = `Terminated`;
+//! a spot `spot/instance-action`; optionally a rebalance recommendation. A
+//! second SIGTERM during leave skips the remaining waits but still cleans up.
+//! An instance that boots into a warm pool (`Warmed:*`) waits for `InService`.
+
+use crate::config::AgentConfig;
+use crate::effects::Effects;
+use crate::error::{Error, Result};
+use crate::state::State;
+use crate::wait::Hurry;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+
+pub const POLL: Duration = Duration::from_secs(1);
+
+/// Why the agent is leaving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    Sigterm,
+    LifecycleTerminated,
+    SpotInterruption(String),
+    Rebalance,
+    Resume,
+}
+
+/// Reads IMDS once: a reason to leave, if any.
+pub async fn notice(cfg: &AgentConfig, fx: &Effects) -> Result<Option<Trigger>> {
+    if let Some(state) = fx.metadata.get("autoscaling/target-lifecycle-state").await? {
+        if state.trim() == "Terminated" {
+            return Ok(Some(Trigger::LifecycleTerminated));
+        }
+    }
+    if let Some(action) = fx.metadata.get("spot/instance-action").await? {
+        return Ok(Some(Trigger::SpotInterruption(action)));
+    }
+    if cfg.leave_on_rebalance && fx.metadata.get("events/recommendations/rebalance").await?.is_some() {
+        return Ok(Some(Trigger::Rebalance));
+    }
+    Ok(None)
+}
+
+pub async fn run(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::failed("install SIGTERM handler", "", e.to_string()))?;
+    let resuming = State::load(&fx.fs)?.is_some_and(|s| s.phase == "leaving");
+    let trigger = if resuming {
+        tracing::info!("a previous leave did not finish; finishing it");
+        Trigger::Resume
+    } else {
+        tokio::select! {
+            r = join_when_in_service(cfg, fx) => {
+                r?;
+                watch(cfg, fx, &mut term).await?
+            }
+            _ = term.recv() => Trigger::Sigterm,
+        }
+    };
+    tracing::info!(?trigger, "leaving the cluster");
+    let hurry: Hurry = Arc::new(AtomicBool::new(false));
+    let second = async {
+        term.recv().await;
+        hurry.store(true, Ordering::SeqCst);
+        tracing::warn!("second SIGTERM: skipping the remaining waits, still cleaning up");
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        r = crate::leave::leave(cfg, fx, &hurry) => r,
+        _ = second => unreachable!("waits forever"),
+    }
+}
+
+/// In a warm pool, prepare nothing and wait until the instance is put in service.
+async fn join_when_in_service(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
+    let mut logged = false;
+    loop {
+        let state = fx.metadata.get("autoscaling/target-lifecycle-state").await?.unwrap_or_default();
+        if !state.trim().starts_with("Warmed:") {
+            break;
+        }
+        if !logged {
+            tracing::info!(state = state.trim(), "instance is in a warm pool; waiting for InService before joining");
+            logged = true;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    crate::join::join(cfg, fx).await.map(|_| ())
+}
+
+async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::Signal) -> Result<Trigger> {
+    tracing::info!("joined; watching for SIGTERM, lifecycle and spot notices");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(Trigger::Sigterm),
+            _ = tokio::time::sleep(POLL) => {
+                match notice(cfg, fx).await {
+                    Ok(Some(t)) => return Ok(t),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not read instance metadata; will retry"),
+                }
+            }
+        }
+    }
+}
