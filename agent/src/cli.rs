@@ -41,6 +41,9 @@ pub struct Cli {
     /// Seconds to wait for k3s and the spec's readiness probes.
     #[arg(long, env = "K3S_ASG_READY_TIMEOUT", default_value_t = 600, global = true)]
     ready_timeout: u64,
+    /// Seconds a leaving server waits for quorum before keeping its etcd member.
+    #[arg(long, env = "K3S_ASG_QUORUM_TIMEOUT", default_value_t = 600, global = true)]
+    quorum_timeout: u64,
     /// What to do on an EC2 rebalance recommendation: `ignore` or `leave`.
     #[arg(long, env = "K3S_ASG_ON_REBALANCE", default_value = "ignore", global = true, value_parser = ["ignore", "leave"])]
     on_rebalance: String,
@@ -104,6 +107,7 @@ fn config(cli: &Cli) -> Result<AgentConfig> {
         join_timeout: Duration::from_secs(cli.join_timeout),
         ready_timeout: Duration::from_secs(cli.ready_timeout),
         leave_on_rebalance: cli.on_rebalance == "leave",
+        quorum_timeout: Duration::from_secs(cli.quorum_timeout),
         ..AgentConfig::default()
     })
 }

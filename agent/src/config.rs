@@ -19,6 +19,8 @@ pub struct AgentConfig {
     pub supervisor_port: u16,
     /// Leave on an EC2 rebalance recommendation (default: ignore it).
     pub leave_on_rebalance: bool,
+    /// How long a leaving server waits for quorum to allow removing its etcd member.
+    pub quorum_timeout: Duration,
 }
 
 impl Default for AgentConfig {
@@ -31,6 +33,7 @@ impl Default for AgentConfig {
             ready_timeout: Duration::from_secs(600),
             supervisor_port: 6443,
             leave_on_rebalance: false,
+            quorum_timeout: Duration::from_secs(600),
         }
     }
 }

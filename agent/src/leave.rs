@@ -8,7 +8,7 @@ use crate::effects::lifecycle::WaitingHook;
 use crate::effects::Effects;
 use crate::error::{Error, Result};
 use crate::join::{cluster_and_role, identity};
-use crate::plan::RecordChange;
+use crate::plan::{self, RecordChange};
 use crate::render;
 use crate::state::State;
 use crate::wait::{hurried, Hurry, Waiter};
@@ -44,7 +44,7 @@ pub async fn leave(cfg: &AgentConfig, fx: &Effects, hurry: &Hurry) -> Result<()>
     tracing::info!(instance = %id.instance_id, cluster = %cluster, role = %role, "leaving");
 
     let hook = fx.lifecycle.waiting_hook(&id.instance_id).await?;
-    let work = steps(fx, &spec, role, &id.instance_id, params.get(&drain_name).map(|p| p.value.clone()), hurry, &mut st);
+    let work = steps(fx, &spec, role, &id.instance_id, params.get(&drain_name).map(|p| p.value.clone()), hurry, &mut st, cfg.quorum_timeout);
     match &hook {
         None => work.await?,
         Some(h) => {
@@ -85,6 +85,7 @@ async fn steps(
     drain_kubeconfig: Option<crate::secret::Secret>,
     hurry: &Hurry,
     st: &mut State,
+    quorum_timeout: Duration,
 ) -> Result<()> {
     // 1. Deregister, then wait until the groups report us gone or their delay has passed.
     let mut waiting: Vec<(String, u16)> = Vec::new();
@@ -157,8 +158,17 @@ async fn steps(
                 tracing::warn!(error = %e, "drain did not finish; going on so the instance can terminate");
             }
             st.step(&fx.fs, "drained")?;
-            fx.k3s.delete_node(instance_id, kubeconfig.as_deref()).await?;
-            st.step(&fx.fs, "node-deleted")?;
+            if role.is_server() && !quorum_allows_removal(fx, instance_id, quorum_timeout, hurry).await? {
+                tracing::error!(
+                    node = instance_id,
+                    "not deleting this server's Node (and so its etcd member): quorum would be lost; \
+                     remove the member by hand once the control plane is healthy"
+                );
+                st.last_error = Some("etcd member kept: removing it would have lost quorum".into());
+            } else {
+                fx.k3s.delete_node(instance_id, kubeconfig.as_deref()).await?;
+                st.step(&fx.fs, "node-deleted")?;
+            }
         }
     }
     if active {
@@ -166,4 +176,21 @@ async fn steps(
     }
     st.step(&fx.fs, "k3s-stopped")?;
     Ok(())
+}
+
+/// Waits (bounded, heartbeats continue meanwhile) until removing this server's
+/// etcd member keeps quorum, e.g. until a replacement has joined.
+async fn quorum_allows_removal(fx: &Effects, me: &str, timeout: Duration, hurry: &Hurry) -> Result<bool> {
+    let mut w = Waiter::new("enough healthy control-plane members to remove this one", timeout).hurry(hurry);
+    loop {
+        let members = fx.k3s.control_plane_nodes().await?;
+        match plan::may_remove_member(&members, me) {
+            Ok(()) => return Ok(true),
+            Err(why) => {
+                if w.pending(why).await.is_err() {
+                    return Ok(false);
+                }
+            }
+        }
+    }
 }

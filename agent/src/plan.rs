@@ -126,8 +126,52 @@ pub fn missing_registrations<'a>(
         .collect()
 }
 
+/// Parses `name Ready-status` lines.
+pub fn parse_node_readiness(text: &str) -> Vec<(String, bool)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let name = parts.next()?;
+            Some((name.to_string(), parts.next() == Some("True")))
+        })
+        .collect()
+}
+
+/// Quorum guard: may this server remove its etcd member now? Only if the
+/// healthy members left afterwards still form a quorum of the membership left
+/// afterwards (the last server may always go).
+pub fn may_remove_member(members: &[(String, bool)], me: &str) -> Result<(), String> {
+    let others: Vec<&(String, bool)> = members.iter().filter(|(n, _)| n != me).collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    let healthy = others.iter().filter(|(_, ready)| *ready).count();
+    let quorum = others.len() / 2 + 1;
+    if healthy >= quorum {
+        Ok(())
+    } else {
+        Err(format!(
+            "removing this member would leave {healthy} healthy of {} control-plane members (quorum {quorum})",
+            others.len()
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn quorum_guard() {
+        let m = |v: &[(&str, bool)]| v.iter().map(|(n, r)| (n.to_string(), *r)).collect::<Vec<_>>();
+        assert!(may_remove_member(&m(&[("a", true), ("b", true), ("c", true)]), "a").is_ok());
+        // Two of three terminating at once: b is already down.
+        let e = may_remove_member(&m(&[("a", true), ("b", false), ("c", true)]), "a").unwrap_err();
+        assert!(e.contains("1 healthy of 2"), "{e}");
+        assert!(may_remove_member(&m(&[("a", true)]), "a").is_ok(), "the last server may go");
+        assert!(may_remove_member(&m(&[("a", true), ("b", true)]), "a").is_ok());
+        assert!(may_remove_member(&m(&[("a", true), ("b", true), ("c", true), ("d", false), ("e", true)]), "a").is_ok());
+        assert_eq!(parse_node_readiness("i-1 True\ni-2 False\n\ni-3\n"), m(&[("i-1", true), ("i-2", false), ("i-3", false)]));
+    }
+
     use super::*;
 
     const ME: &str = "i-0000000000000000a";

@@ -205,3 +205,39 @@ async fn killed_mid_leave_the_next_run_finishes_the_job() {
     assert!(!node.path("/run/k3s-stub/active-k3s-agent").exists());
     assert!(node.stub_calls().iter().any(|l| l.contains("delete node/")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_guard_keeps_the_member_until_a_replacement_is_healthy() {
+    let (mut w, cp, _tg) = cluster().await;
+    let b = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&b, &["join"]).await.unwrap());
+    let c = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&c, &["join"]).await.unwrap());
+    // b is already down (two of three terminating at once): c must not remove its member.
+    let members = w.dir.path().join("cp-nodes");
+    std::fs::write(&members, format!("{} True\n{} False\n{} True\n", cp.id, b.id, c.id)).unwrap();
+    w.agent_env.insert("K3S_STUB_CP_NODES".into(), members.display().to_string());
+    w.agent_env.insert("K3S_ASG_QUORUM_TIMEOUT".into(), "1".into());
+    c.clear_stub_calls();
+    let run = w.agent(&c, &["leave"]).await.unwrap();
+    ok(&run);
+    assert!(run.stderr.contains("would leave 1 healthy of 2"), "{}", run.stderr);
+    assert!(!c.stub_calls().iter().any(|l| l.contains("delete node/")), "member kept");
+    assert!(c.stub_calls().iter().any(|l| l.contains("systemctl\tstop k3s")));
+
+    // Same situation, but a replacement becomes healthy while it waits: then it goes.
+    let d = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&d, &["join"]).await.unwrap());
+    std::fs::write(&members, format!("{} True\n{} False\n{} True\n", cp.id, b.id, d.id)).unwrap();
+    w.agent_env.insert("K3S_ASG_QUORUM_TIMEOUT".into(), "30".into());
+    d.clear_stub_calls();
+    let agent = w.spawn_agent(&d, &["leave"]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !d.stub_calls().iter().any(|l| l.contains("get nodes -l")) {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(&members, format!("{} True\n{} False\n{} True\ni-0replacement0000 True\n", cp.id, b.id, d.id)).unwrap();
+    ok(&agent.wait(Duration::from_secs(30)).await.unwrap());
+    assert!(d.stub_calls().iter().any(|l| l.contains(&format!("delete node/{}", d.id))));
+}

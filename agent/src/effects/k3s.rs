@@ -15,6 +15,8 @@ pub trait K3s: Send + Sync {
     async fn drain_account_token(&self) -> Result<Option<Secret>>;
     /// `kubectl drain` (which cordons first); `Err` with kubectl's message when it fails.
     async fn drain(&self, node: &str, kubeconfig: Option<&Path>, timeout_s: u64, grace_period_s: u64) -> Result<()>;
+    /// Control-plane Node objects: `(name, Ready)`.
+    async fn control_plane_nodes(&self) -> Result<Vec<(String, bool)>>;
     /// Deletes the Node object; absent is fine.
     async fn delete_node(&self, node: &str, kubeconfig: Option<&Path>) -> Result<()>;
 }
@@ -79,6 +81,23 @@ impl K3s for K3sCli {
             return Err(Error::failed("drain node", node, String::from_utf8_lossy(&out.stderr).trim().to_string()));
         }
         Ok(())
+    }
+
+    async fn control_plane_nodes(&self) -> Result<Vec<(String, bool)>> {
+        let out = self
+            .kubectl(&[
+                "get",
+                "nodes",
+                "-l",
+                "node-role.kubernetes.io/control-plane=true",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+            ])
+            .await?;
+        if !out.status.success() {
+            return Err(Error::failed("list control-plane nodes", "", String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        }
+        Ok(crate::plan::parse_node_readiness(&String::from_utf8_lossy(&out.stdout)))
     }
 
     async fn delete_node(&self, node: &str, kubeconfig: Option<&Path>) -> Result<()> {
