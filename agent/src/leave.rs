@@ -154,7 +154,12 @@ async fn steps(
         if can_reach_api {
             let timeout = if hurried(hurry) { 10.min(spec.drain.timeout_s) } else { spec.drain.timeout_s };
             tracing::info!(node = instance_id, timeout_s = timeout, "cordoning and draining");
-            if let Err(e) = fx.k3s.drain(instance_id, kubeconfig.as_deref(), timeout, spec.drain.grace_period_s).await {
+            let drain = fx.k3s.drain(instance_id, kubeconfig.as_deref(), timeout, spec.drain.grace_period_s);
+            let result = tokio::select! {
+                r = drain => r,
+                _ = until_hurried(hurry) => Err(Error::failed("drain node", instance_id, "cut short by a second SIGTERM")),
+            };
+            if let Err(e) = result {
                 tracing::warn!(error = %e, "drain did not finish; going on so the instance can terminate");
             }
             st.step(&fx.fs, "drained")?;
@@ -192,5 +197,11 @@ async fn quorum_allows_removal(fx: &Effects, me: &str, timeout: Duration, hurry:
                 }
             }
         }
+    }
+}
+
+async fn until_hurried(hurry: &Hurry) {
+    while !hurried(hurry) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -59,6 +59,9 @@ pub async fn run(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
         }
     };
     tracing::info!(?trigger, "leaving the cluster");
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    }
     let hurry: Hurry = Arc::new(AtomicBool::new(false));
     let second = async {
         term.recv().await;

@@ -229,8 +229,8 @@ impl ClusterSpec {
                 }
             }
         }
-        if self.drain.timeout_s == 0 {
-            return Err(("drain.timeout_s".into(), "must be above 0".into()));
+        if self.drain.timeout_s == 0 || self.drain.timeout_s > 3600 {
+            return Err(("drain.timeout_s".into(), format!("{} is not between 1 and 3600 seconds", self.drain.timeout_s)));
         }
         Ok(())
     }

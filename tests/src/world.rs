@@ -185,6 +185,8 @@ impl World {
             }),
         );
         let readiness = serve("127.0.0.1:0", router).await?;
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("aws-config"), "")?;
         Ok(World {
             ssm: aws_sdk_ssm::Client::new(&sdk),
             elb: aws_sdk_elasticloadbalancingv2::Client::new(&sdk),
@@ -199,7 +201,7 @@ impl World {
             zone_id,
             readiness_status,
             readiness,
-            dir: tempfile::tempdir()?,
+            dir,
             clusters: BTreeMap::new(),
             agent_env: BTreeMap::new(),
         })
@@ -335,8 +337,8 @@ impl World {
             .env("AWS_ENDPOINT_URL", self.recorder.url())
             .env("AWS_ACCESS_KEY_ID", inst.access_key())
             .env("AWS_SECRET_ACCESS_KEY", "testbed-secret")
-            .env("AWS_CONFIG_FILE", "/nonexistent/k3s-asg-testbed")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/k3s-asg-testbed")
+            .env("AWS_CONFIG_FILE", self.dir.path().join("aws-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.path().join("aws-config"))
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", inst.imds.url())
             .env("K3S_ASG_ROOT", &inst.root)
             .env("K3S_STUB_CA", ca_file)

@@ -241,3 +241,26 @@ async fn quorum_guard_keeps_the_member_until_a_replacement_is_healthy() {
     ok(&agent.wait(Duration::from_secs(30)).await.unwrap());
     assert!(d.stub_calls().iter().any(|l| l.contains(&format!("delete node/{}", d.id))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_sigterm_skips_waits_but_still_cleans_up() {
+    let (mut w, cp, tg) = cluster().await;
+    // A drain that would take far longer than anyone wants to wait.
+    w.agent_env.insert("K3S_STUB_DRAIN_SECONDS".into(), "120".into());
+    let node = w.launch("alpha", "node").await.unwrap();
+    let agent = w.spawn_agent(&node, &["run"]).unwrap();
+    wait_for_phase(&node, "ready").await;
+    agent.sigterm();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !node.stub_calls().iter().any(|l| l.contains(" drain ")) {
+        assert!(std::time::Instant::now() < deadline, "never started draining");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.sigterm();
+    let run = agent.wait(Duration::from_secs(60)).await.unwrap();
+    ok(&run);
+    assert!(run.stderr.contains("second SIGTERM"), "{}", run.stderr);
+    let t = timeline(&w, &node);
+    assert_order(&t, &["aws DeregisterTargets", " drain ", "delete node/", "systemctl stop k3s-agent"]);
+    assert_eq!(w.members(&tg).await.unwrap(), vec![cp.id.clone()]);
+}

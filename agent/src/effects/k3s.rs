@@ -31,6 +31,7 @@ impl K3sCli {
             .arg("kubectl")
             .args(args)
             .env("K3S_ASG_ROOT", &self.root)
+            .kill_on_drop(true)
             .output()
             .await
             .map_err(|e| Error::failed("run k3s kubectl", args.join(" "), e.to_string()))
