@@ -74,6 +74,13 @@ pub async fn cluster_and_role(cfg: &AgentConfig, fx: &Effects, instance_id: &str
     Ok((cluster, role))
 }
 
+/// The cluster spec from the parameters read; exit-2 errors name the parameter and field.
+pub fn cluster_spec(params: &BTreeMap<String, Param>, name: &str) -> Result<ClusterSpec> {
+    let param = params.get(name).ok_or_else(|| Error::bad_input("read cluster spec", name, "the parameter does not exist"))?;
+    ClusterSpec::parse(name, param.value.expose())
+        .map_err(|e| Error::bad_input("read cluster spec", &e.parameter, format!("field `{}`: {}", e.field, e.problem)))
+}
+
 struct Names {
     config: String,
     token: String,
@@ -100,20 +107,10 @@ pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
         wanted.push(names.admin.clone());
     }
     let mut params = fx.parameters.get(&wanted).await?;
-    let spec_param = params
-        .get(&names.config)
-        .ok_or_else(|| Error::bad_input("read cluster spec", &names.config, "the parameter does not exist"))?;
-    let spec = ClusterSpec::parse(&names.config, spec_param.value.expose())
-        .map_err(|e| Error::bad_input("read cluster spec", &e.parameter, format!("field `{}`: {}", e.field, e.problem)))?;
+    let spec = cluster_spec(&params, &names.config)?;
 
-    let mut st = State::load(&fx.fs)?.unwrap_or_default();
-    st.instance_id = id.instance_id.clone();
-    st.cluster = cluster.clone();
-    st.role = Some(role);
-    st.phase = "joining".into();
+    let mut st = State::begin(&fx.fs, &id.instance_id, &cluster, role, "joining")?;
     st.api_hostname = role.is_server().then(|| spec.api.hostname.clone());
-    st.steps.clear();
-    st.last_error = None;
     st.step(&fx.fs, "identity")?;
 
     // Token: a server creates the election token if there is none; whoever created it initialises.

@@ -7,7 +7,7 @@ use crate::config::AgentConfig;
 use crate::effects::lifecycle::WaitingHook;
 use crate::effects::Effects;
 use crate::error::{Error, Result};
-use crate::join::{cluster_and_role, identity};
+use crate::join::{cluster_and_role, cluster_spec, identity};
 use crate::plan::{self, RecordChange};
 use crate::render;
 use crate::state::State;
@@ -27,20 +27,8 @@ pub async fn leave(cfg: &AgentConfig, fx: &Effects, hurry: &Hurry) -> Result<()>
     let config_name = cfg.prefix.cluster_config(&cluster);
     let drain_name = cfg.prefix.drain_kubeconfig(&cluster);
     let params = fx.parameters.get(&[config_name.clone(), drain_name.clone()]).await?;
-    let spec_param = params
-        .get(&config_name)
-        .ok_or_else(|| Error::bad_input("read cluster spec", &config_name, "the parameter does not exist"))?;
-    let spec = ClusterSpec::parse(&config_name, spec_param.value.expose())
-        .map_err(|e| Error::bad_input("read cluster spec", &e.parameter, format!("field `{}`: {}", e.field, e.problem)))?;
-
-    let mut st = State::load(&fx.fs)?.unwrap_or_default();
-    st.instance_id = id.instance_id.clone();
-    st.cluster = cluster.clone();
-    st.role = Some(role);
-    st.phase = "leaving".into();
-    st.steps.clear();
-    st.last_error = None;
-    st.save(&fx.fs)?;
+    let spec = cluster_spec(&params, &config_name)?;
+    let mut st = State::begin(&fx.fs, &id.instance_id, &cluster, role, "leaving")?;
     tracing::info!(instance = %id.instance_id, cluster = %cluster, role = %role, "leaving");
 
     let hook = fx.lifecycle.waiting_hook(&id.instance_id).await?;

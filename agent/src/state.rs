@@ -37,6 +37,19 @@ impl State {
         Ok(fs.read(STATE_PATH)?.and_then(|s| serde_json::from_str(&s).ok()))
     }
 
+    /// Loads the state and starts a new phase (`joining`, `leaving`) with no steps done yet.
+    pub fn begin(fs: &HostFs, instance_id: &str, cluster: &str, role: Role, phase: &str) -> Result<State> {
+        let mut st = State::load(fs)?.unwrap_or_default();
+        st.instance_id = instance_id.to_string();
+        st.cluster = cluster.to_string();
+        st.role = Some(role);
+        st.phase = phase.to_string();
+        st.steps.clear();
+        st.last_error = None;
+        st.save(fs)?;
+        Ok(st)
+    }
+
     pub fn save(&self, fs: &HostFs) -> Result<()> {
         let text = serde_json::to_string_pretty(self).expect("state serialises") + "\n";
         fs.write_if_changed(STATE_PATH, &text, 0o644)?;

@@ -113,9 +113,9 @@ async fn five_servers_at_once_elect_exactly_one() {
     for _ in 0..5 {
         servers.push(w.launch("alpha", "control-plane").await.unwrap());
     }
-    let runs = futures_join_all(&w, &servers).await;
+    let runs = k3s_asg_testbed::join_all(servers.iter().map(|s| w.agent(s, &["join"])).collect()).await;
     for r in &runs {
-        ok(r);
+        ok(r.as_ref().unwrap());
     }
     let inits = servers
         .iter()
@@ -129,40 +129,16 @@ async fn five_servers_at_once_elect_exactly_one() {
     let records: Vec<String> = w.api_records("alpha").await.unwrap().into_iter().map(|(id, _)| id).collect();
     assert_eq!(records, ids, "five API records");
     assert_eq!(w.members(&tg).await.unwrap(), ids, "all registered");
-    assert!(w.param(TOKEN).await.unwrap().unwrap().starts_with("K10"));
-}
-
-async fn futures_join_all(w: &World, servers: &[k3s_asg_testbed::world::Instance]) -> Vec<k3s_asg_testbed::world::AgentRun> {
-    let futs = servers.iter().map(|s| w.agent(s, &["join"]));
-    let mut out = Vec::new();
-    // Start all at the same moment: build every future first, then drive them together.
-    let results = join_all(futs.collect()).await;
-    for r in results {
-        out.push(r.unwrap());
-    }
-    out
-}
-
-async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futs {
-        set.push(Box::pin(f));
-    }
-    let mut results: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in set.iter_mut().enumerate() {
-            if results[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => results[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
+    let token = w.param(TOKEN).await.unwrap().unwrap();
+    assert!(token.starts_with("K10"));
+    let roots: Vec<&std::path::Path> = servers.iter().map(|s| s.root.as_path()).collect();
+    let secrets = secrets_of(&[Some(token), w.param(ADMIN).await.unwrap(), w.param(DRAIN).await.unwrap()], &roots);
+    for r in &runs {
+        let r = r.as_ref().unwrap();
+        for s in &secrets {
+            assert!(!r.stderr.contains(s.as_str()) && !r.stdout.contains(s.as_str()), "a secret leaked into a server's log");
         }
-        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
-    })
-    .await;
-    results.into_iter().map(Option::unwrap).collect()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -264,3 +264,31 @@ async fn second_sigterm_skips_waits_but_still_cleans_up() {
     assert_order(&t, &["aws DeregisterTargets", " drain ", "delete node/", "systemctl stop k3s-agent"]);
     assert_eq!(w.members(&tg).await.unwrap(), vec![cp.id.clone()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_recommendation_is_ignored_unless_configured() {
+    let (mut w, _cp, tg) = cluster().await;
+    let rebalance = r#"{"noticeTime": "2026-11-24T18:00:00Z"}"#;
+    // Default: ignore. The agent keeps serving through several poll rounds.
+    let node = w.launch("alpha", "node").await.unwrap();
+    let agent = w.spawn_agent(&node, &["run"]).unwrap();
+    wait_for_phase(&node, "ready").await;
+    node.imds.set("events/recommendations/rebalance", Some(rebalance));
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(w.members(&tg).await.unwrap().contains(&node.id), "left on a rebalance recommendation by default");
+    }
+    agent.sigterm();
+    ok(&agent.wait(Duration::from_secs(30)).await.unwrap());
+
+    // --on-rebalance leave: it leaves.
+    w.agent_env.insert("K3S_ASG_ON_REBALANCE".into(), "leave".into());
+    let node = w.launch("alpha", "node").await.unwrap();
+    let agent = w.spawn_agent(&node, &["run"]).unwrap();
+    wait_for_phase(&node, "ready").await;
+    node.imds.set("events/recommendations/rebalance", Some(rebalance));
+    let run = agent.wait(Duration::from_secs(30)).await.unwrap();
+    ok(&run);
+    assert!(run.stderr.contains("Rebalance"), "{}", run.stderr);
+    assert!(!w.members(&tg).await.unwrap().contains(&node.id));
+}

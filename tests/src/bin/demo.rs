@@ -49,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
     for f in runs {
         handles.push(f);
     }
-    let results = futures_all(handles).await;
+    let results = k3s_asg_testbed::join_all(handles).await;
     for r in results {
         r?;
     }
@@ -90,23 +90,4 @@ async fn main() -> anyhow::Result<()> {
     let init = all.iter().filter(|i| i.file("/etc/rancher/k3s/config.yaml").unwrap_or_default().contains("cluster-init: true")).count();
     println!("\nDone: {init} server ran cluster-init, the others joined a live server verified by the CA hash in the token.");
     Ok(())
-}
-
-async fn futures_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
-    let mut set: Vec<_> = futs.into_iter().map(Box::pin).collect();
-    let mut results: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in set.iter_mut().enumerate() {
-            if results[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => results[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
-    })
-    .await;
-    results.into_iter().map(Option::unwrap).collect()
 }
