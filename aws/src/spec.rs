@@ -161,17 +161,154 @@ pub fn is_k3s_flag(role: Role, key: &str) -> bool {
     K3S_AGENT_FLAGS.contains(&key) || (role.is_server() && K3S_SERVER_ONLY_FLAGS.contains(&key))
 }
 
+/// Parses JSON strictly, naming the field path of any error.
+fn parse_json<T: serde::de::DeserializeOwned>(parameter: &str, json: &str) -> Result<T, SpecError> {
+    let de = &mut serde_json::Deserializer::from_str(json);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { "(document)".to_string() } else { field };
+        SpecError { parameter: parameter.to_string(), field, problem: e.into_inner().to_string() }
+    })
+}
+
+fn located(parameter: &str) -> impl Fn((String, String)) -> SpecError + '_ {
+    move |(field, problem)| SpecError { parameter: parameter.to_string(), field, problem }
+}
+
+/// A shared endpoint served by several clusters (`{prefix}/endpoints/{name}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub hostname: String,
+    pub hosted_zone_id: String,
+    /// cluster name → weight (0–999).
+    pub clusters: std::collections::BTreeMap<String, u32>,
+    #[serde(default = "default_listener_port")]
+    pub listener_port: u16,
+    #[serde(default)]
+    pub health: Option<HealthSpec>,
+    #[serde(default)]
+    pub restricted_cidrs: Vec<String>,
+    #[serde(default)]
+    pub stickiness_s: u32,
+}
+
+fn default_listener_port() -> u16 {
+    443
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    pub path: String,
+    #[serde(default = "default_status")]
+    pub expect_status: u16,
+}
+
+/// A region's shared ALB (`{prefix}/regions/{region}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionSpec {
+    pub alb_arn: String,
+    pub listener_arns: Vec<String>,
+    pub zone: String,
+    #[serde(default = "default_rules_quota")]
+    pub rules_quota: u32,
+}
+
+fn default_rules_quota() -> u32 {
+    100
+}
+
+/// ALB limits the coordinator enforces itself (moto does not).
+pub const MAX_TARGET_GROUPS_PER_FORWARD: usize = 5;
+
+fn check_cidr(c: &str) -> bool {
+    let Some((ip, len)) = c.split_once('/') else { return false };
+    match (ip.parse::<std::net::IpAddr>(), len.parse::<u8>()) {
+        (Ok(std::net::IpAddr::V4(_)), Ok(l)) => l <= 32,
+        (Ok(std::net::IpAddr::V6(_)), Ok(l)) => l <= 128,
+        _ => false,
+    }
+}
+
+impl EndpointSpec {
+    pub fn parse(parameter: &str, json: &str) -> Result<EndpointSpec, SpecError> {
+        let spec: EndpointSpec = parse_json(parameter, json)?;
+        spec.validate().map_err(located(parameter))?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        check_hostname(&self.hostname).map_err(|p| ("hostname".into(), p))?;
+        if self.hosted_zone_id.is_empty() || !self.hosted_zone_id.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
+            return Err(("hosted_zone_id".into(), format!("{:?} is not a Route53 hosted zone id", self.hosted_zone_id)));
+        }
+        if self.clusters.is_empty() {
+            return Err(("clusters".into(), "must name at least one cluster".into()));
+        }
+        if self.clusters.len() > MAX_TARGET_GROUPS_PER_FORWARD {
+            return Err((
+                "clusters".into(),
+                format!("{} clusters, but an ALB forward action takes at most {MAX_TARGET_GROUPS_PER_FORWARD} target groups", self.clusters.len()),
+            ));
+        }
+        for (name, weight) in &self.clusters {
+            crate::names::check_cluster_name(name).map_err(|p| (format!("clusters.{name}"), p))?;
+            if *weight > 999 {
+                return Err((format!("clusters.{name}"), format!("weight {weight} is above 999")));
+            }
+        }
+        for (i, c) in self.restricted_cidrs.iter().enumerate() {
+            if !check_cidr(c) {
+                return Err((format!("restricted_cidrs[{i}]"), format!("{c:?} is not a CIDR block")));
+            }
+        }
+        if self.restricted_cidrs.len() > 4 {
+            return Err(("restricted_cidrs".into(), "an ALB source-ip condition takes at most 4 values here".into()));
+        }
+        if self.stickiness_s > 604_800 {
+            return Err(("stickiness_s".into(), "must be at most 604800 (7 days)".into()));
+        }
+        if let Some(h) = &self.health {
+            if !h.path.starts_with('/') {
+                return Err(("health.path".into(), format!("{:?} must start with '/'", h.path)));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RegionSpec {
+    pub fn parse(parameter: &str, json: &str) -> Result<RegionSpec, SpecError> {
+        let spec: RegionSpec = parse_json(parameter, json)?;
+        if !spec.alb_arn.contains(":loadbalancer/app/") {
+            return Err(located(parameter)(("alb_arn".into(), format!("{:?} is not an application load balancer ARN", spec.alb_arn))));
+        }
+        if spec.listener_arns.is_empty() {
+            return Err(located(parameter)(("listener_arns".into(), "must list at least one listener".into())));
+        }
+        for (i, l) in spec.listener_arns.iter().enumerate() {
+            if !l.contains(":listener/app/") {
+                return Err(located(parameter)((format!("listener_arns[{i}]"), format!("{l:?} is not an ALB listener ARN"))));
+            }
+        }
+        check_hostname(&spec.zone).map_err(|p| located(parameter)(("zone".into(), p)))?;
+        Ok(spec)
+    }
+}
+
 impl ClusterSpec {
     /// Parses and validates the JSON held in `parameter`.
     pub fn parse(parameter: &str, json: &str) -> Result<ClusterSpec, SpecError> {
-        let de = &mut serde_json::Deserializer::from_str(json);
-        let spec: ClusterSpec = serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
-            let field = if field == "." { "(document)".to_string() } else { field };
-            SpecError { parameter: parameter.to_string(), field, problem: e.into_inner().to_string() }
-        })?;
-        spec.validate().map_err(|(field, problem)| SpecError { parameter: parameter.to_string(), field, problem })?;
+        let spec: ClusterSpec = parse_json(parameter, json)?;
+        spec.validate().map_err(located(parameter))?;
         Ok(spec)
+    }
+
+    /// The cluster's ingress target group, if it has one.
+    pub fn ingress(&self) -> Option<&TargetGroupSpec> {
+        self.target_groups.iter().find(|tg| tg.ingress)
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
@@ -311,5 +448,28 @@ mod tests {
 
         let e = err(r#"{"api":{"hostname":"api.a.example.com","hosted_zone_id":"Z1"},"target_groups":[{"arn":"x","port":80}]}"#);
         assert_eq!(e.field, "target_groups[0].arn");
+    }
+
+    #[test]
+    fn endpoint_and_region_specs() {
+        let e = EndpointSpec::parse(
+            "/k3s-asg/endpoints/blog",
+            r#"{ "hostname": "blog.example.com", "hosted_zone_id": "Z0123", "clusters": { "alpha": 1, "bravo": 1 },
+                 "listener_port": 443, "health": { "path": "/healthz", "expect_status": 200 }, "restricted_cidrs": [], "stickiness_s": 0 }"#,
+        )
+        .unwrap();
+        assert_eq!(e.clusters.len(), 2);
+        let six = r#"{"hostname":"b.example.com","hosted_zone_id":"Z1","clusters":{"a":1,"b":1,"c":1,"d":1,"e":1,"f":1}}"#;
+        assert_eq!(EndpointSpec::parse("p", six).unwrap_err().field, "clusters");
+        let cidr = r#"{"hostname":"b.example.com","hosted_zone_id":"Z1","clusters":{"a":1},"restricted_cidrs":["10.0.0.0/33"]}"#;
+        assert_eq!(EndpointSpec::parse("p", cidr).unwrap_err().field, "restricted_cidrs[0]");
+        let r = RegionSpec::parse(
+            "/k3s-asg/regions/us-east-1",
+            r#"{"alb_arn":"arn:aws:elasticloadbalancing:us-east-1:1:loadbalancer/app/shared/1","listener_arns":["arn:aws:elasticloadbalancing:us-east-1:1:listener/app/shared/1/2"],"zone":"example.com"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.rules_quota, 100);
+        let bad = r#"{"alb_arn":"arn:aws:elasticloadbalancing:us-east-1:1:loadbalancer/app/shared/1","listener_arns":["nope"],"zone":"example.com"}"#;
+        assert_eq!(RegionSpec::parse("p", bad).unwrap_err().field, "listener_arns[0]");
     }
 }
