@@ -1,0 +1,110 @@
+//! Command line: `k3s-asg-coordinator plan | apply | run`.
+
+use crate::reconcile::{self, Effects, Settings};
+use crate::{Error, alb, source, zones};
+use clap::{Parser, Subcommand};
+use k3s_asg_aws::params::Prefix;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Reconciles a region's shared ALB listener rules and Route53 latency records
+/// for k3s-asg clusters and shared endpoints, from the desired state in SSM
+/// (`{prefix}/regions/{region}`, `{prefix}/clusters/*/config`, `{prefix}/endpoints/*`).
+///
+/// It changes only rules tagged `k3s-asg:owner=<owner>` and records claimed by
+/// its `_k3s-asg.<hostname>` TXT record; anything else is reported as a conflict.
+///
+/// Exit codes: 0 done (for `apply`: the region matches the desired state);
+/// 2 bad input (a spec names the field); 1 any other failure.
+#[derive(Debug, Parser)]
+#[command(name = "k3s-asg-coordinator", version)]
+struct Cli {
+    /// SSM parameter prefix of this region's k3s-asg parameters.
+    #[arg(long, env = "K3S_ASG_PREFIX", default_value = k3s_asg_aws::params::DEFAULT_PREFIX, global = true)]
+    prefix: String,
+    /// Owner id written on the rules and records this coordinator creates.
+    #[arg(long, env = "K3S_ASG_OWNER", default_value = "k3s-asg", global = true)]
+    owner: String,
+    /// Region to reconcile (default: AWS_REGION).
+    #[arg(long, env = "AWS_REGION", global = true)]
+    region: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the changes `apply` would make (+ create, ~ modify, - delete, ! conflict); change nothing.
+    Plan {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Converge the region once.
+    Apply,
+    /// Converge the region every interval, until stopped.
+    Run {
+        /// Seconds between reconciles.
+        #[arg(long, default_value_t = 60)]
+        interval: u64,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("K3S_ASG_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime starts");
+    match rt.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("k3s-asg-coordinator: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Error> {
+    let prefix = Prefix::new(&cli.prefix).map_err(|why| Error::bad_input("read settings", "--prefix", why))?;
+    let region = cli.region.clone().ok_or_else(|| Error::bad_input("read settings", "--region", "set --region or AWS_REGION"))?;
+    let settings = Settings { prefix, region: region.clone(), owner: cli.owner.clone() };
+    let sdk = k3s_asg_aws::clients::load(Some(region)).await;
+    let fx = Effects {
+        specs: Box::new(source::Ssm(aws_sdk_ssm::Client::new(&sdk))),
+        alb: Box::new(alb::Elbv2(aws_sdk_elasticloadbalancingv2::Client::new(&sdk))),
+        zones: Box::new(zones::Route53(aws_sdk_route53::Client::new(&sdk))),
+    };
+    match cli.command {
+        Command::Plan { json } => {
+            let p = reconcile::compute_plan(&settings, &fx).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p).expect("plan serialises"));
+            } else {
+                print!("{}", crate::render::text(&p));
+            }
+            Ok(())
+        }
+        Command::Apply => {
+            let p = reconcile::apply(&settings, &fx).await?;
+            print!("{}", crate::render::text(&p));
+            Ok(())
+        }
+        Command::Run { interval } => loop {
+            match reconcile::apply(&settings, &fx).await {
+                Ok(p) => tracing::info!(rules = p.rules.len(), records = p.records.len(), conflicts = p.conflicts.len(), "reconciled"),
+                Err(e) if e.bad_input => return Err(e),
+                Err(e) => tracing::error!(error = %e, "reconcile failed; will retry"),
+            }
+            let jitter = rand::random::<u64>() % (interval.max(1) * 100);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(interval) + Duration::from_millis(jitter)) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        },
+    }
+}

@@ -1,0 +1,125 @@
+//! What the coordinator compares: desired and observed listener rules and
+//! Route53 records, as plain values.
+
+use serde::Serialize;
+
+/// The shape of a rule the coordinator manages: one host, optional source
+/// CIDRs, a (weighted) forward, optional stickiness.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleSpec {
+    pub host: String,
+    pub source_ips: Vec<String>,
+    /// (target group ARN, weight)
+    pub forward: Vec<(String, u32)>,
+    pub stickiness_s: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObservedRule {
+    pub listener: String,
+    pub arn: String,
+    pub priority: u32,
+    /// Every host-header value of the rule (lower case).
+    pub hosts: Vec<String>,
+    /// The managed shape, when the rule has it.
+    pub spec: Option<RuleSpec>,
+    /// The `k3s-asg:owner` tag.
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DesiredRule {
+    /// What the rule is for, e.g. `cluster alpha` or `endpoint blog`.
+    pub purpose: String,
+    pub listener: String,
+    /// Specific hostnames sort before wildcards.
+    pub specific: bool,
+    pub spec: RuleSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AliasTarget {
+    pub dns_name: String,
+    pub hosted_zone_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum RecordData {
+    Alias(AliasTarget),
+    Txt { ttl: u32, values: Vec<String> },
+    Other,
+}
+
+/// One latency record set (A alias or TXT) in a zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordSet {
+    pub zone_id: String,
+    /// Fully qualified, lower case, trailing dot.
+    pub name: String,
+    pub rtype: String,
+    pub set_identifier: Option<String>,
+    pub region: Option<String>,
+    pub data: RecordData,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DesiredEndpointRecord {
+    pub purpose: String,
+    pub zone_id: String,
+    pub hostname: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Desired {
+    pub region: String,
+    pub owner: String,
+    pub rules_quota: u32,
+    pub alb: AliasTarget,
+    pub rules: Vec<DesiredRule>,
+    pub records: Vec<DesiredEndpointRecord>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Observed {
+    /// Every rule on every managed listener, ours or not (default rules excluded).
+    pub rules: Vec<ObservedRule>,
+    /// Every record set of every zone the desired state names.
+    pub records: Vec<RecordSet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum RuleChange {
+    Create { purpose: String, listener: String, priority: u32, spec: RuleSpec },
+    Modify { purpose: String, listener: String, arn: String, from: Option<RuleSpec>, to: RuleSpec },
+    Delete { listener: String, arn: String, hosts: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum RecordChange {
+    Upsert { purpose: String, record: RecordSet },
+    Delete { purpose: String, record: RecordSet },
+}
+
+impl RecordChange {
+    pub fn record(&self) -> &RecordSet {
+        match self {
+            RecordChange::Upsert { record, .. } | RecordChange::Delete { record, .. } => record,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub rules: Vec<RuleChange>,
+    pub records: Vec<RecordChange>,
+    /// Things in the way that we do not own: reported, never touched.
+    pub conflicts: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty() && self.records.is_empty()
+    }
+}

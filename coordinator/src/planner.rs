@@ -1,0 +1,318 @@
+//! The diff: desired vs observed → the changes to make (pure). The whole plan
+//! is checked against the ALB quota before anything is written.
+
+use crate::model::*;
+use k3s_asg_aws::names::fqdn;
+use std::collections::{BTreeMap, BTreeSet};
+
+pub const OWNER_TAG: &str = "k3s-asg:owner";
+/// Specific hostnames take the lowest free priorities, wildcards the highest.
+pub const MAX_PRIORITY: u32 = 50_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("the plan needs {needed} listener rules on the load balancer but its quota is {quota} (rules_quota in the region spec); nothing was applied")]
+    Quota { needed: usize, quota: u32 },
+    #[error("listener {listener} has no free priority left")]
+    NoPriority { listener: String },
+}
+
+/// The TXT record that claims `hostname` for this owner in this region.
+pub fn owner_record_name(hostname: &str) -> String {
+    fqdn(&format!("_k3s-asg.{hostname}"))
+}
+
+pub fn owner_value(owner: &str, region: &str) -> String {
+    format!("\"heritage=k3s-asg,owner={owner},region={region}\"")
+}
+
+/// `SetIdentifier`s are unique in the zone (moto deletes loosely by identifier).
+pub fn alias_set_id(region: &str, hostname: &str) -> String {
+    format!("{region}/{hostname}")
+}
+
+pub fn owner_set_id(region: &str, hostname: &str) -> String {
+    format!("{region}/{hostname}/owner")
+}
+
+pub fn plan(d: &Desired, o: &Observed) -> Result<Plan, PlanError> {
+    let mut p = Plan::default();
+    plan_rules(d, o, &mut p)?;
+    plan_records(d, o, &mut p);
+    Ok(p)
+}
+
+fn plan_rules(d: &Desired, o: &Observed, p: &mut Plan) -> Result<(), PlanError> {
+    let listeners: BTreeSet<&String> = d.rules.iter().map(|r| &r.listener).chain(o.rules.iter().map(|r| &r.listener)).collect();
+    let mut total_after = 0usize;
+    for listener in listeners {
+        let observed: Vec<&ObservedRule> = o.rules.iter().filter(|r| &r.listener == listener).collect();
+        let mut used: BTreeSet<u32> = observed.iter().map(|r| r.priority).collect();
+        let mut matched: BTreeSet<&str> = BTreeSet::new();
+        let mut creates = Vec::new();
+        for want in d.rules.iter().filter(|r| &r.listener == listener) {
+            let existing = observed.iter().find(|r| r.hosts.iter().any(|h| *h == want.spec.host));
+            match existing {
+                Some(rule) if rule.owner.as_deref() == Some(&d.owner) => {
+                    matched.insert(&rule.arn);
+                    if rule.spec.as_ref() != Some(&want.spec) {
+                        p.rules.push(RuleChange::Modify {
+                            purpose: want.purpose.clone(),
+                            listener: listener.clone(),
+                            arn: rule.arn.clone(),
+                            from: rule.spec.clone(),
+                            to: want.spec.clone(),
+                        });
+                    }
+                }
+                Some(rule) => p.conflicts.push(format!(
+                    "{}: listener {listener} already has rule {} (priority {}) for host {} that k3s-asg does not own{}; left alone",
+                    want.purpose,
+                    rule.arn,
+                    rule.priority,
+                    want.spec.host,
+                    rule.owner.as_ref().map(|o| format!(" (owner {o})")).unwrap_or_default()
+                )),
+                None => creates.push(want),
+            }
+        }
+        let mut deletes = 0;
+        for rule in &observed {
+            if rule.owner.as_deref() == Some(&d.owner) && !matched.contains(rule.arn.as_str()) {
+                p.rules.push(RuleChange::Delete { listener: listener.clone(), arn: rule.arn.clone(), hosts: rule.hosts.clone() });
+                used.remove(&rule.priority);
+                deletes += 1;
+            }
+        }
+        // Specific hostnames first (ascending from 1), wildcards from the top down.
+        creates.sort_by_key(|r| (!r.specific, r.spec.host.clone()));
+        for want in creates {
+            let priority = if want.specific {
+                (1..MAX_PRIORITY).find(|n| !used.contains(n))
+            } else {
+                (1..=MAX_PRIORITY).rev().find(|n| !used.contains(n))
+            }
+            .ok_or_else(|| PlanError::NoPriority { listener: listener.clone() })?;
+            used.insert(priority);
+            p.rules.push(RuleChange::Create {
+                purpose: want.purpose.clone(),
+                listener: listener.clone(),
+                priority,
+                spec: want.spec.clone(),
+            });
+        }
+        total_after += observed.len() - deletes + p.rules.iter().filter(|c| matches!(c, RuleChange::Create { listener: l, .. } if l == listener)).count();
+    }
+    if total_after > d.rules_quota as usize {
+        return Err(PlanError::Quota { needed: total_after, quota: d.rules_quota });
+    }
+    Ok(())
+}
+
+fn plan_records(d: &Desired, o: &Observed, p: &mut Plan) {
+    let find = |zone: &str, name: &str, rtype: &str, set_id: &str| {
+        o.records.iter().find(|r| {
+            r.zone_id == zone && r.name == name && r.rtype == rtype && r.set_identifier.as_deref() == Some(set_id)
+        })
+    };
+    let value = owner_value(&d.owner, &d.region);
+    let is_ours = |r: &RecordSet| matches!(&r.data, RecordData::Txt { values, .. } if values.contains(&value));
+    let mut wanted: BTreeMap<(String, String), &DesiredEndpointRecord> = BTreeMap::new();
+    for want in &d.records {
+        wanted.insert((want.zone_id.clone(), fqdn(&want.hostname)), want);
+        let name = fqdn(&want.hostname);
+        let owner_name = owner_record_name(&want.hostname);
+        let owner_id = owner_set_id(&d.region, &want.hostname);
+        let alias_id = alias_set_id(&d.region, &want.hostname);
+        let claim = find(&want.zone_id, &owner_name, "TXT", &owner_id);
+        let alias = find(&want.zone_id, &name, "A", &alias_id);
+        let desired_alias = RecordSet {
+            zone_id: want.zone_id.clone(),
+            name: name.clone(),
+            rtype: "A".into(),
+            set_identifier: Some(alias_id.clone()),
+            region: Some(d.region.clone()),
+            data: RecordData::Alias(d.alb.clone()),
+        };
+        let owned = claim.is_some_and(is_ours);
+        if !owned {
+            if let Some(a) = alias {
+                p.conflicts.push(format!(
+                    "{}: record {} A (SetIdentifier {}) exists without this owner's claim; left alone",
+                    want.purpose, a.name, alias_id
+                ));
+                continue;
+            }
+            if claim.is_some() {
+                p.conflicts.push(format!("{}: claim record {owner_name} belongs to another owner; left alone", want.purpose));
+                continue;
+            }
+            p.records.push(RecordChange::Upsert {
+                purpose: want.purpose.clone(),
+                record: RecordSet {
+                    zone_id: want.zone_id.clone(),
+                    name: owner_name.clone(),
+                    rtype: "TXT".into(),
+                    set_identifier: Some(owner_id.clone()),
+                    region: Some(d.region.clone()),
+                    data: RecordData::Txt { ttl: 300, values: vec![value.clone()] },
+                },
+            });
+        }
+        if alias != Some(&desired_alias) {
+            p.records.push(RecordChange::Upsert { purpose: want.purpose.clone(), record: desired_alias });
+        }
+    }
+    // Garbage: records we claimed for hostnames no endpoint wants any more.
+    for claim in o.records.iter().filter(|r| r.rtype == "TXT" && r.region.as_deref() == Some(&d.region) && is_ours(r)) {
+        let Some(hostname) = claim.name.strip_prefix("_k3s-asg.").map(|h| h.trim_end_matches('.').to_string()) else { continue };
+        if claim.set_identifier.as_deref() != Some(&owner_set_id(&d.region, &hostname)) {
+            continue;
+        }
+        if wanted.contains_key(&(claim.zone_id.clone(), fqdn(&hostname))) {
+            continue;
+        }
+        let purpose = format!("gone endpoint {hostname}");
+        if let Some(a) = find(&claim.zone_id, &fqdn(&hostname), "A", &alias_set_id(&d.region, &hostname)) {
+            p.records.push(RecordChange::Delete { purpose: purpose.clone(), record: a.clone() });
+        }
+        p.records.push(RecordChange::Delete { purpose, record: claim.clone() });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: &str = "arn:aws:elasticloadbalancing:us-east-1:1:listener/app/shared/1/443";
+    const TG_A: &str = "arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/alpha/1";
+    const TG_B: &str = "arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/bravo/2";
+
+    fn alb() -> AliasTarget {
+        AliasTarget { dns_name: "shared-1.us-east-1.elb.amazonaws.com".into(), hosted_zone_id: "Z35SXDOTRQ7X7K".into() }
+    }
+
+    fn spec(host: &str, forward: &[(&str, u32)]) -> RuleSpec {
+        RuleSpec { host: host.into(), source_ips: vec![], forward: forward.iter().map(|(a, w)| (a.to_string(), *w)).collect(), stickiness_s: 0 }
+    }
+
+    fn desired(rules: Vec<DesiredRule>, records: Vec<DesiredEndpointRecord>) -> Desired {
+        Desired { region: "us-east-1".into(), owner: "me".into(), rules_quota: 100, alb: alb(), rules, records }
+    }
+
+    fn want(purpose: &str, specific: bool, s: RuleSpec) -> DesiredRule {
+        DesiredRule { purpose: purpose.into(), listener: L.into(), specific, spec: s }
+    }
+
+    fn seen(arn: &str, priority: u32, s: RuleSpec, owner: Option<&str>) -> ObservedRule {
+        ObservedRule { listener: L.into(), arn: arn.into(), priority, hosts: vec![s.host.clone()], spec: Some(s), owner: owner.map(str::to_string) }
+    }
+
+    #[test]
+    fn creates_specific_low_and_wildcards_high() {
+        let d = desired(
+            vec![
+                want("cluster alpha", false, spec("*--alpha.us-east-1.example.com", &[(TG_A, 1)])),
+                want("endpoint blog", true, spec("blog.example.com", &[(TG_A, 1), (TG_B, 1)])),
+            ],
+            vec![],
+        );
+        let o = Observed { rules: vec![seen("foreign", 1, spec("x.example.com", &[(TG_A, 1)]), None)], records: vec![] };
+        let p = plan(&d, &o).unwrap();
+        let prios: Vec<(String, u32)> = p
+            .rules
+            .iter()
+            .map(|c| match c {
+                RuleChange::Create { spec, priority, .. } => (spec.host.clone(), *priority),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(prios, vec![("blog.example.com".into(), 2), ("*--alpha.us-east-1.example.com".into(), MAX_PRIORITY)]);
+    }
+
+    #[test]
+    fn converged_plan_is_empty_and_owned_rules_change_in_place() {
+        let s = spec("blog.example.com", &[(TG_A, 1), (TG_B, 1)]);
+        let d = desired(vec![want("endpoint blog", true, s.clone())], vec![]);
+        let o = Observed { rules: vec![seen("r1", 7, s.clone(), Some("me"))], records: vec![] };
+        assert!(plan(&d, &o).unwrap().is_empty());
+        // Weight change: modify in place, keep the priority.
+        let s2 = spec("blog.example.com", &[(TG_A, 1), (TG_B, 0)]);
+        let d = desired(vec![want("endpoint blog", true, s2.clone())], vec![]);
+        let p = plan(&d, &o).unwrap();
+        assert!(matches!(&p.rules[..], [RuleChange::Modify { arn, to, .. }] if arn == "r1" && *to == s2));
+    }
+
+    #[test]
+    fn never_touches_what_it_does_not_own() {
+        let s = spec("blog.example.com", &[(TG_A, 1)]);
+        let d = desired(vec![want("endpoint blog", true, s.clone())], vec![]);
+        let o = Observed {
+            rules: vec![seen("theirs", 3, spec("blog.example.com", &[(TG_B, 1)]), Some("someone-else")), seen("manual", 4, spec("old.example.com", &[(TG_B, 1)]), None)],
+            records: vec![],
+        };
+        let p = plan(&d, &o).unwrap();
+        assert!(p.rules.is_empty(), "{:?}", p.rules);
+        assert_eq!(p.conflicts.len(), 1);
+        assert!(p.conflicts[0].contains("theirs") && p.conflicts[0].contains("someone-else"));
+    }
+
+    #[test]
+    fn deletes_owned_rules_nobody_wants() {
+        let d = desired(vec![], vec![]);
+        let o = Observed { rules: vec![seen("old", 9, spec("gone.example.com", &[(TG_A, 1)]), Some("me"))], records: vec![] };
+        let p = plan(&d, &o).unwrap();
+        assert!(matches!(&p.rules[..], [RuleChange::Delete { arn, .. }] if arn == "old"));
+    }
+
+    #[test]
+    fn quota_is_checked_before_anything() {
+        let mut d = desired(
+            (0..5).map(|i| want(&format!("endpoint e{i}"), true, spec(&format!("e{i}.example.com"), &[(TG_A, 1)]))).collect(),
+            vec![],
+        );
+        d.rules_quota = 4;
+        let o = Observed::default();
+        assert_eq!(plan(&d, &o).unwrap_err(), PlanError::Quota { needed: 5, quota: 4 });
+        d.rules_quota = 5;
+        assert_eq!(plan(&d, &o).unwrap().rules.len(), 5);
+    }
+
+    fn rec(name: &str, rtype: &str, set_id: &str, data: RecordData) -> RecordSet {
+        RecordSet { zone_id: "Z1".into(), name: name.into(), rtype: rtype.into(), set_identifier: Some(set_id.into()), region: Some("us-east-1".into()), data }
+    }
+
+    #[test]
+    fn records_claimed_created_and_garbage_collected() {
+        let ep = DesiredEndpointRecord { purpose: "endpoint blog".into(), zone_id: "Z1".into(), hostname: "blog.example.com".into() };
+        let d = desired(vec![], vec![ep]);
+        let p = plan(&d, &Observed::default()).unwrap();
+        assert_eq!(p.records.len(), 2, "claim TXT and alias A: {:?}", p.records);
+        assert_eq!(p.records[0].record().rtype, "TXT");
+        assert_eq!(p.records[1].record().data, RecordData::Alias(alb()));
+
+        // Converged.
+        let observed: Vec<RecordSet> = p.records.iter().map(|c| c.record().clone()).collect();
+        let o = Observed { rules: vec![], records: observed.clone() };
+        assert!(plan(&d, &o).unwrap().is_empty());
+
+        // Endpoint gone: both of ours deleted, A first.
+        let gone = desired(vec![], vec![]);
+        let p = plan(&gone, &o).unwrap();
+        assert!(matches!(&p.records[..], [RecordChange::Delete { record: a, .. }, RecordChange::Delete { record: t, .. }] if a.rtype == "A" && t.rtype == "TXT"));
+    }
+
+    #[test]
+    fn unclaimed_records_are_conflicts() {
+        let ep = DesiredEndpointRecord { purpose: "endpoint blog".into(), zone_id: "Z1".into(), hostname: "blog.example.com".into() };
+        let d = desired(vec![], vec![ep]);
+        let foreign = rec("blog.example.com.", "A", "us-east-1/blog.example.com", RecordData::Alias(alb()));
+        let p = plan(&d, &Observed { rules: vec![], records: vec![foreign.clone()] }).unwrap();
+        assert!(p.records.is_empty());
+        assert_eq!(p.conflicts.len(), 1);
+        // Someone else's claim is not garbage of ours either.
+        let theirs = rec("_k3s-asg.old.example.com.", "TXT", "us-east-1/old.example.com/owner", RecordData::Txt { ttl: 300, values: vec![owner_value("other", "us-east-1")] });
+        let p = plan(&desired(vec![], vec![]), &Observed { rules: vec![], records: vec![theirs, foreign] }).unwrap();
+        assert!(p.records.is_empty());
+    }
+}

@@ -1,0 +1,104 @@
+//! Route53: the endpoint zones' latency records.
+
+use crate::model::{AliasTarget, RecordChange, RecordData, RecordSet};
+use crate::Error;
+use async_trait::async_trait;
+use aws_sdk_route53::types::{
+    AliasTarget as R53Alias, Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, ResourceRecordSetRegion, RrType,
+};
+use k3s_asg_aws::names::fqdn;
+
+#[async_trait]
+pub trait Zones: Send + Sync {
+    async fn records(&self, zone_id: &str) -> Result<Vec<RecordSet>, Error>;
+    /// Applies changes in as few batches as the API allows (1000 changes each).
+    async fn change(&self, zone_id: &str, changes: &[RecordChange]) -> Result<(), Error>;
+}
+
+pub struct Route53(pub aws_sdk_route53::Client);
+
+fn to_set(r: &RecordSet) -> Result<ResourceRecordSet, Error> {
+    let mut b = ResourceRecordSet::builder().name(&r.name).r#type(RrType::from(r.rtype.as_str())).set_set_identifier(r.set_identifier.clone());
+    if let Some(region) = &r.region {
+        b = b.region(ResourceRecordSetRegion::from(region.as_str()));
+    }
+    match &r.data {
+        RecordData::Alias(a) => {
+            b = b.alias_target(
+                R53Alias::builder()
+                    .hosted_zone_id(&a.hosted_zone_id)
+                    .dns_name(&a.dns_name)
+                    .evaluate_target_health(true)
+                    .build()
+                    .map_err(|e| Error::failed("build alias", &r.name, e.to_string()))?,
+            )
+        }
+        RecordData::Txt { ttl, values } => {
+            b = b.ttl(*ttl as i64);
+            for v in values {
+                b = b.resource_records(ResourceRecord::builder().value(v).build().map_err(|e| Error::failed("build record", &r.name, e.to_string()))?);
+            }
+        }
+        RecordData::Other => return Err(Error::failed("build record", &r.name, "not a record set the coordinator writes")),
+    }
+    b.build().map_err(|e| Error::failed("build record set", &r.name, e.to_string()))
+}
+
+#[async_trait]
+impl Zones for Route53 {
+    async fn records(&self, zone_id: &str) -> Result<Vec<RecordSet>, Error> {
+        let mut out = Vec::new();
+        let mut start: Option<(String, RrType, Option<String>)> = None;
+        loop {
+            let mut req = self.0.list_resource_record_sets().hosted_zone_id(zone_id).max_items(300);
+            if let Some((n, t, id)) = start.take() {
+                req = req.start_record_name(n).start_record_type(t).set_start_record_identifier(id);
+            }
+            let resp = req.send().await.map_err(|e| Error::sdk("read records (route53:ListResourceRecordSets)", zone_id, &e))?;
+            for rs in resp.resource_record_sets() {
+                let data = if let Some(a) = rs.alias_target() {
+                    RecordData::Alias(AliasTarget { dns_name: fqdn(a.dns_name()), hosted_zone_id: a.hosted_zone_id().to_string() })
+                } else if rs.r#type() == &RrType::Txt {
+                    RecordData::Txt { ttl: rs.ttl().unwrap_or_default() as u32, values: rs.resource_records().iter().map(|r| r.value().to_string()).collect() }
+                } else {
+                    RecordData::Other
+                };
+                out.push(RecordSet {
+                    zone_id: zone_id.to_string(),
+                    name: fqdn(rs.name()),
+                    rtype: rs.r#type().as_str().to_string(),
+                    set_identifier: rs.set_identifier().map(str::to_string),
+                    region: rs.region().map(|r| r.as_str().to_string()),
+                    data,
+                });
+            }
+            match (resp.is_truncated(), resp.next_record_name(), resp.next_record_type()) {
+                (true, Some(n), Some(t)) => start = Some((n.to_string(), t.clone(), resp.next_record_identifier().map(str::to_string))),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn change(&self, zone_id: &str, changes: &[RecordChange]) -> Result<(), Error> {
+        for chunk in changes.chunks(1000) {
+            let mut batch = ChangeBatch::builder().comment("k3s-asg-coordinator");
+            for c in chunk {
+                let action = match c {
+                    RecordChange::Upsert { .. } => ChangeAction::Upsert,
+                    RecordChange::Delete { .. } => ChangeAction::Delete,
+                };
+                batch = batch.changes(Change::builder().action(action).resource_record_set(to_set(c.record())?).build().expect("fields set"));
+            }
+            let batch = batch.build().map_err(|e| Error::failed("build change batch", zone_id, e.to_string()))?;
+            self.0
+                .change_resource_record_sets()
+                .hosted_zone_id(zone_id)
+                .change_batch(batch)
+                .send()
+                .await
+                .map_err(|e| Error::sdk("change records (route53:ChangeResourceRecordSets)", zone_id, &e))?;
+        }
+        Ok(())
+    }
+}
