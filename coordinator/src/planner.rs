@@ -37,12 +37,14 @@ pub fn owner_set_id(region: &str, hostname: &str) -> String {
 
 pub fn plan(d: &Desired, o: &Observed) -> Result<Plan, PlanError> {
     let mut p = Plan::default();
-    plan_rules(d, o, &mut p)?;
-    plan_records(d, o, &mut p);
+    let blocked = plan_rules(d, o, &mut p)?;
+    plan_records(d, o, &blocked, &mut p);
     Ok(p)
 }
 
-fn plan_rules(d: &Desired, o: &Observed, p: &mut Plan) -> Result<(), PlanError> {
+/// Returns the purposes whose rule is blocked by a rule we do not own.
+fn plan_rules(d: &Desired, o: &Observed, p: &mut Plan) -> Result<BTreeSet<String>, PlanError> {
+    let mut blocked = BTreeSet::new();
     let listeners: BTreeSet<&String> = d.rules.iter().map(|r| &r.listener).chain(o.rules.iter().map(|r| &r.listener)).collect();
     let mut total_after = 0usize;
     for listener in listeners {
@@ -65,14 +67,17 @@ fn plan_rules(d: &Desired, o: &Observed, p: &mut Plan) -> Result<(), PlanError> 
                         });
                     }
                 }
-                Some(rule) => p.conflicts.push(format!(
+                Some(rule) => {
+                    blocked.insert(want.purpose.clone());
+                    p.conflicts.push(format!(
                     "{}: listener {listener} already has rule {} (priority {}) for host {} that k3s-asg does not own{}; left alone",
                     want.purpose,
                     rule.arn,
                     rule.priority,
                     want.spec.host,
                     rule.owner.as_ref().map(|o| format!(" (owner {o})")).unwrap_or_default()
-                )),
+                    ))
+                }
                 None => creates.push(want),
             }
         }
@@ -106,10 +111,10 @@ fn plan_rules(d: &Desired, o: &Observed, p: &mut Plan) -> Result<(), PlanError> 
     if total_after > d.rules_quota as usize {
         return Err(PlanError::Quota { needed: total_after, quota: d.rules_quota });
     }
-    Ok(())
+    Ok(blocked)
 }
 
-fn plan_records(d: &Desired, o: &Observed, p: &mut Plan) {
+fn plan_records(d: &Desired, o: &Observed, blocked: &BTreeSet<String>, p: &mut Plan) {
     let find = |zone: &str, name: &str, rtype: &str, set_id: &str| {
         o.records.iter().find(|r| {
             r.zone_id == zone && r.name == name && r.rtype == rtype && r.set_identifier.as_deref() == Some(set_id)
@@ -120,6 +125,10 @@ fn plan_records(d: &Desired, o: &Observed, p: &mut Plan) {
     let mut wanted: BTreeMap<(String, String), &DesiredEndpointRecord> = BTreeMap::new();
     for want in &d.records {
         wanted.insert((want.zone_id.clone(), fqdn(&want.hostname)), want);
+        if blocked.contains(&want.purpose) {
+            // No rule of ours serves it here: publishing the record would send traffic nowhere.
+            continue;
+        }
         let name = fqdn(&want.hostname);
         let owner_name = owner_record_name(&want.hostname);
         let owner_id = owner_set_id(&d.region, &want.hostname);
@@ -251,8 +260,11 @@ mod tests {
             rules: vec![seen("theirs", 3, spec("blog.example.com", &[(TG_B, 1)]), Some("someone-else")), seen("manual", 4, spec("old.example.com", &[(TG_B, 1)]), None)],
             records: vec![],
         };
+        let mut d = d;
+        d.records.push(DesiredEndpointRecord { purpose: "endpoint blog".into(), zone_id: "Z1".into(), hostname: "blog.example.com".into() });
         let p = plan(&d, &o).unwrap();
         assert!(p.rules.is_empty(), "{:?}", p.rules);
+        assert!(p.records.is_empty(), "no record for an endpoint whose rule is blocked: {:?}", p.records);
         assert_eq!(p.conflicts.len(), 1);
         assert!(p.conflicts[0].contains("theirs") && p.conflicts[0].contains("someone-else"));
     }

@@ -125,6 +125,13 @@ pub struct World {
     pub agent_env: BTreeMap<String, String>,
 }
 
+/// The coordinator binary: `K3S_ASG_COORDINATOR_BIN`, else `target/debug/k3s-asg-coordinator`.
+pub fn coordinator_bin() -> PathBuf {
+    std::env::var_os("K3S_ASG_COORDINATOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::repo_root().join("target/debug/k3s-asg-coordinator"))
+}
+
 /// The agent binary: `K3S_ASG_AGENT_BIN`, else `target/debug/k3s-asg-agent`.
 pub fn agent_bin() -> PathBuf {
     std::env::var_os("K3S_ASG_AGENT_BIN")
@@ -253,15 +260,7 @@ impl World {
     }
 
     pub async fn put_spec(&self, cluster: &str, json: &str) -> anyhow::Result<()> {
-        self.ssm
-            .put_parameter()
-            .name(format!("/k3s-asg/clusters/{cluster}/config"))
-            .value(json)
-            .r#type(aws_sdk_ssm::types::ParameterType::String)
-            .overwrite(true)
-            .send()
-            .await?;
-        Ok(())
+        self.put_param(&format!("/k3s-asg/clusters/{cluster}/config"), json).await
     }
 
     /// Launches a fake instance tagged for `cluster` and `role` (either may be
@@ -357,6 +356,79 @@ impl World {
         let mut cmd = self.agent_command(inst, args);
         cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         Ok(Running { child: cmd.spawn()? })
+    }
+
+    /// Creates the region's shared ALB with one listener on `port` and writes the region spec.
+    pub async fn create_alb(&self, port: u16, rules_quota: u32) -> anyhow::Result<(String, String)> {
+        let net = self.net;
+        let second = self
+            .ec2
+            .create_subnet()
+            .vpc_id(&self.vpc_id)
+            .cidr_block(format!("127.{net}.16.0/20"))
+            .availability_zone(format!("{REGION}b"))
+            .send()
+            .await?
+            .subnet()
+            .and_then(|s| s.subnet_id())
+            .context("subnet id")?
+            .to_string();
+        let lb = self.elb.create_load_balancer().name("shared").subnets(&self.subnet_id).subnets(second).send().await?;
+        let alb = lb.load_balancers()[0].load_balancer_arn().context("alb arn")?.to_string();
+        use aws_sdk_elasticloadbalancingv2::types::{Action, ActionTypeEnum, FixedResponseActionConfig, ProtocolEnum};
+        let listener = self
+            .elb
+            .create_listener()
+            .load_balancer_arn(&alb)
+            .protocol(ProtocolEnum::Http)
+            .port(port as i32)
+            .default_actions(
+                Action::builder()
+                    .r#type(ActionTypeEnum::FixedResponse)
+                    .fixed_response_config(FixedResponseActionConfig::builder().status_code("404").build())
+                    .build(),
+            )
+            .send()
+            .await?;
+        let listener = listener.listeners()[0].listener_arn().context("listener arn")?.to_string();
+        let spec = serde_json::json!({ "alb_arn": alb, "listener_arns": [listener], "zone": ZONE_NAME, "rules_quota": rules_quota });
+        self.put_param(&format!("/k3s-asg/regions/{REGION}"), &spec.to_string()).await?;
+        Ok((alb, listener))
+    }
+
+    pub async fn put_param(&self, name: &str, value: &str) -> anyhow::Result<()> {
+        self.ssm
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    pub fn zone_id(&self) -> &str {
+        &self.zone_id
+    }
+
+    /// Runs `k3s-asg-coordinator ARGS` against the recorder.
+    pub async fn coordinator(&self, args: &[&str]) -> anyhow::Result<AgentRun> {
+        let out = tokio::process::Command::new(coordinator_bin())
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("AWS_ENDPOINT_URL", self.recorder.url())
+            .env("AWS_ACCESS_KEY_ID", "AKIACOORDINATOR")
+            .env("AWS_SECRET_ACCESS_KEY", "testbed-secret")
+            .env("AWS_CONFIG_FILE", self.dir.path().join("aws-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.path().join("aws-config"))
+            .env("AWS_REGION", REGION)
+            .output()
+            .await
+            .with_context(|| format!("run {}", coordinator_bin().display()))?;
+        Ok(AgentRun::from(out))
     }
 
     /// `(SetIdentifier, values)` of the A records under the cluster's API hostname.

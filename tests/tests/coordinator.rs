@@ -1,0 +1,179 @@
+//! End-to-end: `k3s-asg-coordinator plan | apply` against moto — rules and
+//! latency records for clusters and shared endpoints, owned safely.
+
+use aws_sdk_elasticloadbalancingv2::types::{Action, ActionTypeEnum, HostHeaderConditionConfig, RuleCondition};
+use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType};
+use k3s_asg_testbed::world::{AgentRun, World};
+
+fn ok(run: &AgentRun) {
+    assert_eq!(run.code, 0, "coordinator failed:\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+}
+
+async fn foreign_rule(w: &World, listener: &str, host: &str, priority: i32, tg: &str) {
+    w.elb
+        .create_rule()
+        .listener_arn(listener)
+        .priority(priority)
+        .conditions(RuleCondition::builder().field("host-header").host_header_config(HostHeaderConditionConfig::builder().values(host).build()).build())
+        .actions(Action::builder().r#type(ActionTypeEnum::Forward).target_group_arn(tg).build())
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn rules_text(w: &World, listener: &str) -> String {
+    format!("{:?}", w.elb.describe_rules().listener_arn(listener).send().await.unwrap().rules())
+}
+
+async fn records(w: &World) -> Vec<ResourceRecordSet> {
+    w.route53.list_resource_record_sets().hosted_zone_id(w.zone_id()).send().await.unwrap().resource_record_sets().to_vec()
+}
+
+fn writes(w: &World) -> Vec<String> {
+    w.recorder.calls().into_iter().filter(|c| c.is_mutating()).map(|c| c.operation).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_apply_converge_and_leave_foreign_things_alone() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    w.create_cluster("bravo").await.unwrap();
+    let (_alb, listener) = w.create_alb(443, 100).await.unwrap();
+    let tg_a = w.clusters["alpha"].target_group_arn.clone();
+    let tg_b = w.clusters["bravo"].target_group_arn.clone();
+    let zone = w.zone_id().to_string();
+    w.put_param(
+        "/k3s-asg/endpoints/blog",
+        &serde_json::json!({ "hostname": "blog.example.com", "hosted_zone_id": zone, "clusters": { "alpha": 1, "bravo": 3 },
+                             "listener_port": 443, "restricted_cidrs": ["127.0.0.0/8"], "stickiness_s": 60 })
+        .to_string(),
+    )
+    .await
+    .unwrap();
+    // Foreign things beside ours: a rule for another host, a record, and a rule that takes an endpoint's host.
+    foreign_rule(&w, &listener, "manual.example.com", 1, &tg_a).await;
+    foreign_rule(&w, &listener, "taken.example.com", 2, &tg_b).await;
+    w.put_param(
+        "/k3s-asg/endpoints/taken",
+        &serde_json::json!({ "hostname": "taken.example.com", "hosted_zone_id": zone, "clusters": { "alpha": 1 }, "listener_port": 443 }).to_string(),
+    )
+    .await
+    .unwrap();
+    let manual = ResourceRecordSet::builder()
+        .name("manual.example.com.")
+        .r#type(RrType::A)
+        .ttl(60)
+        .resource_records(ResourceRecord::builder().value("127.9.9.9").build().unwrap())
+        .build()
+        .unwrap();
+    w.route53
+        .change_resource_record_sets()
+        .hosted_zone_id(&zone)
+        .change_batch(ChangeBatch::builder().changes(Change::builder().action(ChangeAction::Create).resource_record_set(manual).build().unwrap()).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let foreign_rules_before = rules_text(&w, &listener).await;
+    let foreign_records_before = format!("{:?}", records(&w).await);
+
+    // plan: a readable listing, no writes.
+    w.recorder.clear();
+    let plan = w.coordinator(&["plan"]).await.unwrap();
+    ok(&plan);
+    assert!(writes(&w).is_empty(), "plan wrote: {:?}", writes(&w));
+    assert!(plan.stdout.contains("+ rule   host *--alpha.us-east-1.example.com"), "{}", plan.stdout);
+    assert!(plan.stdout.contains("+ rule   host *--bravo.us-east-1.example.com"));
+    assert!(plan.stdout.contains("+ rule   host blog.example.com"));
+    assert!(plan.stdout.contains("+ record blog.example.com. A (us-east-1/blog.example.com)"));
+    assert!(plan.stdout.contains("! conflict: endpoint taken"), "{}", plan.stdout);
+    let json = w.coordinator(&["plan", "--json"]).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["rules"].as_array().unwrap().len(), 3);
+
+    // apply.
+    ok(&w.coordinator(&["apply"]).await.unwrap());
+    let rules = w.elb.describe_rules().listener_arn(&listener).send().await.unwrap();
+    let find = |host: &str| {
+        rules.rules().iter().find(|r| r.conditions().iter().any(|c| c.host_header_config().is_some_and(|h| h.values().iter().any(|v| v == host)))).cloned()
+    };
+    let blog = find("blog.example.com").expect("endpoint rule");
+    let fwd = blog.actions()[0].forward_config().unwrap();
+    let weights: Vec<(String, i32)> = fwd.target_groups().iter().map(|t| (t.target_group_arn().unwrap().to_string(), t.weight().unwrap())).collect();
+    assert!(weights.contains(&(tg_a.clone(), 1)) && weights.contains(&(tg_b.clone(), 3)), "{weights:?}");
+    assert_eq!(fwd.target_group_stickiness_config().unwrap().duration_seconds(), Some(60));
+    assert!(blog.conditions().iter().any(|c| c.field() == Some("source-ip")));
+    let wildcard = find("*--alpha.us-east-1.example.com").expect("cluster rule");
+    assert!(wildcard.priority().unwrap().parse::<u32>().unwrap() > blog.priority().unwrap().parse::<u32>().unwrap(), "specific before wildcard");
+    let recs = records(&w).await;
+    let alias = recs.iter().find(|r| r.name() == "blog.example.com." && r.r#type() == &RrType::A).expect("latency alias");
+    assert_eq!(alias.set_identifier(), Some("us-east-1/blog.example.com"));
+    assert_eq!(alias.region().map(|r| r.as_str()), Some("us-east-1"));
+    assert!(alias.alias_target().unwrap().evaluate_target_health());
+    assert!(recs.iter().any(|r| r.name() == "_k3s-asg.blog.example.com." && r.r#type() == &RrType::Txt));
+    assert!(!recs.iter().any(|r| r.name().starts_with("taken.")), "no record for a conflicted endpoint");
+
+    // Steady state: nothing to write, `plan` says so.
+    for _ in 0..3 {
+        w.recorder.clear();
+        ok(&w.coordinator(&["apply"]).await.unwrap());
+        assert!(writes(&w).is_empty(), "steady-state apply wrote: {:?}", writes(&w));
+    }
+    let plan = w.coordinator(&["plan"]).await.unwrap();
+    assert!(!plan.stdout.contains("+ ") && !plan.stdout.contains("~ ") && !plan.stdout.contains("- "), "{}", plan.stdout);
+
+    // Foreign rules and records are byte-identical.
+    let after = rules_text(&w, &listener).await;
+    for line in foreign_rules_before.split("Rule {").filter(|r| r.contains("manual.example.com") || r.contains("taken.example.com")) {
+        assert!(after.contains(line.trim_end_matches(", ").trim_end_matches(']')), "foreign rule changed: {line}");
+    }
+    let recs_after = format!("{:?}", records(&w).await);
+    let manual_before: Vec<&str> = foreign_records_before.split("ResourceRecordSet {").filter(|r| r.contains("manual.example.com")).collect();
+    for m in manual_before {
+        assert!(recs_after.contains(m.trim_end_matches(", ").trim_end_matches(']')), "foreign record changed");
+    }
+
+    // Weight change → modified in place; endpoint gone → its rule and records are collected.
+    w.put_param(
+        "/k3s-asg/endpoints/blog",
+        &serde_json::json!({ "hostname": "blog.example.com", "hosted_zone_id": zone, "clusters": { "alpha": 1, "bravo": 0 }, "listener_port": 443 }).to_string(),
+    )
+    .await
+    .unwrap();
+    w.recorder.clear();
+    ok(&w.coordinator(&["apply"]).await.unwrap());
+    assert_eq!(writes(&w), vec!["ModifyRule"]);
+    w.ssm.delete_parameter().name("/k3s-asg/endpoints/blog").send().await.unwrap();
+    ok(&w.coordinator(&["apply"]).await.unwrap());
+    let recs = records(&w).await;
+    assert!(!recs.iter().any(|r| r.name().contains("blog.example.com")), "endpoint records collected");
+    assert!(!rules_text(&w, &listener).await.contains("blog.example.com"));
+    assert!(rules_text(&w, &listener).await.contains("manual.example.com"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_bad_specs_refuse_before_the_first_write() {
+    let mut w = World::new().await.unwrap();
+    for c in ["a", "b", "c"] {
+        w.create_cluster(c).await.unwrap();
+    }
+    w.create_alb(443, 2).await.unwrap();
+    w.recorder.clear();
+    let run = w.coordinator(&["apply"]).await.unwrap();
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("quota is 2"), "{}", run.stderr);
+    assert!(writes(&w).is_empty(), "{:?}", writes(&w));
+
+    let zone = w.zone_id().to_string();
+    w.put_param(
+        "/k3s-asg/endpoints/wide",
+        &serde_json::json!({ "hostname": "wide.example.com", "hosted_zone_id": zone,
+            "clusters": { "a": 1, "b": 1, "c": 1, "d": 1, "e": 1, "f": 1 } }).to_string(),
+    )
+    .await
+    .unwrap();
+    w.recorder.clear();
+    let run = w.coordinator(&["plan"]).await.unwrap();
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("/k3s-asg/endpoints/wide") && run.stderr.contains("field `clusters`"), "{}", run.stderr);
+    assert!(writes(&w).is_empty());
+}
