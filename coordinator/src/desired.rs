@@ -25,6 +25,11 @@ pub fn desired(i: &Inputs<'_>) -> Result<Desired, Vec<String>> {
     let mut errors = Vec::new();
     let mut rules = Vec::new();
     let mut records = Vec::new();
+    let api_names = i
+        .clusters
+        .values()
+        .map(|c| (c.api.hosted_zone_id.clone(), k3s_asg_aws::names::fqdn(&c.api.hostname)))
+        .collect();
     for (name, spec) in i.clusters {
         let Some(ingress) = spec.ingress() else { continue };
         for listener in &i.region_spec.listener_arns {
@@ -89,6 +94,7 @@ pub fn desired(i: &Inputs<'_>) -> Result<Desired, Vec<String>> {
             alb: i.alb.clone(),
             rules,
             records,
+            api_names,
         })
     } else {
         Err(errors)

@@ -47,6 +47,8 @@ pub struct AliasTarget {
 pub enum RecordData {
     Alias(AliasTarget),
     Txt { ttl: u32, values: Vec<String> },
+    /// Plain A records (the agents' MultiValueAnswer API records).
+    Values { ttl: u32, values: Vec<String>, multivalue: bool },
     Other,
 }
 
@@ -77,6 +79,8 @@ pub struct Desired {
     pub alb: AliasTarget,
     pub rules: Vec<DesiredRule>,
     pub records: Vec<DesiredEndpointRecord>,
+    /// (zone id, fully qualified API hostname) of every cluster: garbage-collected.
+    pub api_names: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -85,6 +89,8 @@ pub struct Observed {
     pub rules: Vec<ObservedRule>,
     /// Every record set of every zone the desired state names.
     pub records: Vec<RecordSet>,
+    /// Which of the instances named by API records are still pending or running.
+    pub live_instances: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -39,7 +39,32 @@ pub fn plan(d: &Desired, o: &Observed) -> Result<Plan, PlanError> {
     let mut p = Plan::default();
     let blocked = plan_rules(d, o, &mut p)?;
     plan_records(d, o, &blocked, &mut p);
+    plan_api_garbage(d, o, &mut p);
     Ok(p)
+}
+
+/// Instance ids named by API records (to ask EC2 which still run).
+pub fn api_record_instances(d: &Desired, records: &[RecordSet]) -> Vec<String> {
+    api_records(d, records).filter_map(|r| r.set_identifier.clone()).collect::<BTreeSet<_>>().into_iter().collect()
+}
+
+fn api_records<'a>(d: &'a Desired, records: &'a [RecordSet]) -> impl Iterator<Item = &'a RecordSet> {
+    records.iter().filter(move |r| {
+        r.rtype == "A"
+            && matches!(r.data, RecordData::Values { .. })
+            && d.api_names.iter().any(|(z, n)| *z == r.zone_id && *n == r.name)
+            && r.set_identifier.as_deref().is_some_and(k3s_asg_aws::names::is_instance_id)
+    })
+}
+
+/// API records of instances that no longer run (DESIGN.md): removed.
+fn plan_api_garbage(d: &Desired, o: &Observed, p: &mut Plan) {
+    for r in api_records(d, &o.records) {
+        let id = r.set_identifier.as_deref().unwrap_or_default();
+        if !o.live_instances.contains(id) {
+            p.records.push(RecordChange::Delete { purpose: format!("API record of stopped instance {id}"), record: r.clone() });
+        }
+    }
 }
 
 /// Returns the purposes whose rule is blocked by a rule we do not own.
@@ -206,7 +231,7 @@ mod tests {
     }
 
     fn desired(rules: Vec<DesiredRule>, records: Vec<DesiredEndpointRecord>) -> Desired {
-        Desired { region: "us-east-1".into(), owner: "me".into(), rules_quota: 100, alb: alb(), rules, records }
+        Desired { region: "us-east-1".into(), owner: "me".into(), rules_quota: 100, alb: alb(), rules, records, api_names: vec![("Z1".into(), "api.alpha.example.com.".into())] }
     }
 
     fn want(purpose: &str, specific: bool, s: RuleSpec) -> DesiredRule {
@@ -226,7 +251,7 @@ mod tests {
             ],
             vec![],
         );
-        let o = Observed { rules: vec![seen("foreign", 1, spec("x.example.com", &[(TG_A, 1)]), None)], records: vec![] };
+        let o = Observed { rules: vec![seen("foreign", 1, spec("x.example.com", &[(TG_A, 1)]), None)], ..Default::default() };
         let p = plan(&d, &o).unwrap();
         let prios: Vec<(String, u32)> = p
             .rules
@@ -243,7 +268,7 @@ mod tests {
     fn converged_plan_is_empty_and_owned_rules_change_in_place() {
         let s = spec("blog.example.com", &[(TG_A, 1), (TG_B, 1)]);
         let d = desired(vec![want("endpoint blog", true, s.clone())], vec![]);
-        let o = Observed { rules: vec![seen("r1", 7, s.clone(), Some("me"))], records: vec![] };
+        let o = Observed { rules: vec![seen("r1", 7, s.clone(), Some("me"))], ..Default::default() };
         assert!(plan(&d, &o).unwrap().is_empty());
         // Weight change: modify in place, keep the priority.
         let s2 = spec("blog.example.com", &[(TG_A, 1), (TG_B, 0)]);
@@ -258,7 +283,7 @@ mod tests {
         let d = desired(vec![want("endpoint blog", true, s.clone())], vec![]);
         let o = Observed {
             rules: vec![seen("theirs", 3, spec("blog.example.com", &[(TG_B, 1)]), Some("someone-else")), seen("manual", 4, spec("old.example.com", &[(TG_B, 1)]), None)],
-            records: vec![],
+            ..Default::default()
         };
         let mut d = d;
         d.records.push(DesiredEndpointRecord { purpose: "endpoint blog".into(), zone_id: "Z1".into(), hostname: "blog.example.com".into() });
@@ -272,7 +297,7 @@ mod tests {
     #[test]
     fn deletes_owned_rules_nobody_wants() {
         let d = desired(vec![], vec![]);
-        let o = Observed { rules: vec![seen("old", 9, spec("gone.example.com", &[(TG_A, 1)]), Some("me"))], records: vec![] };
+        let o = Observed { rules: vec![seen("old", 9, spec("gone.example.com", &[(TG_A, 1)]), Some("me"))], ..Default::default() };
         let p = plan(&d, &o).unwrap();
         assert!(matches!(&p.rules[..], [RuleChange::Delete { arn, .. }] if arn == "old"));
     }
@@ -305,7 +330,7 @@ mod tests {
 
         // Converged.
         let observed: Vec<RecordSet> = p.records.iter().map(|c| c.record().clone()).collect();
-        let o = Observed { rules: vec![], records: observed.clone() };
+        let o = Observed { rules: vec![], records: observed.clone(), ..Default::default() };
         assert!(plan(&d, &o).unwrap().is_empty());
 
         // Endpoint gone: both of ours deleted, A first.
@@ -315,16 +340,29 @@ mod tests {
     }
 
     #[test]
+    fn api_records_of_dead_instances_are_collected() {
+        let d = desired(vec![], vec![]);
+        let api = |id: &str| rec("api.alpha.example.com.", "A", id, RecordData::Values { ttl: 30, values: vec!["127.0.0.1".into()], multivalue: true });
+        let manual = api("manual");
+        let other_name = rec("api.bravo.example.com.", "A", "i-0000000000000000c", RecordData::Values { ttl: 30, values: vec![], multivalue: true });
+        let records = vec![api("i-0000000000000000a"), api("i-0000000000000000b"), manual, other_name];
+        assert_eq!(api_record_instances(&d, &records), vec!["i-0000000000000000a".to_string(), "i-0000000000000000b".to_string()]);
+        let o = Observed { rules: vec![], records, live_instances: ["i-0000000000000000a".to_string()].into() };
+        let p = plan(&d, &o).unwrap();
+        assert!(matches!(&p.records[..], [RecordChange::Delete { record, .. }] if record.set_identifier.as_deref() == Some("i-0000000000000000b")), "{:?}", p.records);
+    }
+
+    #[test]
     fn unclaimed_records_are_conflicts() {
         let ep = DesiredEndpointRecord { purpose: "endpoint blog".into(), zone_id: "Z1".into(), hostname: "blog.example.com".into() };
         let d = desired(vec![], vec![ep]);
         let foreign = rec("blog.example.com.", "A", "us-east-1/blog.example.com", RecordData::Alias(alb()));
-        let p = plan(&d, &Observed { rules: vec![], records: vec![foreign.clone()] }).unwrap();
+        let p = plan(&d, &Observed { rules: vec![], records: vec![foreign.clone()], ..Default::default() }).unwrap();
         assert!(p.records.is_empty());
         assert_eq!(p.conflicts.len(), 1);
         // Someone else's claim is not garbage of ours either.
         let theirs = rec("_k3s-asg.old.example.com.", "TXT", "us-east-1/old.example.com/owner", RecordData::Txt { ttl: 300, values: vec![owner_value("other", "us-east-1")] });
-        let p = plan(&desired(vec![], vec![]), &Observed { rules: vec![], records: vec![theirs, foreign] }).unwrap();
+        let p = plan(&desired(vec![], vec![]), &Observed { rules: vec![], records: vec![theirs, foreign], ..Default::default() }).unwrap();
         assert!(p.records.is_empty());
     }
 }

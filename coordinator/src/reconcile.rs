@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub struct Effects {
     pub specs: Box<dyn SpecSource>,
+    pub instances: Box<dyn crate::instances::Instances>,
     pub alb: Box<dyn LoadBalancer>,
     pub zones: Box<dyn Zones>,
 }
@@ -49,10 +50,14 @@ pub async fn compute_plan(s: &Settings, fx: &Effects) -> Result<Plan, Error> {
     for l in listeners.keys() {
         observed.rules.extend(fx.alb.rules(l).await?);
     }
-    let zones: BTreeSet<&String> = d.records.iter().map(|r| &r.zone_id).collect();
-    // Zones of records we may have to collect: the endpoints' zones are all we look at.
+    // The endpoints' zones and the clusters' API zones: all we look at or collect in.
+    let zones: BTreeSet<&String> = d.records.iter().map(|r| &r.zone_id).chain(d.api_names.iter().map(|(z, _)| z)).collect();
     for z in zones {
         observed.records.extend(fx.zones.records(z).await?);
+    }
+    let ids = crate::planner::api_record_instances(&d, &observed.records);
+    if !ids.is_empty() {
+        observed.live_instances = fx.instances.live(&ids).await?;
     }
     plan(&d, &observed).map_err(|e| Error::failed("plan", s.prefix.region(&s.region), e.to_string()))
 }

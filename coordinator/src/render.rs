@@ -30,7 +30,7 @@ pub fn text(p: &Plan) -> String {
         };
         let what = match &r.data {
             RecordData::Alias(a) => format!("alias {}", a.dns_name),
-            RecordData::Txt { values, .. } => values.join(" "),
+            RecordData::Txt { values, .. } | RecordData::Values { values, .. } => values.join(" "),
             RecordData::Other => String::new(),
         };
         out.push_str(&format!(

@@ -39,6 +39,15 @@ fn to_set(r: &RecordSet) -> Result<ResourceRecordSet, Error> {
                 b = b.resource_records(ResourceRecord::builder().value(v).build().map_err(|e| Error::failed("build record", &r.name, e.to_string()))?);
             }
         }
+        RecordData::Values { ttl, values, multivalue } => {
+            b = b.ttl(*ttl as i64);
+            if *multivalue {
+                b = b.multi_value_answer(true);
+            }
+            for v in values {
+                b = b.resource_records(ResourceRecord::builder().value(v).build().map_err(|e| Error::failed("build record", &r.name, e.to_string()))?);
+            }
+        }
         RecordData::Other => return Err(Error::failed("build record", &r.name, "not a record set the coordinator writes")),
     }
     b.build().map_err(|e| Error::failed("build record set", &r.name, e.to_string()))
@@ -60,6 +69,12 @@ impl Zones for Route53 {
                     RecordData::Alias(AliasTarget { dns_name: fqdn(a.dns_name()), hosted_zone_id: a.hosted_zone_id().to_string() })
                 } else if rs.r#type() == &RrType::Txt {
                     RecordData::Txt { ttl: rs.ttl().unwrap_or_default() as u32, values: rs.resource_records().iter().map(|r| r.value().to_string()).collect() }
+                } else if rs.r#type() == &RrType::A {
+                    RecordData::Values {
+                        ttl: rs.ttl().unwrap_or_default() as u32,
+                        values: rs.resource_records().iter().map(|r| r.value().to_string()).collect(),
+                        multivalue: rs.multi_value_answer().unwrap_or(false),
+                    }
                 } else {
                     RecordData::Other
                 };

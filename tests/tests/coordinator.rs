@@ -177,3 +177,26 @@ async fn limits_and_bad_specs_refuse_before_the_first_write() {
     assert!(run.stderr.contains("/k3s-asg/endpoints/wide") && run.stderr.contains("field `clusters`"), "{}", run.stderr);
     assert!(writes(&w).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_records_of_stopped_instances_are_collected() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    w.create_alb(443, 100).await.unwrap();
+    let a = w.launch("alpha", "control-plane").await.unwrap();
+    let b = w.launch("alpha", "control-plane").await.unwrap();
+    for s in [&a, &b] {
+        let run = w.agent(s, &["join"]).await.unwrap();
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    w.terminate(&b).await.unwrap();
+    let plan = w.coordinator(&["plan"]).await.unwrap();
+    ok(&plan);
+    assert!(plan.stdout.contains(&format!("- record api.alpha.us-east-1.example.com. A ({})", b.id)), "{}", plan.stdout);
+    ok(&w.coordinator(&["apply"]).await.unwrap());
+    let ids: Vec<String> = w.api_records("alpha").await.unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, vec![a.id.clone()]);
+    w.recorder.clear();
+    ok(&w.coordinator(&["apply"]).await.unwrap());
+    assert!(writes(&w).is_empty());
+}

@@ -1,0 +1,33 @@
+//! EC2: which instances named by API records still run.
+
+use crate::Error;
+use async_trait::async_trait;
+use aws_sdk_ec2::types::Filter;
+use std::collections::BTreeSet;
+
+#[async_trait]
+pub trait Instances: Send + Sync {
+    /// The subset of `ids` that is pending or running.
+    async fn live(&self, ids: &[String]) -> Result<BTreeSet<String>, Error>;
+}
+
+pub struct Ec2(pub aws_sdk_ec2::Client);
+
+#[async_trait]
+impl Instances for Ec2 {
+    async fn live(&self, ids: &[String]) -> Result<BTreeSet<String>, Error> {
+        let mut out = BTreeSet::new();
+        for chunk in ids.chunks(200) {
+            let resp = self
+                .0
+                .describe_instances()
+                .filters(Filter::builder().name("instance-id").set_values(Some(chunk.to_vec())).build())
+                .filters(Filter::builder().name("instance-state-name").values("pending").values("running").build())
+                .send()
+                .await
+                .map_err(|e| Error::sdk("check instances (ec2:DescribeInstances)", chunk.join(","), &e))?;
+            out.extend(resp.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.instance_id().map(str::to_string)));
+        }
+        Ok(out)
+    }
+}
