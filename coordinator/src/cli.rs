@@ -42,6 +42,9 @@ enum Command {
     },
     /// Converge the region once.
     Apply,
+    /// Serve the Lambda Runtime API (chosen automatically when AWS_LAMBDA_RUNTIME_API is set).
+    #[command(hide = true)]
+    Lambda,
     /// Converge the region every interval, until stopped.
     Run {
         /// Seconds between reconciles.
@@ -51,14 +54,22 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("K3S_ASG_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    // Lambda mode: the runtime passes no arguments.
+    let lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
+    let cli = if lambda { Cli::parse_from(["k3s-asg-coordinator", "lambda"]) } else { Cli::parse() };
+    // Logging follows the platform: level from AWS_LAMBDA_LOG_LEVEL or K3S_ASG_LOG, JSON when Lambda asks.
+    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().map(|l| l.to_ascii_lowercase());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("K3S_ASG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.as_deref().unwrap_or("info")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(!lambda && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime starts");
     match rt.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,6 +106,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
             print!("{}", crate::render::text(&p));
             Ok(())
         }
+        Command::Lambda => crate::lambda::serve(settings, fx).await,
         Command::Run { interval } => loop {
             match reconcile::apply(&settings, &fx).await {
                 Ok(p) => tracing::info!(rules = p.rules.len(), records = p.records.len(), conflicts = p.conflicts.len(), "reconciled"),

@@ -8,6 +8,7 @@ pub mod alb;
 pub mod cli;
 pub mod desired;
 pub mod instances;
+pub mod lambda;
 pub mod model;
 pub mod planner;
 pub mod reconcile;

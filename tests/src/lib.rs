@@ -15,6 +15,7 @@
 
 pub mod http;
 pub mod imds;
+pub mod lambda_api;
 pub mod lifecycle;
 pub mod moto;
 pub mod recorder;

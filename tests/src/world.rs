@@ -414,8 +414,26 @@ impl World {
 
     /// Runs `k3s-asg-coordinator ARGS` against the recorder.
     pub async fn coordinator(&self, args: &[&str]) -> anyhow::Result<AgentRun> {
-        let out = tokio::process::Command::new(coordinator_bin())
-            .args(args)
+        let out = self.coordinator_command(args).output().await.with_context(|| format!("run {}", coordinator_bin().display()))?;
+        Ok(AgentRun::from(out))
+    }
+
+    /// The coordinator as the Lambda service would start it: no arguments, the runtime API in the environment.
+    pub fn spawn_coordinator_lambda(&self, runtime_api: &str) -> anyhow::Result<Running> {
+        let mut cmd = self.coordinator_command(&[]);
+        cmd.env("AWS_LAMBDA_RUNTIME_API", runtime_api)
+            .env("AWS_LAMBDA_FUNCTION_NAME", "k3s-asg-coordinator")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+            .env("AWS_LAMBDA_LOG_FORMAT", "json")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        Ok(Running { child: cmd.spawn()? })
+    }
+
+    fn coordinator_command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(coordinator_bin());
+        cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())
@@ -425,10 +443,8 @@ impl World {
             .env("AWS_CONFIG_FILE", self.dir.path().join("aws-config"))
             .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.path().join("aws-config"))
             .env("AWS_REGION", REGION)
-            .output()
-            .await
-            .with_context(|| format!("run {}", coordinator_bin().display()))?;
-        Ok(AgentRun::from(out))
+            .kill_on_drop(true);
+        cmd
     }
 
     /// `(SetIdentifier, values)` of the A records under the cluster's API hostname.

@@ -200,3 +200,32 @@ async fn api_records_of_stopped_instances_are_collected() {
     ok(&w.coordinator(&["apply"]).await.unwrap());
     assert!(writes(&w).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_mode_answers_each_event_with_one_reconcile() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let (_alb, listener) = w.create_alb(443, 100).await.unwrap();
+    let api = k3s_asg_testbed::lambda_api::RuntimeApi::start().await.unwrap();
+    let fixtures = k3s_asg_testbed::repo_root().join("coordinator/testdata");
+    let event = |name: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(fixtures.join(name)).unwrap()).unwrap() };
+    api.invoke("req-1", event("eventbridge-scheduled.json"));
+    let function = w.spawn_coordinator_lambda(&api.address()).unwrap();
+    let answers = api.answers(1, std::time::Duration::from_secs(30)).await.unwrap();
+    assert_eq!(answers[0].0, "req-1");
+    assert_eq!(answers[0].1, "response", "{}", answers[0].2);
+    let v: serde_json::Value = serde_json::from_str(&answers[0].2).unwrap();
+    assert_eq!(v["event"], "schedule");
+    assert_eq!(v["rule_changes"], 1, "created the cluster rule: {v}");
+    assert!(rules_text(&w, &listener).await.contains("*--alpha.us-east-1.example.com"));
+
+    // An ASG lifecycle event is answered with one more (now empty) reconcile.
+    w.recorder.clear();
+    api.invoke("req-2", event("asg-lifecycle-terminating.json"));
+    let answers = api.answers(2, std::time::Duration::from_secs(30)).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&answers[1].2).unwrap();
+    assert!(v["event"].as_str().unwrap().starts_with("autoscaling:"), "{v}");
+    assert_eq!(v["rule_changes"], 0);
+    assert!(writes(&w).is_empty());
+    drop(function);
+}
