@@ -87,6 +87,8 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
     let sdk = k3s_asg_aws::clients::load(Some(region)).await;
     let fx = Effects {
         specs: Box::new(source::Ssm(aws_sdk_ssm::Client::new(&sdk))),
+        targets: Box::new(alb::Elbv2(aws_sdk_elasticloadbalancingv2::Client::new(&sdk))),
+        probe: Box::new(crate::health::HttpHostProbe),
         instances: Box::new(crate::instances::Ec2(aws_sdk_ec2::Client::new(&sdk))),
         alb: Box::new(alb::Elbv2(aws_sdk_elasticloadbalancingv2::Client::new(&sdk))),
         zones: Box::new(zones::Route53(aws_sdk_route53::Client::new(&sdk))),

@@ -39,6 +39,7 @@ pub async fn serve(settings: Settings, fx: Effects) -> Result<(), Error> {
                 "rule_changes": p.rules.len(),
                 "record_changes": p.records.len(),
                 "conflicts": p.conflicts,
+                "notes": p.notes,
             }))
         }
     });

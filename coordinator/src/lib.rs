@@ -7,6 +7,7 @@
 pub mod alb;
 pub mod cli;
 pub mod desired;
+pub mod health;
 pub mod instances;
 pub mod lambda;
 pub mod model;

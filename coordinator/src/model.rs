@@ -122,6 +122,8 @@ pub struct Plan {
     pub records: Vec<RecordChange>,
     /// Things in the way that we do not own: reported, never touched.
     pub conflicts: Vec<String>,
+    /// Decisions worth telling the operator (health overrides).
+    pub notes: Vec<String>,
 }
 
 impl Plan {

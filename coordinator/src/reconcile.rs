@@ -13,6 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub struct Effects {
     pub specs: Box<dyn SpecSource>,
+    pub targets: Box<dyn crate::health::Targets>,
+    pub probe: Box<dyn crate::health::HostProbe>,
     pub instances: Box<dyn crate::instances::Instances>,
     pub alb: Box<dyn LoadBalancer>,
     pub zones: Box<dyn Zones>,
@@ -26,7 +28,8 @@ pub struct Settings {
 
 /// Observes and plans; changes nothing.
 pub async fn compute_plan(s: &Settings, fx: &Effects) -> Result<Plan, Error> {
-    let specs = fx.specs.load(&s.prefix, &s.region).await?;
+    let mut specs = fx.specs.load(&s.prefix, &s.region).await?;
+    let health_notes = apply_health(&mut specs, fx).await?;
     let alb = fx.alb.alias_target(&specs.region.alb_arn).await?;
     let all_listeners = fx.alb.listeners(&specs.region.alb_arn).await?;
     let mut listeners = BTreeMap::new();
@@ -59,7 +62,40 @@ pub async fn compute_plan(s: &Settings, fx: &Effects) -> Result<Plan, Error> {
     if !ids.is_empty() {
         observed.live_instances = fx.instances.live(&ids).await?;
     }
-    plan(&d, &observed).map_err(|e| Error::failed("plan", s.prefix.region(&s.region), e.to_string()))
+    let mut p = plan(&d, &observed).map_err(|e| Error::failed("plan", s.prefix.region(&s.region), e.to_string()))?;
+    p.notes = health_notes;
+    Ok(p)
+}
+
+/// Probes every endpoint that has a `health` spec and rewrites its weights.
+async fn apply_health(specs: &mut crate::source::Specs, fx: &Effects) -> Result<Vec<String>, Error> {
+    let mut notes = Vec::new();
+    let clusters = specs.clusters.clone();
+    for (name, ep) in specs.endpoints.iter_mut() {
+        let Some(health) = ep.health.clone() else { continue };
+        let mut passing = BTreeMap::new();
+        for cluster in ep.clusters.keys() {
+            let Some(tg) = clusters.get(cluster).and_then(|c| c.ingress()) else { continue };
+            let targets = fx.targets.healthy(&tg.arn).await?;
+            let ids: Vec<String> = targets.iter().map(|(id, _)| id.clone()).collect();
+            let addresses = if ids.is_empty() { BTreeMap::new() } else { fx.instances.addresses(&ids).await? };
+            let mut ok = false;
+            for (id, port) in &targets {
+                if let Some(ip) = addresses.get(id) {
+                    if fx.probe.probe(ip, *port, &health.path, &ep.hostname, health.expect_status).await {
+                        ok = true;
+                        break;
+                    }
+                }
+            }
+            tracing::info!(endpoint = %name, cluster = %cluster, healthy_targets = targets.len(), passing = ok, "health probe");
+            passing.insert(cluster.clone(), ok);
+        }
+        let (weights, note) = crate::health::effective_weights(name, &ep.clusters, &passing);
+        ep.clusters = weights;
+        notes.extend(note);
+    }
+    Ok(notes)
 }
 
 /// Applies the plan; returns it. Retries the whole reconcile when a rule

@@ -40,6 +40,9 @@ pub fn text(p: &Plan) -> String {
             r.set_identifier.as_deref().unwrap_or("-")
         ));
     }
+    for n in &p.notes {
+        out.push_str(&format!("* note: {n}\n"));
+    }
     for c in &p.conflicts {
         out.push_str(&format!("! conflict: {c}\n"));
     }

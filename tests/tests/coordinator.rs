@@ -229,3 +229,88 @@ async fn lambda_mode_answers_each_event_with_one_reconcile() {
     assert!(writes(&w).is_empty());
     drop(function);
 }
+
+/// Serves `/healthz` on `ip:80`: `status` when the Host header is `host`, 421 otherwise.
+async fn host_health(ip: &str, host: &'static str, status: std::sync::Arc<std::sync::atomic::AtomicU16>) -> k3s_asg_testbed::http::Served {
+    let router = axum::Router::new().route(
+        "/healthz",
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let status = status.clone();
+            async move {
+                let ok = headers.get("host").and_then(|h| h.to_str().ok()) == Some(host);
+                let code = if ok { status.load(std::sync::atomic::Ordering::SeqCst) } else { 421 };
+                axum::http::StatusCode::from_u16(code).unwrap()
+            }
+        }),
+    );
+    k3s_asg_testbed::http::serve(&format!("{ip}:80"), router).await.unwrap()
+}
+
+fn weights_of(rules: &[aws_sdk_elasticloadbalancingv2::types::Rule], host: &str) -> Vec<i32> {
+    let r = rules
+        .iter()
+        .find(|r| r.conditions().iter().any(|c| c.host_header_config().is_some_and(|h| h.values().iter().any(|v| v == host))))
+        .expect("rule");
+    r.actions()[0].forward_config().unwrap().target_groups().iter().map(|t| t.weight().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_with_host_header_zeroes_failing_clusters_and_fails_open() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use std::sync::Arc;
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    w.create_cluster("bravo").await.unwrap();
+    let (_alb, listener) = w.create_alb(443, 100).await.unwrap();
+    let zone = w.zone_id().to_string();
+    w.put_param(
+        "/k3s-asg/endpoints/blog",
+        &serde_json::json!({ "hostname": "blog.example.com", "hosted_zone_id": zone, "clusters": { "alpha": 1, "bravo": 1 },
+                             "listener_port": 443, "health": { "path": "/healthz", "expect_status": 200 } })
+        .to_string(),
+    )
+    .await
+    .unwrap();
+    let mut servers = Vec::new();
+    let mut statuses = Vec::new();
+    for c in ["alpha", "bravo"] {
+        let inst = w.launch(c, "node").await.unwrap();
+        let tg = w.clusters[c].target_group_arn.clone();
+        w.elb
+            .register_targets()
+            .target_group_arn(&tg)
+            .targets(aws_sdk_elasticloadbalancingv2::types::TargetDescription::builder().id(&inst.id).port(80).build())
+            .send()
+            .await
+            .unwrap();
+        let status = Arc::new(AtomicU16::new(200));
+        servers.push(host_health(&inst.ip, "blog.example.com", status.clone()).await);
+        statuses.push(status);
+    }
+    let rules = |w: &World| {
+        let listener = listener.clone();
+        let elb = w.elb.clone();
+        async move { elb.describe_rules().listener_arn(listener).send().await.unwrap().rules().to_vec() }
+    };
+
+    // bravo fails with the right Host header: weight 0.
+    statuses[1].store(503, Ordering::SeqCst);
+    let run = w.coordinator(&["apply"]).await.unwrap();
+    ok(&run);
+    assert!(run.stdout.contains("weight 0 for failing cluster(s) bravo"), "{}", run.stdout);
+    assert_eq!(weights_of(&rules(&w).await, "blog.example.com"), vec![1, 0]);
+
+    // It passes again: back to its configured weight.
+    statuses[1].store(200, Ordering::SeqCst);
+    ok(&w.coordinator(&["apply"]).await.unwrap());
+    assert_eq!(weights_of(&rules(&w).await, "blog.example.com"), vec![1, 1]);
+
+    // Every cluster fails: fail open, and say so.
+    statuses[0].store(500, Ordering::SeqCst);
+    statuses[1].store(500, Ordering::SeqCst);
+    let run = w.coordinator(&["apply"]).await.unwrap();
+    ok(&run);
+    assert!(run.stdout.contains("fail open"), "{}", run.stdout);
+    assert_eq!(weights_of(&rules(&w).await, "blog.example.com"), vec![1, 1]);
+    drop(servers);
+}
