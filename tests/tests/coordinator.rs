@@ -314,3 +314,42 @@ async fn health_with_host_header_zeroes_failing_clusters_and_fails_open() {
     assert_eq!(weights_of(&rules(&w).await, "blog.example.com"), vec![1, 1]);
     drop(servers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_coordinators_at_once_converge_without_duplicates() {
+    let mut w = World::new().await.unwrap();
+    for c in ["alpha", "bravo"] {
+        w.create_cluster(c).await.unwrap();
+    }
+    let (_alb, listener) = w.create_alb(443, 100).await.unwrap();
+    let zone = w.zone_id().to_string();
+    for i in 0..5 {
+        w.put_param(
+            &format!("/k3s-asg/endpoints/e{i}"),
+            &serde_json::json!({ "hostname": format!("e{i}.example.com"), "hosted_zone_id": zone, "clusters": { "alpha": 1, "bravo": 1 } }).to_string(),
+        )
+        .await
+        .unwrap();
+    }
+    let runs = k3s_asg_testbed::join_all(vec![w.coordinator(&["apply"]), w.coordinator(&["apply"])]).await;
+    for r in &runs {
+        ok(r.as_ref().unwrap());
+    }
+    let rules = w.elb.describe_rules().listener_arn(&listener).send().await.unwrap();
+    let mut hosts: Vec<String> = rules
+        .rules()
+        .iter()
+        .flat_map(|r| r.conditions().iter().filter_map(|c| c.host_header_config()).flat_map(|h| h.values().to_vec()))
+        .collect();
+    hosts.sort();
+    let mut unique = hosts.clone();
+    unique.dedup();
+    assert_eq!(hosts, unique, "duplicate rules");
+    assert_eq!(hosts.len(), 7, "5 endpoints + 2 clusters: {hosts:?}");
+    let recs = records(&w).await;
+    let aliases = recs.iter().filter(|r| r.r#type() == &RrType::A && r.alias_target().is_some()).count();
+    assert_eq!(aliases, 5);
+    w.recorder.clear();
+    ok(&w.coordinator(&["apply"]).await.unwrap());
+    assert!(writes(&w).is_empty(), "{:?}", writes(&w));
+}
