@@ -126,6 +126,7 @@ impl LoadBalancer for Elbv2 {
                 .0
                 .describe_rules()
                 .listener_arn(listener)
+                .page_size(400)
                 .set_marker(marker.clone())
                 .send()
                 .await

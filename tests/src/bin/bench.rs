@@ -126,6 +126,8 @@ async fn main() -> anyhow::Result<()> {
         leave_rows.join("\n")
     );
 
+    let coordinator_table = bench_coordinator().await?;
+
     let header = "| join | runs | AWS calls per join | calls by service:operation (mean) | ready→registered median ms | max ms | whole join median ms |\n|---|---|---|---|---|---|---|";
     let table = [
         header.to_string(),
@@ -136,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
         row("second join, any role (steady state)", &rejoins),
     ]
     .join("\n");
-    println!("{table}\n\n{leave_table}");
+    println!("{table}\n\n{leave_table}\n\n{coordinator_table}");
     if write {
         let machine = std::process::Command::new("uname").arg("-srm").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
         let text = format!(
@@ -149,11 +151,51 @@ async fn main() -> anyhow::Result<()> {
              ≤ 100 ms from SIGTERM. Measured from the moment the bench sends the signal or sets the IMDS value to the \
              recorder's timestamp of the first DeregisterTargets. Calls per leave: GetParameters, \
              DescribeAutoScalingInstances, DescribeTargetHealth (before and while waiting), DeregisterTargets, \
-             DescribeTargetGroupAttributes.\n\n{leave_table}\n",
+             DescribeTargetGroupAttributes.\n\n{leave_table}\n\n\
+             ## Coordinator\n\n200 shared endpoints × 4 clusters in one region (204 rules on one listener, \
+             rules_quota raised to 300), coordinator binary against moto through the recorder. \
+             Targets (coordinator issue): steady state 0 writes and ≤ 6 reads; Route53 changes in as few batches as the API allows.\n\n{coordinator_table}\n",
             moto = "5.2.5"
         );
         std::fs::write(k3s_asg_testbed::repo_root().join("BENCHMARKS.md"), text)?;
         println!("\nwrote BENCHMARKS.md");
     }
     Ok(())
+}
+
+async fn bench_coordinator() -> anyhow::Result<String> {
+    let mut w = World::new().await?;
+    let clusters = ["alpha", "bravo", "charlie", "delta"];
+    for c in clusters {
+        w.create_cluster(c).await?;
+    }
+    w.create_alb(443, 300).await?;
+    let zone = w.zone_id().to_string();
+    for i in 0..200 {
+        let spec = serde_json::json!({
+            "hostname": format!("svc{i}.example.com"), "hosted_zone_id": zone,
+            "clusters": { "alpha": 1, "bravo": 1, "charlie": 1, "delta": 1 }, "listener_port": 443 });
+        w.put_param(&format!("/k3s-asg/endpoints/svc{i}"), &spec.to_string()).await?;
+    }
+    let mut rows = Vec::new();
+    for label in ["first converge", "steady state", "steady state (again)"] {
+        w.recorder.clear();
+        let t = std::time::Instant::now();
+        let run = w.coordinator(&["apply"]).await?;
+        let wall = t.elapsed().as_millis();
+        anyhow::ensure!(run.code == 0, "apply failed: {}", run.stderr);
+        let calls = w.recorder.calls_by("AKIACOORDINATOR");
+        let writes = calls.iter().filter(|c| c.is_mutating()).count();
+        let reads = calls.len() - writes;
+        let mut ops: BTreeMap<String, usize> = BTreeMap::new();
+        for c in &calls {
+            *ops.entry(c.operation.clone()).or_insert(0) += 1;
+        }
+        let ops: Vec<String> = ops.iter().map(|(k, v)| format!("{k}×{v}")).collect();
+        rows.push(format!("| {label} | {wall} | {reads} | {writes} | {} |", ops.join(", ")));
+    }
+    Ok(format!(
+        "| apply | wall ms | reads | writes | calls by operation |\n|---|---|---|---|---|\n{}",
+        rows.join("\n")
+    ))
 }
