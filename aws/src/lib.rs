@@ -3,6 +3,7 @@
 //! how SDK clients are configured.
 
 pub mod clients;
+pub mod instances;
 pub mod names;
 pub mod params;
 pub mod spec;

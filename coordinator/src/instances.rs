@@ -18,19 +18,9 @@ pub struct Ec2(pub aws_sdk_ec2::Client);
 #[async_trait]
 impl Instances for Ec2 {
     async fn live(&self, ids: &[String]) -> Result<BTreeSet<String>, Error> {
-        let mut out = BTreeSet::new();
-        for chunk in ids.chunks(200) {
-            let resp = self
-                .0
-                .describe_instances()
-                .filters(Filter::builder().name("instance-id").set_values(Some(chunk.to_vec())).build())
-                .filters(Filter::builder().name("instance-state-name").values("pending").values("running").build())
-                .send()
-                .await
-                .map_err(|e| Error::sdk("check instances (ec2:DescribeInstances)", chunk.join(","), &e))?;
-            out.extend(resp.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.instance_id().map(str::to_string)));
-        }
-        Ok(out)
+        k3s_asg_aws::instances::live(&self.0, ids)
+            .await
+            .map_err(|(ids, why)| Error::failed("check instances (ec2:DescribeInstances)", ids, why))
     }
 
     async fn addresses(&self, ids: &[String]) -> Result<std::collections::BTreeMap<String, String>, Error> {

@@ -125,6 +125,20 @@ pub struct World {
     pub agent_env: BTreeMap<String, String>,
 }
 
+async fn create_subnet(ec2: &aws_sdk_ec2::Client, vpc_id: &str, cidr: &str, az_letter: &str) -> anyhow::Result<String> {
+    Ok(ec2
+        .create_subnet()
+        .vpc_id(vpc_id)
+        .cidr_block(cidr)
+        .availability_zone(format!("{REGION}{az_letter}"))
+        .send()
+        .await?
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .context("subnet id")?
+        .to_string())
+}
+
 /// The coordinator binary: `K3S_ASG_COORDINATOR_BIN`, else `target/debug/k3s-asg-coordinator`.
 pub fn coordinator_bin() -> PathBuf {
     std::env::var_os("K3S_ASG_COORDINATOR_BIN")
@@ -163,17 +177,7 @@ impl World {
             .and_then(|v| v.vpc_id())
             .context("vpc id")?
             .to_string();
-        let subnet_id = ec2
-            .create_subnet()
-            .vpc_id(&vpc_id)
-            .cidr_block(format!("127.{net}.0.0/20"))
-            .availability_zone(format!("{REGION}a"))
-            .send()
-            .await?
-            .subnet()
-            .and_then(|s| s.subnet_id())
-            .context("subnet id")?
-            .to_string();
+        let subnet_id = create_subnet(&ec2, &vpc_id, &format!("127.{net}.0.0/20"), "a").await?;
         let route53 = aws_sdk_route53::Client::new(&sdk);
         let zone = route53
             .create_hosted_zone()
@@ -360,19 +364,7 @@ impl World {
 
     /// Creates the region's shared ALB with one listener on `port` and writes the region spec.
     pub async fn create_alb(&self, port: u16, rules_quota: u32) -> anyhow::Result<(String, String)> {
-        let net = self.net;
-        let second = self
-            .ec2
-            .create_subnet()
-            .vpc_id(&self.vpc_id)
-            .cidr_block(format!("127.{net}.16.0/20"))
-            .availability_zone(format!("{REGION}b"))
-            .send()
-            .await?
-            .subnet()
-            .and_then(|s| s.subnet_id())
-            .context("subnet id")?
-            .to_string();
+        let second = create_subnet(&self.ec2, &self.vpc_id, &format!("127.{}.16.0/20", self.net), "b").await?;
         let lb = self.elb.create_load_balancer().name("shared").subnets(&self.subnet_id).subnets(second).send().await?;
         let alb = lb.load_balancers()[0].load_balancer_arn().context("alb arn")?.to_string();
         use aws_sdk_elasticloadbalancingv2::types::{Action, ActionTypeEnum, FixedResponseActionConfig, ProtocolEnum};

@@ -36,27 +36,8 @@ impl Instances for Ec2 {
     }
 
     async fn live(&self, ids: &[String]) -> Result<BTreeSet<String>> {
-        let mut out = BTreeSet::new();
-        if ids.is_empty() {
-            return Ok(out);
-        }
-        for chunk in ids.chunks(200) {
-            let resp = self
-                .0
-                .describe_instances()
-                .filters(Filter::builder().name("instance-id").set_values(Some(chunk.to_vec())).build())
-                .filters(Filter::builder().name("instance-state-name").values("pending").values("running").build())
-                .send()
-                .await
-                .map_err(|e| Error::sdk("check instances (ec2:DescribeInstances)", chunk.join(","), &e))?;
-            for r in resp.reservations() {
-                for i in r.instances() {
-                    if let Some(id) = i.instance_id() {
-                        out.insert(id.to_string());
-                    }
-                }
-            }
-        }
-        Ok(out)
+        k3s_asg_aws::instances::live(&self.0, ids)
+            .await
+            .map_err(|(ids, why)| Error::failed("check instances (ec2:DescribeInstances)", ids, why))
     }
 }
