@@ -21,6 +21,8 @@ pub trait LoadBalancer: Send + Sync {
     async fn create_rule(&self, listener: &str, priority: u32, spec: &RuleSpec, owner: &str) -> Result<(), Error>;
     async fn modify_rule(&self, arn: &str, spec: &RuleSpec) -> Result<(), Error>;
     async fn delete_rule(&self, arn: &str) -> Result<(), Error>;
+    /// `SetRulePriorities` for (rule ARN, priority) pairs.
+    async fn set_priorities(&self, priorities: &[(String, u32)]) -> Result<(), Error>;
 }
 
 pub struct Elbv2(pub aws_sdk_elasticloadbalancingv2::Client);
@@ -211,6 +213,10 @@ impl LoadBalancer for Elbv2 {
         Ok(())
     }
 
+    async fn set_priorities(&self, priorities: &[(String, u32)]) -> Result<(), Error> {
+        self.set_rule_priorities(priorities).await
+    }
+
     async fn delete_rule(&self, arn: &str) -> Result<(), Error> {
         self.0
             .delete_rule()
@@ -218,6 +224,26 @@ impl LoadBalancer for Elbv2 {
             .send()
             .await
             .map_err(|e| Error::sdk("delete rule (elasticloadbalancing:DeleteRule)", arn, &e))?;
+        Ok(())
+    }
+}
+
+impl Elbv2 {
+    async fn set_rule_priorities(&self, priorities: &[(String, u32)]) -> Result<(), Error> {
+        use aws_sdk_elasticloadbalancingv2::types::RulePriorityPair;
+        let pairs: Vec<RulePriorityPair> =
+            priorities.iter().map(|(arn, p)| RulePriorityPair::builder().rule_arn(arn).priority(*p as i32).build()).collect();
+        self.0
+            .set_rule_priorities()
+            .set_rule_priorities(Some(pairs))
+            .send()
+            .await
+            .map_err(|e| {
+                let what: Vec<String> = priorities.iter().map(|(a, p)| format!("{a}={p}")).collect();
+                let mut err = Error::sdk("reorder rules (elasticloadbalancing:SetRulePriorities)", what.join(", "), &e);
+                err.retry = e.as_service_error().is_some_and(|s| s.is_priority_in_use_exception());
+                err
+            })?;
         Ok(())
     }
 }

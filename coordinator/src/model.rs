@@ -99,6 +99,8 @@ pub enum RuleChange {
     Create { purpose: String, listener: String, priority: u32, spec: RuleSpec },
     Modify { purpose: String, listener: String, arn: String, from: Option<RuleSpec>, to: RuleSpec },
     Delete { listener: String, arn: String, hosts: Vec<String> },
+    /// `SetRulePriorities`: only when an owned specific rule sits behind an owned wildcard.
+    Reprioritize { listener: String, arn: String, host: String, from: u32, to: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

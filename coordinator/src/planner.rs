@@ -114,6 +114,34 @@ fn plan_rules(d: &Desired, o: &Observed, p: &mut Plan) -> Result<BTreeSet<String
                 deletes += 1;
             }
         }
+        // Order: an owned specific rule must not sit behind an owned wildcard.
+        let owned_kept: Vec<&&ObservedRule> =
+            observed.iter().filter(|r| r.owner.as_deref() == Some(&d.owner) && matched.contains(r.arn.as_str())).collect();
+        if let Some(lowest_wildcard) = owned_kept.iter().filter(|r| r.hosts.iter().any(|h| h.starts_with('*'))).map(|r| r.priority).min() {
+            let mut behind: Vec<&&&ObservedRule> =
+                owned_kept.iter().filter(|r| r.priority > lowest_wildcard && !r.hosts.iter().any(|h| h.starts_with('*'))).collect();
+            behind.sort_by_key(|r| r.priority);
+            for rule in behind {
+                match (1..lowest_wildcard).find(|n| !used.contains(n)) {
+                    Some(to) => {
+                        used.remove(&rule.priority);
+                        used.insert(to);
+                        p.rules.push(RuleChange::Reprioritize {
+                            listener: listener.clone(),
+                            arn: rule.arn.clone(),
+                            host: rule.hosts.first().cloned().unwrap_or_default(),
+                            from: rule.priority,
+                            to,
+                        });
+                    }
+                    None => p.conflicts.push(format!(
+                        "listener {listener}: rule {} (host {}) sits behind a wildcard and no free priority is left below {lowest_wildcard}",
+                        rule.arn,
+                        rule.hosts.join(",")
+                    )),
+                }
+            }
+        }
         // Specific hostnames first (ascending from 1), wildcards from the top down.
         creates.sort_by_key(|r| (!r.specific, r.spec.host.clone()));
         for want in creates {
@@ -292,6 +320,23 @@ mod tests {
         assert!(p.records.is_empty(), "no record for an endpoint whose rule is blocked: {:?}", p.records);
         assert_eq!(p.conflicts.len(), 1);
         assert!(p.conflicts[0].contains("theirs") && p.conflicts[0].contains("someone-else"));
+    }
+
+    #[test]
+    fn reorders_only_when_a_specific_rule_sits_behind_a_wildcard() {
+        let wild = spec("*--alpha.us-east-1.example.com", &[(TG_A, 1)]);
+        let blog = spec("blog.example.com", &[(TG_A, 1)]);
+        let d = desired(vec![want("cluster alpha", false, wild.clone()), want("endpoint blog", true, blog.clone())], vec![]);
+        // In order already: nothing.
+        let o = Observed { rules: vec![seen("w", 50, wild.clone(), Some("me")), seen("b", 10, blog.clone(), Some("me"))], ..Default::default() };
+        assert!(plan(&d, &o).unwrap().is_empty());
+        // Behind the wildcard: moved to the lowest free slot, the wildcard keeps its place.
+        let o = Observed {
+            rules: vec![seen("w", 5, wild, Some("me")), seen("b", 10, blog, Some("me")), seen("f", 1, spec("x.example.com", &[(TG_B, 1)]), None)],
+            ..Default::default()
+        };
+        let p = plan(&d, &o).unwrap();
+        assert!(matches!(&p.rules[..], [RuleChange::Reprioritize { arn, from: 10, to: 2, .. }] if arn == "b"), "{:?}", p.rules);
     }
 
     #[test]

@@ -118,11 +118,22 @@ pub async fn apply(s: &Settings, fx: &Effects) -> Result<Plan, Error> {
 }
 
 async fn perform(p: &Plan, s: &Settings, fx: &Effects) -> Result<(), Error> {
+    // Reordering first (one call per listener), so new rules find their slots free.
+    let mut moves: BTreeMap<&str, Vec<(String, u32)>> = BTreeMap::new();
+    for c in &p.rules {
+        if let RuleChange::Reprioritize { listener, arn, to, .. } = c {
+            moves.entry(listener).or_default().push((arn.clone(), *to));
+        }
+    }
+    for pairs in moves.values() {
+        fx.alb.set_priorities(pairs).await?;
+    }
     for c in &p.rules {
         match c {
             RuleChange::Create { listener, priority, spec, .. } => fx.alb.create_rule(listener, *priority, spec, &s.owner).await?,
             RuleChange::Modify { arn, to, .. } => fx.alb.modify_rule(arn, to).await?,
             RuleChange::Delete { arn, .. } => fx.alb.delete_rule(arn).await?,
+            RuleChange::Reprioritize { .. } => {}
         }
     }
     let mut by_zone: BTreeMap<&str, Vec<RecordChange>> = BTreeMap::new();

@@ -353,3 +353,45 @@ async fn two_coordinators_at_once_converge_without_duplicates() {
     ok(&w.coordinator(&["apply"]).await.unwrap());
     assert!(writes(&w).is_empty(), "{:?}", writes(&w));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_specific_rule_behind_a_wildcard_is_moved_in_front() {
+    use aws_sdk_elasticloadbalancingv2::types::RulePriorityPair;
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let (_alb, listener) = w.create_alb(443, 100).await.unwrap();
+    let zone = w.zone_id().to_string();
+    w.put_param(
+        "/k3s-asg/endpoints/blog",
+        &serde_json::json!({ "hostname": "blog.example.com", "hosted_zone_id": zone, "clusters": { "alpha": 1 } }).to_string(),
+    )
+    .await
+    .unwrap();
+    ok(&w.coordinator(&["apply"]).await.unwrap());
+    let arn_of = |rules: &[aws_sdk_elasticloadbalancingv2::types::Rule], host: &str| {
+        rules
+            .iter()
+            .find(|r| r.conditions().iter().any(|c| c.host_header_config().is_some_and(|h| h.values().iter().any(|v| v == host))))
+            .map(|r| (r.rule_arn().unwrap().to_string(), r.priority().unwrap().to_string()))
+            .unwrap()
+    };
+    let rules = w.elb.describe_rules().listener_arn(&listener).send().await.unwrap().rules().to_vec();
+    let (blog, _) = arn_of(&rules, "blog.example.com");
+    let (wild, _) = arn_of(&rules, "*--alpha.us-east-1.example.com");
+    // Someone reorders by hand: the wildcard now shadows the endpoint.
+    w.elb
+        .set_rule_priorities()
+        .rule_priorities(RulePriorityPair::builder().rule_arn(&wild).priority(5).build())
+        .rule_priorities(RulePriorityPair::builder().rule_arn(&blog).priority(10).build())
+        .send()
+        .await
+        .unwrap();
+    let plan = w.coordinator(&["plan"]).await.unwrap();
+    assert!(plan.stdout.contains("~ order  host blog.example.com: priority 10 → 1"), "{}", plan.stdout);
+    w.recorder.clear();
+    ok(&w.coordinator(&["apply"]).await.unwrap());
+    assert_eq!(writes(&w), vec!["SetRulePriorities"]);
+    let rules = w.elb.describe_rules().listener_arn(&listener).send().await.unwrap().rules().to_vec();
+    assert_eq!(arn_of(&rules, "blog.example.com").1, "1");
+    assert_eq!(arn_of(&rules, "*--alpha.us-east-1.example.com").1, "5", "the wildcard keeps its place");
+}
