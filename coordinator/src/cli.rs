@@ -42,6 +42,11 @@ enum Command {
     },
     /// Converge the region once.
     Apply,
+    /// Print a cluster's admin kubeconfig from SSM (`{prefix}/clusters/CLUSTER/kubeconfig/admin`).
+    Kubeconfig {
+        /// The cluster name.
+        cluster: String,
+    },
     /// Serve the Lambda Runtime API (chosen automatically when AWS_LAMBDA_RUNTIME_API is set).
     #[command(hide = true)]
     Lambda,
@@ -85,6 +90,9 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
     let region = cli.region.clone().ok_or_else(|| Error::bad_input("read settings", "--region", "set --region or AWS_REGION"))?;
     let settings = Settings { prefix, region: region.clone(), owner: cli.owner.clone() };
     let sdk = k3s_asg_aws::clients::load(Some(region)).await;
+    if let Command::Kubeconfig { cluster } = &cli.command {
+        return print_kubeconfig(&aws_sdk_ssm::Client::new(&sdk), &settings.prefix, cluster).await;
+    }
     let fx = Effects {
         specs: Box::new(source::Ssm(aws_sdk_ssm::Client::new(&sdk))),
         targets: Box::new(alb::Elbv2(aws_sdk_elasticloadbalancingv2::Client::new(&sdk))),
@@ -109,6 +117,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Lambda => crate::lambda::serve(settings, fx).await,
+        Command::Kubeconfig { .. } => unreachable!("handled above"),
         Command::Run { interval } => loop {
             match reconcile::apply(&settings, &fx).await {
                 Ok(p) => tracing::info!(rules = p.rules.len(), records = p.records.len(), conflicts = p.conflicts.len(), "reconciled"),
@@ -122,4 +131,18 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
             }
         },
     }
+}
+
+/// The operator asked for the secret: it goes to stdout only, never to the log.
+async fn print_kubeconfig(ssm: &aws_sdk_ssm::Client, prefix: &Prefix, cluster: &str) -> Result<(), Error> {
+    k3s_asg_aws::names::check_cluster_name(cluster).map_err(|why| Error::bad_input("read kubeconfig", "CLUSTER", why))?;
+    let name = prefix.admin_kubeconfig(cluster);
+    let resp = ssm.get_parameter().name(&name).with_decryption(true).send().await.map_err(|e| match e.as_service_error() {
+        Some(s) if s.is_parameter_not_found() => {
+            Error::bad_input("read kubeconfig", &name, "the parameter does not exist (has a control-plane instance of this cluster joined?)")
+        }
+        _ => Error::sdk("read kubeconfig (ssm:GetParameter)", &name, &e),
+    })?;
+    print!("{}", resp.parameter().and_then(|p| p.value()).unwrap_or_default());
+    Ok(())
 }

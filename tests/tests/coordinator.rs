@@ -395,3 +395,20 @@ async fn a_specific_rule_behind_a_wildcard_is_moved_in_front() {
     assert_eq!(arn_of(&rules, "blog.example.com").1, "1");
     assert_eq!(arn_of(&rules, "*--alpha.us-east-1.example.com").1, "5", "the wildcard keeps its place");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeconfig_command_prints_the_admin_kubeconfig() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let missing = w.coordinator(&["kubeconfig", "alpha"]).await.unwrap();
+    assert_eq!(missing.code, 2);
+    assert!(missing.stderr.contains("/k3s-asg/clusters/alpha/kubeconfig/admin"), "{}", missing.stderr);
+    let cp = w.launch("alpha", "control-plane").await.unwrap();
+    let run = w.agent(&cp, &["join"]).await.unwrap();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = w.coordinator(&["kubeconfig", "alpha"]).await.unwrap();
+    ok(&out);
+    assert_eq!(out.stdout, w.param("/k3s-asg/clusters/alpha/kubeconfig/admin").await.unwrap().unwrap());
+    assert!(out.stdout.contains("server: https://api.alpha.us-east-1.example.com:6443"));
+    assert!(!out.stderr.contains("client-key-data"), "the secret stays out of the log");
+}
