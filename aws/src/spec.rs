@@ -163,8 +163,12 @@ pub fn is_k3s_flag(role: Role, key: &str) -> bool {
 
 /// Parses JSON strictly, naming the field path of any error.
 fn parse_json<T: serde::de::DeserializeOwned>(parameter: &str, json: &str) -> Result<T, SpecError> {
-    let de = &mut serde_json::Deserializer::from_str(json);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let document = |problem: String| SpecError { parameter: parameter.to_string(), field: "(document)".into(), problem };
+    let value: Value = serde_json::from_str(json).map_err(|e| document(format!("not JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(document("must be a JSON object".into()));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
         let field = if field == "." { "(document)".to_string() } else { field };
         SpecError { parameter: parameter.to_string(), field, problem: e.into_inner().to_string() }
