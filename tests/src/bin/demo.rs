@@ -16,6 +16,14 @@ fn redact(config: &str) -> String {
         .join("\n")
 }
 
+/// Three API record lines, then the target group members, for the before/after table.
+async fn snapshot(w: &World) -> anyhow::Result<Vec<String>> {
+    let mut rows: Vec<String> = w.api_records("alpha").await?.into_iter().map(|(id, ips)| format!("{id} → {}", ips.join(","))).collect();
+    rows.resize(3, String::new());
+    rows.extend(w.members(&w.clusters["alpha"].target_group_arn).await?);
+    Ok(rows)
+}
+
 async fn join(w: &World, inst: &Instance) -> anyhow::Result<()> {
     let t = std::time::Instant::now();
     let run = w.agent(inst, &["join"]).await?;
@@ -86,6 +94,68 @@ async fn main() -> anyhow::Result<()> {
     }
     let mutating = w.recorder.calls().iter().filter(|c| c.is_mutating()).count();
     println!("  mutating AWS calls on the second pass: {mutating}");
+
+    // 5. The coordinator: shared ALB rules and a latency record.
+    let (_alb, listener) = w.create_alb(443, 100).await?;
+    let zone = w.zone_id().to_string();
+    w.put_param(
+        "/k3s-asg/endpoints/blog",
+        &serde_json::json!({ "hostname": "blog.example.com", "hosted_zone_id": zone, "clusters": { "alpha": 1 }, "listener_port": 443 }).to_string(),
+    )
+    .await?;
+    println!("\n5. `k3s-asg-coordinator apply` reconciles the region's shared ALB and latency records:");
+    let run = w.coordinator(&["apply"]).await?;
+    anyhow::ensure!(run.code == 0, "coordinator apply failed: {}", run.stderr);
+    for line in run.stdout.lines() {
+        println!("  {line}");
+    }
+
+    // 6. A control-plane instance is terminated: its agent leaves in order.
+    let before = snapshot(&w).await?;
+    let victim = &servers[1];
+    w.asg.add(&victim.id, "alpha-control-plane", "Terminating:Wait", 30);
+    println!("\n6. The ASG terminates {} (a terminating lifecycle hook holds it); its agent leaves:", victim.id);
+    w.recorder.clear();
+    victim.clear_stub_calls();
+    let run = w.agent(victim, &["leave"]).await?;
+    anyhow::ensure!(run.code == 0, "leave failed: {}", run.stderr);
+    let mut timeline: Vec<(u128, String)> =
+        w.recorder.calls_by(&victim.access_key()).into_iter().filter(|c| c.is_mutating()).map(|c| (c.at_ms, format!("AWS {}", c.operation))).collect();
+    for line in victim.stub_calls() {
+        let parts: Vec<&str> = line.splitn(3, '\t').collect();
+        if parts.len() == 3 && (parts[2].contains("drain") || parts[2].contains("delete") || parts[2].starts_with("stop")) {
+            timeline.push((parts[0].parse().unwrap_or(0), format!("{} {}", parts[1], parts[2].split(" --").next().unwrap_or(parts[2]))));
+        }
+    }
+    timeline.sort();
+    let t0 = timeline.first().map(|t| t.0).unwrap_or(0);
+    for (ms, what) in &timeline {
+        println!("  +{:>5} ms  {what}", ms - t0);
+    }
+    w.terminate(victim).await?;
+
+    // 7. The ASG launches a replacement; it joins by itself.
+    let replacement = w.launch("alpha", "control-plane").await?;
+    println!("\n7. The replacement {} boots and joins — nobody re-runs anything:", replacement.id);
+    join(&w, &replacement).await?;
+    w.recorder.clear();
+    let run = w.coordinator(&["apply"]).await?;
+    anyhow::ensure!(run.code == 0, "coordinator apply failed: {}", run.stderr);
+    println!("  coordinator apply afterwards: {} mutating AWS calls", w.recorder.calls().iter().filter(|c| c.is_mutating()).count());
+    let after = snapshot(&w).await?;
+
+    println!("\n8. Before and after the replacement:\n");
+    println!("  | {:<28} | {:<46} | {:<46} |", "", "before", "after");
+    println!("  |{:-<30}|{:-<48}|{:-<48}|", "", "", "");
+    let rows = before.len().max(after.len());
+    for i in 0..rows {
+        let b = before.get(i).cloned().unwrap_or_default();
+        let a = after.get(i).cloned().unwrap_or_default();
+        let label = if i == 0 { "API records (id → ip)" } else if i == 3 { "target group alpha-ingress" } else { "" };
+        println!("  | {label:<28} | {:<46} | {:<46} |", b, a);
+    }
+    let rules = w.elb.describe_rules().listener_arn(&listener).send().await?.rules().len() - 1;
+    println!("\n  listener rules on the shared ALB: {rules} (unchanged by the replacement)");
 
     let init = all.iter().filter(|i| i.file("/etc/rancher/k3s/config.yaml").unwrap_or_default().contains("cluster-init: true")).count();
     println!("\nDone: {init} server ran cluster-init, the others joined a live server verified by the CA hash in the token.");

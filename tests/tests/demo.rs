@@ -1,0 +1,22 @@
+//! The README's first command keeps working: the demo runs to the end and tells its story.
+
+#[test]
+fn demo_runs_to_the_end() {
+    let bin = k3s_asg_testbed::repo_root().join("target/debug/k3s-asg-demo");
+    assert!(bin.exists(), "{} is not built (scripts/test builds it)", bin.display());
+    let out = std::process::Command::new(bin).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for needle in [
+        "AWS is emulated",
+        "mutating AWS calls on the second pass: 0",
+        "AWS DeregisterTargets",
+        "AWS CompleteLifecycleAction",
+        "coordinator apply afterwards: 0 mutating AWS calls",
+        "Before and after the replacement",
+        "Done: 1 server ran cluster-init",
+    ] {
+        assert!(stdout.contains(needle), "demo output lacks {needle:?}:\n{stdout}");
+    }
+    assert!(!stdout.contains("K10"), "the demo must not print the token");
+}
