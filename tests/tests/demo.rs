@@ -18,5 +18,10 @@ fn demo_runs_to_the_end() {
     ] {
         assert!(stdout.contains(needle), "demo output lacks {needle:?}:\n{stdout}");
     }
-    assert!(!stdout.contains("K10"), "the demo must not print the token");
+    // No secure token (K10 + 64 hex digits of the CA hash) appears in the output.
+    let leaked = stdout.match_indices("K10").any(|(i, _)| {
+        let rest = &stdout[i + 3..];
+        rest.len() >= 64 && rest[..64].bytes().all(|b| b.is_ascii_hexdigit())
+    });
+    assert!(!leaked, "the demo printed a join token");
 }
