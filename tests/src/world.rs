@@ -18,7 +18,14 @@ use std::sync::Arc;
 
 pub const REGION: &str = "us-east-1";
 pub const ZONE_NAME: &str = "example.com";
-static NEXT_NET: AtomicU8 = AtomicU8::new(20);
+static NEXT_NET: AtomicU8 = AtomicU8::new(0);
+
+/// A second octet for a new world's 127.N.0.0/16: distinct within a process, and
+/// offset by the process id so that two processes (tests and the demo, say) rarely meet.
+fn next_net() -> u8 {
+    let n = NEXT_NET.fetch_add(1, Ordering::SeqCst) as u32;
+    (20 + (std::process::id() * 7 + n) % 230) as u8
+}
 
 pub struct Cluster {
     pub name: String,
@@ -167,7 +174,7 @@ impl World {
             .load()
             .await;
         let ec2 = aws_sdk_ec2::Client::new(&sdk);
-        let net = NEXT_NET.fetch_add(1, Ordering::SeqCst);
+        let net = next_net();
         let vpc_id = ec2
             .create_vpc()
             .cidr_block(format!("127.{net}.0.0/16"))
