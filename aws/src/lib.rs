@@ -8,6 +8,7 @@ pub mod names;
 pub mod params;
 pub mod spec;
 pub mod tags;
+pub mod target_health;
 
 /// Renders an SDK error with its whole chain of causes, for messages read by operators.
 pub fn sdk_error_text<E: std::error::Error>(err: &E) -> String {

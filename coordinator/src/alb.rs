@@ -251,21 +251,9 @@ impl Elbv2 {
 #[async_trait]
 impl crate::health::Targets for Elbv2 {
     async fn healthy(&self, target_group: &str) -> Result<Vec<(String, u16)>, Error> {
-        let resp = self
-            .0
-            .describe_target_health()
-            .target_group_arn(target_group)
-            .send()
+        let members = k3s_asg_aws::target_health::members(&self.0, target_group)
             .await
-            .map_err(|e| Error::sdk("read target health (elasticloadbalancing:DescribeTargetHealth)", target_group, &e))?;
-        Ok(resp
-            .target_health_descriptions()
-            .iter()
-            .filter(|d| d.target_health().and_then(|h| h.state()).map(|s| s.as_str()) == Some("healthy"))
-            .filter_map(|d| {
-                let t = d.target()?;
-                Some((t.id()?.to_string(), t.port().unwrap_or(80) as u16))
-            })
-            .collect())
+            .map_err(|why| Error::failed("read target health (elasticloadbalancing:DescribeTargetHealth)", target_group, why))?;
+        Ok(members.into_iter().filter(|m| m.state == "healthy").map(|m| (m.id, m.port)).collect())
     }
 }

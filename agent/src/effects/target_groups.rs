@@ -8,12 +8,7 @@ fn target(instance_id: &str, port: u16) -> TargetDescription {
     TargetDescription::builder().id(instance_id).port(port as i32).build()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    pub id: String,
-    pub port: u16,
-    pub state: String,
-}
+pub use k3s_asg_aws::target_health::Member;
 
 #[async_trait]
 pub trait TargetGroups: Send + Sync {
@@ -29,25 +24,9 @@ pub struct Elbv2(pub aws_sdk_elasticloadbalancingv2::Client);
 #[async_trait]
 impl TargetGroups for Elbv2 {
     async fn members(&self, arn: &str) -> Result<Vec<Member>> {
-        let resp = self
-            .0
-            .describe_target_health()
-            .target_group_arn(arn)
-            .send()
+        k3s_asg_aws::target_health::members(&self.0, arn)
             .await
-            .map_err(|e| Error::sdk("read target group (elasticloadbalancing:DescribeTargetHealth)", arn, &e))?;
-        Ok(resp
-            .target_health_descriptions()
-            .iter()
-            .filter_map(|d| {
-                let t = d.target()?;
-                Some(Member {
-                    id: t.id()?.to_string(),
-                    port: t.port().unwrap_or_default() as u16,
-                    state: d.target_health().and_then(|h| h.state()).map(|s| s.as_str().to_string()).unwrap_or_default(),
-                })
-            })
-            .collect())
+            .map_err(|why| Error::failed("read target group (elasticloadbalancing:DescribeTargetHealth)", arn, why))
     }
 
     async fn register(&self, arn: &str, instance_id: &str, port: u16) -> Result<()> {
