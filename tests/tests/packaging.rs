@@ -115,3 +115,30 @@ fn cloud_init_user_data_is_valid() {
     std::fs::write(&bad, "#cloud-config\nruncmd: 5\n").unwrap();
     assert!(!Command::new("cloud-init").args(["schema", "-c"]).arg(&bad).output().unwrap().status.success());
 }
+
+fn check_terraform(dir: &std::path::Path) -> std::process::Output {
+    let root = k3s_asg_testbed::repo_root();
+    Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/tools/check_terraform.py"))
+        .arg(dir)
+        .output()
+        .expect("python-hcl2 is installed by scripts/setup-moto")
+}
+
+#[test]
+fn terraform_example_passes_static_checks() {
+    let root = k3s_asg_testbed::repo_root();
+    let out = check_terraform(&root.join("packaging/terraform"));
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // The checks can fail: IMDSv1 allowed is caught.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("terraform");
+    std::fs::create_dir_all(&bad).unwrap();
+    for f in ["main.tf", "variables.tf", "outputs.tf"] {
+        let text = std::fs::read_to_string(root.join("packaging/terraform").join(f)).unwrap();
+        std::fs::write(bad.join(f), text.replace("http_tokens                 = \"required\"", "http_tokens = \"optional\"")).unwrap();
+    }
+    let out = check_terraform(&bad);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("http_tokens must be \"required\""));
+}
