@@ -142,3 +142,25 @@ fn terraform_example_passes_static_checks() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("http_tokens must be \"required\""));
 }
+
+#[test]
+fn packer_template_parses_and_installs_what_the_agent_needs() {
+    let root = k3s_asg_testbed::repo_root();
+    let script = r#"
+import sys, hcl2, json
+with open(sys.argv[1]) as fh:
+    d = hcl2.load(fh)
+print(json.dumps(d))
+"#;
+    let out = Command::new(root.join(".venv/bin/python"))
+        .args(["-c", script])
+        .arg(root.join("packaging/ami/k3s-asg.pkr.hcl"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let parsed = String::from_utf8_lossy(&out.stdout);
+    for needle in ["amazon-ebs", "http_tokens", "required", "/usr/local/bin/k3s-asg-agent", "k3s-asg-agent.service", "k3s-airgap-images", "k3s_version"] {
+        assert!(parsed.contains(needle), "packer template lacks {needle}");
+    }
+    assert!(root.join("systemd/k3s-asg-agent.service").exists(), "the unit the template uploads exists");
+}
