@@ -33,6 +33,9 @@ struct Inner {
     calls: Mutex<Vec<Call>>,
     /// Services sent somewhere other than moto (e.g. `autoscaling` → the lifecycle double).
     routes: Mutex<std::collections::BTreeMap<String, String>>,
+    /// Share of calls (0.0–1.0) that fail: half before reaching moto (throttling or 503),
+    /// half after moto applied them (the answer is lost and replaced by a 503).
+    fault_rate: Mutex<f64>,
 }
 
 pub struct Recorder {
@@ -42,7 +45,7 @@ pub struct Recorder {
 
 impl Recorder {
     pub async fn start(upstream: String) -> anyhow::Result<Recorder> {
-        let inner = Arc::new(Inner { upstream, client: reqwest::Client::new(), calls: Mutex::new(Vec::new()), routes: Default::default() });
+        let inner = Arc::new(Inner { upstream, client: reqwest::Client::new(), calls: Mutex::new(Vec::new()), routes: Default::default(), fault_rate: Mutex::new(0.0) });
         let router = axum::Router::new().fallback(forward).with_state(inner.clone());
         let served = serve("127.0.0.1:0", router).await?;
         Ok(Recorder { inner, served })
@@ -58,6 +61,11 @@ impl Recorder {
 
     pub fn calls_by(&self, caller: &str) -> Vec<Call> {
         self.calls().into_iter().filter(|c| c.caller == caller).collect()
+    }
+
+    /// Injects faults into this share of calls from now on (see `Inner::fault_rate`).
+    pub fn set_fault_rate(&self, rate: f64) {
+        *self.inner.fault_rate.lock().unwrap() = rate;
     }
 
     /// Sends calls signed for `service` to `upstream` instead of moto.
@@ -108,11 +116,43 @@ fn operation(method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> S
     }
 }
 
+/// The throttling error each protocol really sends, so the SDK classifies it as it would in AWS.
+fn throttling(service: &str) -> Response {
+    let (ctype, body) = match service {
+        "ssm" => ("application/x-amz-json-1.1", r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#.to_string()),
+        "ec2" => (
+            "text/xml",
+            "<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>fault</RequestID></Response>".to_string(),
+        ),
+        "route53" => (
+            "text/xml",
+            "<ErrorResponse xmlns=\"https://route53.amazonaws.com/doc/2013-04-01/\"><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>fault</RequestId></ErrorResponse>".to_string(),
+        ),
+        _ => (
+            "text/xml",
+            "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>fault</RequestId></ErrorResponse>".to_string(),
+        ),
+    };
+    Response::builder().status(400).header("content-type", ctype).body(Body::from(body)).unwrap()
+}
+
+fn unavailable() -> Response {
+    Response::builder().status(503).body(Body::from("Service Unavailable")).unwrap()
+}
+
 async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
     let (caller, service) = credential(&parts.headers);
     let op = operation(&parts.method, parts.uri.path(), &parts.headers, &body);
+    let rate = *inner.fault_rate.lock().unwrap();
+    let roll: f64 = rand::random();
+    if roll < rate / 2.0 {
+        let resp = if roll < rate / 4.0 { throttling(&service) } else { unavailable() };
+        inner.calls.lock().unwrap().push(Call { caller, service, operation: op, at_ms: now_ms(), status: resp.status().as_u16() });
+        return resp;
+    }
+    let lose_answer = roll < rate;
     let upstream = inner.routes.lock().unwrap().get(&service).cloned().unwrap_or_else(|| inner.upstream.clone());
     let url = format!("{}{}", upstream, parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     let mut out = inner.client.request(parts.method.clone(), url).body(body.to_vec());
@@ -129,6 +169,11 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         }
         Err(e) => (StatusCode::BAD_GATEWAY, HeaderMap::new(), e.to_string().into()),
     };
+    if lose_answer {
+        // Applied by moto, but the caller never learns it.
+        inner.calls.lock().unwrap().push(Call { caller, service, operation: op, at_ms: now_ms(), status: 503 });
+        return unavailable();
+    }
     inner.calls.lock().unwrap().push(Call { caller, service, operation: op, at_ms: now_ms(), status: status.as_u16() });
     let mut resp = Response::builder().status(status);
     for (k, v) in headers.iter() {
