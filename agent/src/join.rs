@@ -88,10 +88,6 @@ struct Names {
     drain: String,
 }
 
-fn secure_parts(token: &str) -> Option<token::SecureToken> {
-    token::parse_secure(token)
-}
-
 pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
     let id = identity(fx).await?;
     let (cluster, role) = cluster_and_role(cfg, fx, &id.instance_id).await?;
@@ -272,7 +268,7 @@ async fn wait_for_server(
         first = false;
         let reason = match params.get(&names.token).map(|p| p.value.clone()) {
             None => format!("parameter {} does not exist yet", names.token),
-            Some(t) => match secure_parts(t.expose()) {
+            Some(t) => match token::parse_secure(t.expose()) {
                 None => format!("parameter {} is not yet in k3s's secure form (the first server is starting)", names.token),
                 Some(secure) => {
                     let records = fx.dns.a_records(&spec.api.hosted_zone_id, &spec.api.hostname).await?;

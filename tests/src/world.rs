@@ -446,6 +446,19 @@ impl World {
         cmd
     }
 
+    /// The non-default rules of a listener, as ELBv2 describes them.
+    pub async fn rules(&self, listener: &str) -> anyhow::Result<Vec<aws_sdk_elasticloadbalancingv2::types::Rule>> {
+        let resp = self.elb.describe_rules().listener_arn(listener).send().await?;
+        Ok(resp.rules().iter().filter(|r| r.is_default() != Some(true)).cloned().collect())
+    }
+
+    /// Every host-header value of a listener's rules, sorted (duplicates kept, so tests can find them).
+    pub async fn rule_hosts(&self, listener: &str) -> anyhow::Result<Vec<String>> {
+        let mut hosts: Vec<String> = self.rules(listener).await?.iter().flat_map(rule_hosts).collect();
+        hosts.sort();
+        Ok(hosts)
+    }
+
     /// `(SetIdentifier, values)` of the A records under the cluster's API hostname.
     pub async fn api_records(&self, cluster: &str) -> anyhow::Result<Vec<(String, Vec<String>)>> {
         let c = &self.clusters[cluster];
@@ -500,6 +513,15 @@ impl World {
             .await?;
         Ok(resp.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.instance_id().map(str::to_string)).collect())
     }
+}
+
+fn rule_hosts(rule: &aws_sdk_elasticloadbalancingv2::types::Rule) -> Vec<String> {
+    rule.conditions().iter().filter_map(|c| c.host_header_config()).flat_map(|h| h.values().to_vec()).collect()
+}
+
+/// The rule whose host-header condition holds `host`.
+pub fn rule_for_host<'a>(rules: &'a [aws_sdk_elasticloadbalancingv2::types::Rule], host: &str) -> Option<&'a aws_sdk_elasticloadbalancingv2::types::Rule> {
+    rules.iter().find(|r| rule_hosts(r).iter().any(|h| h == host))
 }
 
 /// Every secret an instance's run could leak: the cluster token, kubeconfig material.

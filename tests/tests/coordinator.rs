@@ -3,7 +3,7 @@
 
 use aws_sdk_elasticloadbalancingv2::types::{Action, ActionTypeEnum, HostHeaderConditionConfig, RuleCondition};
 use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType};
-use k3s_asg_testbed::world::{AgentRun, World};
+use k3s_asg_testbed::world::{rule_for_host, AgentRun, World};
 
 fn ok(run: &AgentRun) {
     assert_eq!(run.code, 0, "coordinator failed:\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
@@ -92,17 +92,14 @@ async fn plan_apply_converge_and_leave_foreign_things_alone() {
 
     // apply.
     ok(&w.coordinator(&["apply"]).await.unwrap());
-    let rules = w.elb.describe_rules().listener_arn(&listener).send().await.unwrap();
-    let find = |host: &str| {
-        rules.rules().iter().find(|r| r.conditions().iter().any(|c| c.host_header_config().is_some_and(|h| h.values().iter().any(|v| v == host)))).cloned()
-    };
-    let blog = find("blog.example.com").expect("endpoint rule");
+    let rules = w.rules(&listener).await.unwrap();
+    let blog = rule_for_host(&rules, "blog.example.com").expect("endpoint rule");
     let fwd = blog.actions()[0].forward_config().unwrap();
     let weights: Vec<(String, i32)> = fwd.target_groups().iter().map(|t| (t.target_group_arn().unwrap().to_string(), t.weight().unwrap())).collect();
     assert!(weights.contains(&(tg_a.clone(), 1)) && weights.contains(&(tg_b.clone(), 3)), "{weights:?}");
     assert_eq!(fwd.target_group_stickiness_config().unwrap().duration_seconds(), Some(60));
     assert!(blog.conditions().iter().any(|c| c.field() == Some("source-ip")));
-    let wildcard = find("*--alpha.us-east-1.example.com").expect("cluster rule");
+    let wildcard = rule_for_host(&rules, "*--alpha.us-east-1.example.com").expect("cluster rule");
     assert!(wildcard.priority().unwrap().parse::<u32>().unwrap() > blog.priority().unwrap().parse::<u32>().unwrap(), "specific before wildcard");
     let recs = records(&w).await;
     let alias = recs.iter().find(|r| r.name() == "blog.example.com." && r.r#type() == &RrType::A).expect("latency alias");
@@ -247,10 +244,7 @@ async fn host_health(ip: &str, host: &'static str, status: std::sync::Arc<std::s
 }
 
 fn weights_of(rules: &[aws_sdk_elasticloadbalancingv2::types::Rule], host: &str) -> Vec<i32> {
-    let r = rules
-        .iter()
-        .find(|r| r.conditions().iter().any(|c| c.host_header_config().is_some_and(|h| h.values().iter().any(|v| v == host))))
-        .expect("rule");
+    let r = rule_for_host(rules, host).expect("rule");
     r.actions()[0].forward_config().unwrap().target_groups().iter().map(|t| t.weight().unwrap()).collect()
 }
 
@@ -287,23 +281,18 @@ async fn health_with_host_header_zeroes_failing_clusters_and_fails_open() {
         servers.push(host_health(&inst.ip, "blog.example.com", status.clone()).await);
         statuses.push(status);
     }
-    let rules = |w: &World| {
-        let listener = listener.clone();
-        let elb = w.elb.clone();
-        async move { elb.describe_rules().listener_arn(listener).send().await.unwrap().rules().to_vec() }
-    };
 
     // bravo fails with the right Host header: weight 0.
     statuses[1].store(503, Ordering::SeqCst);
     let run = w.coordinator(&["apply"]).await.unwrap();
     ok(&run);
     assert!(run.stdout.contains("weight 0 for failing cluster(s) bravo"), "{}", run.stdout);
-    assert_eq!(weights_of(&rules(&w).await, "blog.example.com"), vec![1, 0]);
+    assert_eq!(weights_of(&w.rules(&listener).await.unwrap(), "blog.example.com"), vec![1, 0]);
 
     // It passes again: back to its configured weight.
     statuses[1].store(200, Ordering::SeqCst);
     ok(&w.coordinator(&["apply"]).await.unwrap());
-    assert_eq!(weights_of(&rules(&w).await, "blog.example.com"), vec![1, 1]);
+    assert_eq!(weights_of(&w.rules(&listener).await.unwrap(), "blog.example.com"), vec![1, 1]);
 
     // Every cluster fails: fail open, and say so.
     statuses[0].store(500, Ordering::SeqCst);
@@ -311,7 +300,7 @@ async fn health_with_host_header_zeroes_failing_clusters_and_fails_open() {
     let run = w.coordinator(&["apply"]).await.unwrap();
     ok(&run);
     assert!(run.stdout.contains("fail open"), "{}", run.stdout);
-    assert_eq!(weights_of(&rules(&w).await, "blog.example.com"), vec![1, 1]);
+    assert_eq!(weights_of(&w.rules(&listener).await.unwrap(), "blog.example.com"), vec![1, 1]);
     drop(servers);
 }
 
@@ -335,13 +324,7 @@ async fn two_coordinators_at_once_converge_without_duplicates() {
     for r in &runs {
         ok(r.as_ref().unwrap());
     }
-    let rules = w.elb.describe_rules().listener_arn(&listener).send().await.unwrap();
-    let mut hosts: Vec<String> = rules
-        .rules()
-        .iter()
-        .flat_map(|r| r.conditions().iter().filter_map(|c| c.host_header_config()).flat_map(|h| h.values().to_vec()))
-        .collect();
-    hosts.sort();
+    let hosts = w.rule_hosts(&listener).await.unwrap();
     let mut unique = hosts.clone();
     unique.dedup();
     assert_eq!(hosts, unique, "duplicate rules");
@@ -369,13 +352,10 @@ async fn a_specific_rule_behind_a_wildcard_is_moved_in_front() {
     .unwrap();
     ok(&w.coordinator(&["apply"]).await.unwrap());
     let arn_of = |rules: &[aws_sdk_elasticloadbalancingv2::types::Rule], host: &str| {
-        rules
-            .iter()
-            .find(|r| r.conditions().iter().any(|c| c.host_header_config().is_some_and(|h| h.values().iter().any(|v| v == host))))
-            .map(|r| (r.rule_arn().unwrap().to_string(), r.priority().unwrap().to_string()))
-            .unwrap()
+        let r = rule_for_host(rules, host).unwrap();
+        (r.rule_arn().unwrap().to_string(), r.priority().unwrap().to_string())
     };
-    let rules = w.elb.describe_rules().listener_arn(&listener).send().await.unwrap().rules().to_vec();
+    let rules = w.rules(&listener).await.unwrap();
     let (blog, _) = arn_of(&rules, "blog.example.com");
     let (wild, _) = arn_of(&rules, "*--alpha.us-east-1.example.com");
     // Someone reorders by hand: the wildcard now shadows the endpoint.
@@ -391,7 +371,7 @@ async fn a_specific_rule_behind_a_wildcard_is_moved_in_front() {
     w.recorder.clear();
     ok(&w.coordinator(&["apply"]).await.unwrap());
     assert_eq!(writes(&w), vec!["SetRulePriorities"]);
-    let rules = w.elb.describe_rules().listener_arn(&listener).send().await.unwrap().rules().to_vec();
+    let rules = w.rules(&listener).await.unwrap();
     assert_eq!(arn_of(&rules, "blog.example.com").1, "1");
     assert_eq!(arn_of(&rules, "*--alpha.us-east-1.example.com").1, "5", "the wildcard keeps its place");
 }

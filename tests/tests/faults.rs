@@ -71,13 +71,7 @@ async fn join_leave_and_apply_converge_under_faults() {
 
     // The coordinator converges too.
     let attempts = coordinator_until_ok(&w).await;
-    let rules = w.elb.describe_rules().listener_arn(&listener).send().await.unwrap();
-    let mut hosts: Vec<String> = rules
-        .rules()
-        .iter()
-        .flat_map(|r| r.conditions().iter().filter_map(|c| c.host_header_config()).flat_map(|h| h.values().to_vec()))
-        .collect();
-    hosts.sort();
+    let hosts = w.rule_hosts(&listener).await.unwrap();
     assert_eq!(hosts, vec!["*--alpha.us-east-1.example.com".to_string(), "blog.example.com".to_string()], "no duplicate rules");
 
     // Leave under faults.
