@@ -66,11 +66,9 @@ pub async fn cluster_and_role(cfg: &AgentConfig, fx: &Effects, instance_id: &str
             .ok_or_else(|| Error::bad_input("read instance tags", format!("{instance_id} tag {key:?}"), "the tag is missing"))
     };
     let cluster = get(&keys.cluster)?;
-    check_cluster_name(&cluster)
-        .map_err(|why| Error::bad_input("read instance tags", format!("{instance_id} tag {:?}", keys.cluster), why))?;
-    let role: Role = get(&keys.role)?
-        .parse()
-        .map_err(|why: String| Error::bad_input("read instance tags", format!("{instance_id} tag {:?}", keys.role), why))?;
+    check_cluster_name(&cluster).map_err(|why| Error::bad_input("read instance tags", format!("{instance_id} tag {:?}", keys.cluster), why))?;
+    let role: Role =
+        get(&keys.role)?.parse().map_err(|why: String| Error::bad_input("read instance tags", format!("{instance_id} tag {:?}", keys.role), why))?;
     Ok((cluster, role))
 }
 
@@ -152,11 +150,7 @@ pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
     let config_changed = fx.fs.write_if_changed(render::CONFIG_PATH, &config, 0o600)?;
     let unit = render::unit_name(role);
     let unit_path = render::unit_path(role);
-    let unit_written = if fx.fs.exists(&unit_path) {
-        false
-    } else {
-        fx.fs.write_if_changed(&unit_path, &render::render_unit(role), 0o644)?
-    };
+    let unit_written = if fx.fs.exists(&unit_path) { false } else { fx.fs.write_if_changed(&unit_path, &render::render_unit(role), 0o644)? };
     if role.is_server() {
         fx.fs.write_if_changed(render::DRAIN_MANIFEST_PATH, &render::render_drain_manifest(), 0o600)?;
     }
@@ -187,9 +181,7 @@ pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
     loop {
         let reason = if !fx.services.is_active(unit).await? {
             format!("systemd unit {unit} is not active")
-        } else if (role.is_server() || drain_kubeconfig.is_some())
-            && !fx.k3s.node_ready(&id.instance_id, drain_kubeconfig.as_deref()).await?
-        {
+        } else if (role.is_server() || drain_kubeconfig.is_some()) && !fx.k3s.node_ready(&id.instance_id, drain_kubeconfig.as_deref()).await? {
             format!("node {} is not Ready", id.instance_id)
         } else {
             let mut failed = None;
@@ -218,7 +210,11 @@ pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
         let address = match spec.api.address {
             AddressKind::Private => id.local_ipv4.clone(),
             AddressKind::Public => fx.metadata.get("public-ipv4").await?.ok_or_else(|| {
-                Error::bad_input("publish API record", "/latest/meta-data/public-ipv4", "api.address is \"public\" but the instance has no public address")
+                Error::bad_input(
+                    "publish API record",
+                    "/latest/meta-data/public-ipv4",
+                    "api.address is \"public\" but the instance has no public address",
+                )
             })?,
         };
         upsert_api_record(fx, &spec, &id.instance_id, &address).await?;
@@ -285,11 +281,7 @@ async fn wait_for_server(
                             tracing::info!(server = %url, "found a live server holding the cluster CA");
                             return Ok((t, url));
                         }
-                        None => format!(
-                            "no live server with the cluster's CA among {} API record(s) of {}",
-                            candidates.len(),
-                            spec.api.hostname
-                        ),
+                        None => format!("no live server with the cluster's CA among {} API record(s) of {}", candidates.len(), spec.api.hostname),
                     }
                 }
             },
@@ -316,13 +308,7 @@ async fn secure_the_token(fx: &Effects, names: &Names, params: &BTreeMap<String,
     Ok(())
 }
 
-async fn publish_kubeconfigs(
-    cfg: &AgentConfig,
-    fx: &Effects,
-    spec: &ClusterSpec,
-    names: &Names,
-    params: &BTreeMap<String, Param>,
-) -> Result<()> {
+async fn publish_kubeconfigs(cfg: &AgentConfig, fx: &Effects, spec: &ClusterSpec, names: &Names, params: &BTreeMap<String, Param>) -> Result<()> {
     let have_admin = params.contains_key(&names.admin);
     let have_drain = params.contains_key(&names.drain);
     if have_admin && have_drain {
@@ -348,9 +334,8 @@ async fn publish_kubeconfigs(
                 .await
                 .map_err(|why| Error::failed("publish kubeconfigs", &names.drain, why))?;
         };
-        let kc = render::drain_kubeconfig(&k3s_yaml, &spec.api.hostname, token.expose()).ok_or_else(|| {
-            Error::failed("publish kubeconfigs", render::KUBECONFIG_PATH, "no certificate-authority-data in k3s's kubeconfig")
-        })?;
+        let kc = render::drain_kubeconfig(&k3s_yaml, &spec.api.hostname, token.expose())
+            .ok_or_else(|| Error::failed("publish kubeconfigs", render::KUBECONFIG_PATH, "no certificate-authority-data in k3s's kubeconfig"))?;
         if fx.parameters.create_secure(&names.drain, &Secret::new(kc)).await? {
             tracing::info!(parameter = %names.drain, "published the drain kubeconfig");
         }
@@ -367,10 +352,13 @@ async fn upsert_api_record(fx: &Effects, spec: &ClusterSpec, instance_id: &str, 
     let changes = plan::api_record_changes(&spec.api.hostname, &observed, &mine, &live);
     for c in &changes {
         match c {
-            plan::RecordChange::Upsert { record, .. } => tracing::info!(record = %spec.api.hostname, set = %record.set_identifier, "upserting own API record"),
-            plan::RecordChange::Delete { record, .. } => tracing::info!(record = %spec.api.hostname, set = %record.set_identifier, "removing API record of an instance that is not running"),
+            plan::RecordChange::Upsert { record, .. } => {
+                tracing::info!(record = %spec.api.hostname, set = %record.set_identifier, "upserting own API record")
+            }
+            plan::RecordChange::Delete { record, .. } => {
+                tracing::info!(record = %spec.api.hostname, set = %record.set_identifier, "removing API record of an instance that is not running")
+            }
         }
     }
     fx.dns.change(zone, &changes).await
 }
-

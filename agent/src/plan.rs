@@ -40,10 +40,7 @@ pub fn decide_mode(role: Role, existing_config: Option<&str>, token: &str, insta
 
 /// The `server:` URL of an existing config, if any.
 pub fn existing_server(existing_config: Option<&str>) -> Option<String> {
-    existing_config?
-        .lines()
-        .find_map(|l| l.strip_prefix("server:"))
-        .map(|v| v.trim().trim_matches('"').to_string())
+    existing_config?.lines().find_map(|l| l.strip_prefix("server:")).map(|v| v.trim().trim_matches('"').to_string())
 }
 
 /// One A record set under the API hostname.
@@ -68,13 +65,7 @@ pub fn own_record(instance_id: &str, address: &str, ttl: u32) -> ApiRecord {
 
 /// Instance ids named by the records, other than `me`: the ones to check for liveness.
 pub fn other_instances(observed: &[ApiRecord], me: &str) -> Vec<String> {
-    observed
-        .iter()
-        .map(|r| r.set_identifier.clone())
-        .filter(|id| id != me && is_instance_id(id))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect()
+    observed.iter().map(|r| r.set_identifier.clone()).filter(|id| id != me && is_instance_id(id)).collect::<BTreeSet<_>>().into_iter().collect()
 }
 
 /// Upsert our own record when it differs; delete records of instances that are
@@ -94,13 +85,8 @@ pub fn api_record_changes(hostname: &str, observed: &[ApiRecord], mine: &ApiReco
 
 /// Addresses of servers to try joining, the one already configured first.
 pub fn join_candidates(observed: &[ApiRecord], me: &str, configured: Option<&str>) -> Vec<String> {
-    let mut ips: Vec<String> = observed
-        .iter()
-        .filter(|r| r.set_identifier != me)
-        .flat_map(|r| r.values.iter().cloned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let mut ips: Vec<String> =
+        observed.iter().filter(|r| r.set_identifier != me).flat_map(|r| r.values.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
     if let Some(conf) = configured {
         if let Some(pos) = ips.iter().position(|ip| conf.contains(&format!("//{ip}:"))) {
             let ip = ips.remove(pos);
@@ -150,10 +136,7 @@ pub fn may_remove_member(members: &[(String, bool)], me: &str) -> Result<(), Str
     if healthy >= quorum {
         Ok(())
     } else {
-        Err(format!(
-            "removing this member would leave {healthy} healthy of {} control-plane members (quorum {quorum})",
-            others.len()
-        ))
+        Err(format!("removing this member would leave {healthy} healthy of {} control-plane members (quorum {quorum})", others.len()))
     }
 }
 

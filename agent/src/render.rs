@@ -60,10 +60,7 @@ pub fn render_config(i: &ConfigInputs<'_>) -> String {
         Role::Node => &i.spec.k3s.agent,
     };
     let mut lists: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    lists.insert(
-        "node-label".into(),
-        vec![format!("topology.kubernetes.io/region={}", i.region), format!("topology.kubernetes.io/zone={}", i.zone)],
-    );
+    lists.insert("node-label".into(), vec![format!("topology.kubernetes.io/region={}", i.region), format!("topology.kubernetes.io/zone={}", i.zone)]);
     if i.role.is_server() {
         lists.insert("tls-san".into(), vec![i.spec.api.hostname.clone()]);
     }
@@ -249,8 +246,7 @@ mod tests {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, actual).unwrap();
         }
-        let expected = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
+        let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
         assert_eq!(actual, expected, "{} differs from the rendered text", path.display());
     }
 
@@ -287,10 +283,7 @@ mod tests {
     #[test]
     fn config_server_join() {
         let s = spec();
-        golden(
-            "config-server-join.yaml",
-            &render_config(&inputs(&s, Role::ControlPlane, Mode::Join, Some("https://10.0.1.5:6443"))),
-        );
+        golden("config-server-join.yaml", &render_config(&inputs(&s, Role::ControlPlane, Mode::Join, Some("https://10.0.1.5:6443"))));
     }
 
     #[test]
@@ -308,7 +301,8 @@ mod tests {
 
     #[test]
     fn kubeconfigs() {
-        let k3s_yaml = "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: Q0E=\n    server: https://127.0.0.1:6443\n  name: default\n";
+        let k3s_yaml =
+            "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: Q0E=\n    server: https://127.0.0.1:6443\n  name: default\n";
         let admin = admin_kubeconfig(k3s_yaml, "api.alpha.example.com");
         assert!(admin.contains("    server: https://api.alpha.example.com:6443\n"), "{admin}");
         assert!(!admin.contains("127.0.0.1"));

@@ -13,10 +13,7 @@ fn check_label(label: &str) -> Result<(), &'static str> {
     if label.len() > 63 {
         return Err("it is longer than 63 characters");
     }
-    if !label
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
+    if !label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
         return Err("only lower-case letters, digits and '-' are allowed");
     }
     if label.starts_with('-') || label.ends_with('-') {

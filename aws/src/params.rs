@@ -19,10 +19,7 @@ impl Prefix {
         if !trimmed.starts_with('/') {
             return Err(format!("prefix {raw:?} must start with '/'"));
         }
-        if !trimmed[1..]
-            .split('/')
-            .all(|seg| !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)))
-        {
+        if !trimmed[1..].split('/').all(|seg| !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))) {
             return Err(format!("prefix {raw:?} may hold only a-z, A-Z, 0-9, '_', '.', '-' between '/'"));
         }
         Ok(Prefix(trimmed.to_string()))

@@ -5,8 +5,8 @@ use crate::planner::OWNER_TAG;
 use crate::Error;
 use async_trait::async_trait;
 use aws_sdk_elasticloadbalancingv2::types::{
-    Action, ActionTypeEnum, ForwardActionConfig, HostHeaderConditionConfig, RuleCondition, SourceIpConditionConfig, Tag,
-    TargetGroupStickinessConfig, TargetGroupTuple,
+    Action, ActionTypeEnum, ForwardActionConfig, HostHeaderConditionConfig, RuleCondition, SourceIpConditionConfig, Tag, TargetGroupStickinessConfig,
+    TargetGroupTuple,
 };
 use k3s_asg_aws::names::fqdn;
 use std::collections::BTreeMap;
@@ -73,18 +73,14 @@ fn spec_of(rule: &aws_sdk_elasticloadbalancingv2::types::Rule, hosts: &[String])
     }
     let cfg = action.forward_config();
     let forward: Vec<(String, u32)> = match cfg {
-        Some(cfg) if !cfg.target_groups().is_empty() => cfg
-            .target_groups()
-            .iter()
-            .map(|t| (t.target_group_arn().unwrap_or_default().to_string(), t.weight().unwrap_or(1) as u32))
-            .collect(),
+        Some(cfg) if !cfg.target_groups().is_empty() => {
+            cfg.target_groups().iter().map(|t| (t.target_group_arn().unwrap_or_default().to_string(), t.weight().unwrap_or(1) as u32)).collect()
+        }
         _ => vec![(action.target_group_arn()?.to_string(), 1)],
     };
-    let stickiness_s = cfg
-        .and_then(|c| c.target_group_stickiness_config())
-        .filter(|s| s.enabled() == Some(true))
-        .and_then(|s| s.duration_seconds())
-        .unwrap_or(0) as u32;
+    let stickiness_s =
+        cfg.and_then(|c| c.target_group_stickiness_config()).filter(|s| s.enabled() == Some(true)).and_then(|s| s.duration_seconds()).unwrap_or(0)
+            as u32;
     Some(RuleSpec { host: hosts[0].clone(), source_ips, forward, stickiness_s })
 }
 
@@ -113,11 +109,7 @@ impl LoadBalancer for Elbv2 {
             .send()
             .await
             .map_err(|e| Error::sdk("read listeners (elasticloadbalancing:DescribeListeners)", alb_arn, &e))?;
-        Ok(resp
-            .listeners()
-            .iter()
-            .filter_map(|l| Some((l.listener_arn()?.to_string(), l.port().unwrap_or_default() as u16)))
-            .collect())
+        Ok(resp.listeners().iter().filter_map(|l| Some((l.listener_arn()?.to_string(), l.port().unwrap_or_default() as u16))).collect())
     }
 
     async fn rules(&self, listener: &str) -> Result<Vec<ObservedRule>, Error> {
@@ -194,7 +186,8 @@ impl LoadBalancer for Elbv2 {
             .await
             .map_err(|e| {
                 let priority_taken = e.as_service_error().is_some_and(|s| s.is_priority_in_use_exception());
-                let mut err = Error::sdk("create rule (elasticloadbalancing:CreateRule)", format!("{listener} priority {priority} host {}", spec.host), &e);
+                let mut err =
+                    Error::sdk("create rule (elasticloadbalancing:CreateRule)", format!("{listener} priority {priority} host {}", spec.host), &e);
                 err.retry = priority_taken;
                 err
             })?;
@@ -218,12 +211,7 @@ impl LoadBalancer for Elbv2 {
     }
 
     async fn delete_rule(&self, arn: &str) -> Result<(), Error> {
-        self.0
-            .delete_rule()
-            .rule_arn(arn)
-            .send()
-            .await
-            .map_err(|e| Error::sdk("delete rule (elasticloadbalancing:DeleteRule)", arn, &e))?;
+        self.0.delete_rule().rule_arn(arn).send().await.map_err(|e| Error::sdk("delete rule (elasticloadbalancing:DeleteRule)", arn, &e))?;
         Ok(())
     }
 }
@@ -233,17 +221,12 @@ impl Elbv2 {
         use aws_sdk_elasticloadbalancingv2::types::RulePriorityPair;
         let pairs: Vec<RulePriorityPair> =
             priorities.iter().map(|(arn, p)| RulePriorityPair::builder().rule_arn(arn).priority(*p as i32).build()).collect();
-        self.0
-            .set_rule_priorities()
-            .set_rule_priorities(Some(pairs))
-            .send()
-            .await
-            .map_err(|e| {
-                let what: Vec<String> = priorities.iter().map(|(a, p)| format!("{a}={p}")).collect();
-                let mut err = Error::sdk("reorder rules (elasticloadbalancing:SetRulePriorities)", what.join(", "), &e);
-                err.retry = e.as_service_error().is_some_and(|s| s.is_priority_in_use_exception());
-                err
-            })?;
+        self.0.set_rule_priorities().set_rule_priorities(Some(pairs)).send().await.map_err(|e| {
+            let what: Vec<String> = priorities.iter().map(|(a, p)| format!("{a}={p}")).collect();
+            let mut err = Error::sdk("reorder rules (elasticloadbalancing:SetRulePriorities)", what.join(", "), &e);
+            err.retry = e.as_service_error().is_some_and(|s| s.is_priority_in_use_exception());
+            err
+        })?;
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Command line: `k3s-asg-coordinator plan | apply | run`.
 
 use crate::reconcile::{self, Effects, Settings};
-use crate::{Error, alb, source, zones};
+use crate::{alb, source, zones, Error};
 use clap::{Parser, Subcommand};
 use k3s_asg_aws::params::Prefix;
 use std::process::ExitCode;

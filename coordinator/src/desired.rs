@@ -25,11 +25,7 @@ pub fn desired(i: &Inputs<'_>) -> Result<Desired, Vec<String>> {
     let mut errors = Vec::new();
     let mut rules = Vec::new();
     let mut records = Vec::new();
-    let api_names = i
-        .clusters
-        .values()
-        .map(|c| (c.api.hosted_zone_id.clone(), k3s_asg_aws::names::fqdn(&c.api.hostname)))
-        .collect();
+    let api_names = i.clusters.values().map(|c| (c.api.hosted_zone_id.clone(), k3s_asg_aws::names::fqdn(&c.api.hostname))).collect();
     for (name, spec) in i.clusters {
         let Some(ingress) = spec.ingress() else { continue };
         for listener in &i.region_spec.listener_arns {
@@ -57,16 +53,13 @@ pub fn desired(i: &Inputs<'_>) -> Result<Desired, Vec<String>> {
         for (cluster, weight) in &ep.clusters {
             match i.clusters.get(cluster).and_then(|c| c.ingress()) {
                 Some(tg) => forward.push((tg.arn.clone(), *weight)),
-                None => errors.push(format!(
-                    "endpoint {name}: cluster {cluster} has no spec in this region or no target group marked ingress"
-                )),
+                None => errors.push(format!("endpoint {name}: cluster {cluster} has no spec in this region or no target group marked ingress")),
             }
         }
         if forward.is_empty() {
             continue;
         }
-        let listeners: Vec<&String> =
-            i.listeners.iter().filter(|(_, port)| **port == ep.listener_port).map(|(arn, _)| arn).collect();
+        let listeners: Vec<&String> = i.listeners.iter().filter(|(_, port)| **port == ep.listener_port).map(|(arn, _)| arn).collect();
         if listeners.is_empty() {
             errors.push(format!("endpoint {name}: no managed listener on port {}", ep.listener_port));
             continue;

@@ -18,9 +18,7 @@ pub struct Ec2(pub aws_sdk_ec2::Client);
 #[async_trait]
 impl Instances for Ec2 {
     async fn live(&self, ids: &[String]) -> Result<BTreeSet<String>, Error> {
-        k3s_asg_aws::instances::live(&self.0, ids)
-            .await
-            .map_err(|(ids, why)| Error::failed("check instances (ec2:DescribeInstances)", ids, why))
+        k3s_asg_aws::instances::live(&self.0, ids).await.map_err(|(ids, why)| Error::failed("check instances (ec2:DescribeInstances)", ids, why))
     }
 
     async fn addresses(&self, ids: &[String]) -> Result<std::collections::BTreeMap<String, String>, Error> {

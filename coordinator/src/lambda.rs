@@ -62,10 +62,7 @@ mod tests {
             describe_event(&fixture("asg-lifecycle-terminating.json")),
             "autoscaling: EC2 Instance-terminate Lifecycle Action (i-1234567890abcdef0)"
         );
-        assert_eq!(
-            describe_event(&fixture("ec2-state-change.json")),
-            "ec2: EC2 Instance State-change Notification (i-1234567890abcdef0 terminated)"
-        );
+        assert_eq!(describe_event(&fixture("ec2-state-change.json")), "ec2: EC2 Instance State-change Notification (i-1234567890abcdef0 terminated)");
         assert!(describe_event(&json!({"hello": 1})).starts_with("unrecognised"));
     }
 }

@@ -46,9 +46,16 @@ pub struct AliasTarget {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum RecordData {
     Alias(AliasTarget),
-    Txt { ttl: u32, values: Vec<String> },
+    Txt {
+        ttl: u32,
+        values: Vec<String>,
+    },
     /// Plain A records (the agents' MultiValueAnswer API records).
-    Values { ttl: u32, values: Vec<String>, multivalue: bool },
+    Values {
+        ttl: u32,
+        values: Vec<String>,
+        multivalue: bool,
+    },
     Other,
 }
 
@@ -96,11 +103,32 @@ pub struct Observed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum RuleChange {
-    Create { purpose: String, listener: String, priority: u32, spec: RuleSpec },
-    Modify { purpose: String, listener: String, arn: String, from: Option<RuleSpec>, to: RuleSpec },
-    Delete { listener: String, arn: String, hosts: Vec<String> },
+    Create {
+        purpose: String,
+        listener: String,
+        priority: u32,
+        spec: RuleSpec,
+    },
+    Modify {
+        purpose: String,
+        listener: String,
+        arn: String,
+        from: Option<RuleSpec>,
+        to: RuleSpec,
+    },
+    Delete {
+        listener: String,
+        arn: String,
+        hosts: Vec<String>,
+    },
     /// `SetRulePriorities`: only when an owned specific rule sits behind an owned wildcard.
-    Reprioritize { listener: String, arn: String, host: String, from: u32, to: u32 },
+    Reprioritize {
+        listener: String,
+        arn: String,
+        host: String,
+        from: u32,
+        to: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

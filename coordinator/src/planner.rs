@@ -11,7 +11,9 @@ pub const MAX_PRIORITY: u32 = 50_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    #[error("the plan needs {needed} listener rules on the load balancer but its quota is {quota} (rules_quota in the region spec); nothing was applied")]
+    #[error(
+        "the plan needs {needed} listener rules on the load balancer but its quota is {quota} (rules_quota in the region spec); nothing was applied"
+    )]
     Quota { needed: usize, quota: u32 },
     #[error("listener {listener} has no free priority left")]
     NoPriority { listener: String },
@@ -95,12 +97,12 @@ fn plan_rules(d: &Desired, o: &Observed, p: &mut Plan) -> Result<BTreeSet<String
                 Some(rule) => {
                     blocked.insert(want.purpose.clone());
                     p.conflicts.push(format!(
-                    "{}: listener {listener} already has rule {} (priority {}) for host {} that k3s-asg does not own{}; left alone",
-                    want.purpose,
-                    rule.arn,
-                    rule.priority,
-                    want.spec.host,
-                    rule.owner.as_ref().map(|o| format!(" (owner {o})")).unwrap_or_default()
+                        "{}: listener {listener} already has rule {} (priority {}) for host {} that k3s-asg does not own{}; left alone",
+                        want.purpose,
+                        rule.arn,
+                        rule.priority,
+                        want.spec.host,
+                        rule.owner.as_ref().map(|o| format!(" (owner {o})")).unwrap_or_default()
                     ))
                 }
                 None => creates.push(want),
@@ -145,21 +147,14 @@ fn plan_rules(d: &Desired, o: &Observed, p: &mut Plan) -> Result<BTreeSet<String
         // Specific hostnames first (ascending from 1), wildcards from the top down.
         creates.sort_by_key(|r| (!r.specific, r.spec.host.clone()));
         for want in creates {
-            let priority = if want.specific {
-                (1..MAX_PRIORITY).find(|n| !used.contains(n))
-            } else {
-                (1..=MAX_PRIORITY).rev().find(|n| !used.contains(n))
-            }
-            .ok_or_else(|| PlanError::NoPriority { listener: listener.clone() })?;
+            let priority =
+                if want.specific { (1..MAX_PRIORITY).find(|n| !used.contains(n)) } else { (1..=MAX_PRIORITY).rev().find(|n| !used.contains(n)) }
+                    .ok_or_else(|| PlanError::NoPriority { listener: listener.clone() })?;
             used.insert(priority);
-            p.rules.push(RuleChange::Create {
-                purpose: want.purpose.clone(),
-                listener: listener.clone(),
-                priority,
-                spec: want.spec.clone(),
-            });
+            p.rules.push(RuleChange::Create { purpose: want.purpose.clone(), listener: listener.clone(), priority, spec: want.spec.clone() });
         }
-        total_after += observed.len() - deletes + p.rules.iter().filter(|c| matches!(c, RuleChange::Create { listener: l, .. } if l == listener)).count();
+        total_after +=
+            observed.len() - deletes + p.rules.iter().filter(|c| matches!(c, RuleChange::Create { listener: l, .. } if l == listener)).count();
     }
     if total_after > d.rules_quota as usize {
         return Err(PlanError::Quota { needed: total_after, quota: d.rules_quota });
@@ -169,9 +164,7 @@ fn plan_rules(d: &Desired, o: &Observed, p: &mut Plan) -> Result<BTreeSet<String
 
 fn plan_records(d: &Desired, o: &Observed, blocked: &BTreeSet<String>, p: &mut Plan) {
     let find = |zone: &str, name: &str, rtype: &str, set_id: &str| {
-        o.records.iter().find(|r| {
-            r.zone_id == zone && r.name == name && r.rtype == rtype && r.set_identifier.as_deref() == Some(set_id)
-        })
+        o.records.iter().find(|r| r.zone_id == zone && r.name == name && r.rtype == rtype && r.set_identifier.as_deref() == Some(set_id))
     };
     let value = owner_value(&d.owner, &d.region);
     let is_ours = |r: &RecordSet| matches!(&r.data, RecordData::Txt { values, .. } if values.contains(&value));
@@ -259,7 +252,15 @@ mod tests {
     }
 
     fn desired(rules: Vec<DesiredRule>, records: Vec<DesiredEndpointRecord>) -> Desired {
-        Desired { region: "us-east-1".into(), owner: "me".into(), rules_quota: 100, alb: alb(), rules, records, api_names: vec![("Z1".into(), "api.alpha.example.com.".into())] }
+        Desired {
+            region: "us-east-1".into(),
+            owner: "me".into(),
+            rules_quota: 100,
+            alb: alb(),
+            rules,
+            records,
+            api_names: vec![("Z1".into(), "api.alpha.example.com.".into())],
+        }
     }
 
     fn want(purpose: &str, specific: bool, s: RuleSpec) -> DesiredRule {
@@ -310,7 +311,10 @@ mod tests {
         let s = spec("blog.example.com", &[(TG_A, 1)]);
         let d = desired(vec![want("endpoint blog", true, s.clone())], vec![]);
         let o = Observed {
-            rules: vec![seen("theirs", 3, spec("blog.example.com", &[(TG_B, 1)]), Some("someone-else")), seen("manual", 4, spec("old.example.com", &[(TG_B, 1)]), None)],
+            rules: vec![
+                seen("theirs", 3, spec("blog.example.com", &[(TG_B, 1)]), Some("someone-else")),
+                seen("manual", 4, spec("old.example.com", &[(TG_B, 1)]), None),
+            ],
             ..Default::default()
         };
         let mut d = d;
@@ -349,10 +353,8 @@ mod tests {
 
     #[test]
     fn quota_is_checked_before_anything() {
-        let mut d = desired(
-            (0..5).map(|i| want(&format!("endpoint e{i}"), true, spec(&format!("e{i}.example.com"), &[(TG_A, 1)]))).collect(),
-            vec![],
-        );
+        let mut d =
+            desired((0..5).map(|i| want(&format!("endpoint e{i}"), true, spec(&format!("e{i}.example.com"), &[(TG_A, 1)]))).collect(), vec![]);
         d.rules_quota = 4;
         let o = Observed::default();
         assert_eq!(plan(&d, &o).unwrap_err(), PlanError::Quota { needed: 5, quota: 4 });
@@ -361,7 +363,14 @@ mod tests {
     }
 
     fn rec(name: &str, rtype: &str, set_id: &str, data: RecordData) -> RecordSet {
-        RecordSet { zone_id: "Z1".into(), name: name.into(), rtype: rtype.into(), set_identifier: Some(set_id.into()), region: Some("us-east-1".into()), data }
+        RecordSet {
+            zone_id: "Z1".into(),
+            name: name.into(),
+            rtype: rtype.into(),
+            set_identifier: Some(set_id.into()),
+            region: Some("us-east-1".into()),
+            data,
+        }
     }
 
     #[test]
@@ -381,20 +390,27 @@ mod tests {
         // Endpoint gone: both of ours deleted, A first.
         let gone = desired(vec![], vec![]);
         let p = plan(&gone, &o).unwrap();
-        assert!(matches!(&p.records[..], [RecordChange::Delete { record: a, .. }, RecordChange::Delete { record: t, .. }] if a.rtype == "A" && t.rtype == "TXT"));
+        assert!(
+            matches!(&p.records[..], [RecordChange::Delete { record: a, .. }, RecordChange::Delete { record: t, .. }] if a.rtype == "A" && t.rtype == "TXT")
+        );
     }
 
     #[test]
     fn api_records_of_dead_instances_are_collected() {
         let d = desired(vec![], vec![]);
-        let api = |id: &str| rec("api.alpha.example.com.", "A", id, RecordData::Values { ttl: 30, values: vec!["127.0.0.1".into()], multivalue: true });
+        let api =
+            |id: &str| rec("api.alpha.example.com.", "A", id, RecordData::Values { ttl: 30, values: vec!["127.0.0.1".into()], multivalue: true });
         let manual = api("manual");
         let other_name = rec("api.bravo.example.com.", "A", "i-0000000000000000c", RecordData::Values { ttl: 30, values: vec![], multivalue: true });
         let records = vec![api("i-0000000000000000a"), api("i-0000000000000000b"), manual, other_name];
         assert_eq!(api_record_instances(&d, &records), vec!["i-0000000000000000a".to_string(), "i-0000000000000000b".to_string()]);
         let o = Observed { rules: vec![], records, live_instances: ["i-0000000000000000a".to_string()].into() };
         let p = plan(&d, &o).unwrap();
-        assert!(matches!(&p.records[..], [RecordChange::Delete { record, .. }] if record.set_identifier.as_deref() == Some("i-0000000000000000b")), "{:?}", p.records);
+        assert!(
+            matches!(&p.records[..], [RecordChange::Delete { record, .. }] if record.set_identifier.as_deref() == Some("i-0000000000000000b")),
+            "{:?}",
+            p.records
+        );
     }
 
     #[test]
@@ -406,7 +422,12 @@ mod tests {
         assert!(p.records.is_empty());
         assert_eq!(p.conflicts.len(), 1);
         // Someone else's claim is not garbage of ours either.
-        let theirs = rec("_k3s-asg.old.example.com.", "TXT", "us-east-1/old.example.com/owner", RecordData::Txt { ttl: 300, values: vec![owner_value("other", "us-east-1")] });
+        let theirs = rec(
+            "_k3s-asg.old.example.com.",
+            "TXT",
+            "us-east-1/old.example.com/owner",
+            RecordData::Txt { ttl: 300, values: vec![owner_value("other", "us-east-1")] },
+        );
         let p = plan(&desired(vec![], vec![]), &Observed { rules: vec![], records: vec![theirs, foreign], ..Default::default() }).unwrap();
         assert!(p.records.is_empty());
     }

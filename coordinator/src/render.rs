@@ -34,12 +34,7 @@ pub fn text(p: &Plan) -> String {
             RecordData::Txt { values, .. } | RecordData::Values { values, .. } => values.join(" "),
             RecordData::Other => String::new(),
         };
-        out.push_str(&format!(
-            "{sign} record {} {} ({}) {what}   [{purpose}]\n",
-            r.name,
-            r.rtype,
-            r.set_identifier.as_deref().unwrap_or("-")
-        ));
+        out.push_str(&format!("{sign} record {} {} ({}) {what}   [{purpose}]\n", r.name, r.rtype, r.set_identifier.as_deref().unwrap_or("-")));
     }
     for n in &p.notes {
         out.push_str(&format!("* note: {n}\n"));

@@ -36,7 +36,8 @@ fn to_set(r: &RecordSet) -> Result<ResourceRecordSet, Error> {
         RecordData::Txt { ttl, values } => {
             b = b.ttl(*ttl as i64);
             for v in values {
-                b = b.resource_records(ResourceRecord::builder().value(v).build().map_err(|e| Error::failed("build record", &r.name, e.to_string()))?);
+                b = b
+                    .resource_records(ResourceRecord::builder().value(v).build().map_err(|e| Error::failed("build record", &r.name, e.to_string()))?);
             }
         }
         RecordData::Values { ttl, values, multivalue } => {
@@ -45,7 +46,8 @@ fn to_set(r: &RecordSet) -> Result<ResourceRecordSet, Error> {
                 b = b.multi_value_answer(true);
             }
             for v in values {
-                b = b.resource_records(ResourceRecord::builder().value(v).build().map_err(|e| Error::failed("build record", &r.name, e.to_string()))?);
+                b = b
+                    .resource_records(ResourceRecord::builder().value(v).build().map_err(|e| Error::failed("build record", &r.name, e.to_string()))?);
             }
         }
         RecordData::Other => return Err(Error::failed("build record", &r.name, "not a record set the coordinator writes")),
@@ -68,7 +70,10 @@ impl Zones for Route53 {
                 let data = if let Some(a) = rs.alias_target() {
                     RecordData::Alias(AliasTarget { dns_name: fqdn(a.dns_name()), hosted_zone_id: a.hosted_zone_id().to_string() })
                 } else if rs.r#type() == &RrType::Txt {
-                    RecordData::Txt { ttl: rs.ttl().unwrap_or_default() as u32, values: rs.resource_records().iter().map(|r| r.value().to_string()).collect() }
+                    RecordData::Txt {
+                        ttl: rs.ttl().unwrap_or_default() as u32,
+                        values: rs.resource_records().iter().map(|r| r.value().to_string()).collect(),
+                    }
                 } else if rs.r#type() == &RrType::A {
                     RecordData::Values {
                         ttl: rs.ttl().unwrap_or_default() as u32,

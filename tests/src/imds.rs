@@ -29,10 +29,8 @@ pub struct ImdsDouble {
 impl ImdsDouble {
     pub async fn start(values: BTreeMap<String, String>, tags: Option<BTreeMap<String, String>>) -> anyhow::Result<Self> {
         let state = Arc::new(Mutex::new(ImdsState { values, tags, ..Default::default() }));
-        let router = axum::Router::new()
-            .route("/latest/api/token", put(token))
-            .route("/latest/meta-data/{*path}", get(meta))
-            .with_state(state.clone());
+        let router =
+            axum::Router::new().route("/latest/api/token", put(token)).route("/latest/meta-data/{*path}", get(meta)).with_state(state.clone());
         let served = Arc::new(serve("127.0.0.1:0", router).await?);
         Ok(ImdsDouble { state, served })
     }

@@ -45,7 +45,13 @@ pub struct Recorder {
 
 impl Recorder {
     pub async fn start(upstream: String) -> anyhow::Result<Recorder> {
-        let inner = Arc::new(Inner { upstream, client: reqwest::Client::new(), calls: Mutex::new(Vec::new()), routes: Default::default(), fault_rate: Mutex::new(0.0) });
+        let inner = Arc::new(Inner {
+            upstream,
+            client: reqwest::Client::new(),
+            calls: Mutex::new(Vec::new()),
+            routes: Default::default(),
+            fault_rate: Mutex::new(0.0),
+        });
         let router = axum::Router::new().fallback(forward).with_state(inner.clone());
         let served = serve("127.0.0.1:0", router).await?;
         Ok(Recorder { inner, served })

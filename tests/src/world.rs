@@ -49,9 +49,7 @@ pub struct Instance {
 impl Instance {
     /// Lines of the stub call log: `ms \t program \t args`.
     pub fn stub_calls(&self) -> Vec<String> {
-        std::fs::read_to_string(self.root.join("run/k3s-stub/calls.log"))
-            .map(|s| s.lines().map(str::to_string).collect())
-            .unwrap_or_default()
+        std::fs::read_to_string(self.root.join("run/k3s-stub/calls.log")).map(|s| s.lines().map(str::to_string).collect()).unwrap_or_default()
     }
 
     /// Forgets the stub calls so far (to look at one phase alone).
@@ -148,16 +146,12 @@ async fn create_subnet(ec2: &aws_sdk_ec2::Client, vpc_id: &str, cidr: &str, az_l
 
 /// The coordinator binary: `K3S_ASG_COORDINATOR_BIN`, else `target/debug/k3s-asg-coordinator`.
 pub fn coordinator_bin() -> PathBuf {
-    std::env::var_os("K3S_ASG_COORDINATOR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::repo_root().join("target/debug/k3s-asg-coordinator"))
+    std::env::var_os("K3S_ASG_COORDINATOR_BIN").map(PathBuf::from).unwrap_or_else(|| crate::repo_root().join("target/debug/k3s-asg-coordinator"))
 }
 
 /// The agent binary: `K3S_ASG_AGENT_BIN`, else `target/debug/k3s-asg-agent`.
 pub fn agent_bin() -> PathBuf {
-    std::env::var_os("K3S_ASG_AGENT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::repo_root().join("target/debug/k3s-asg-agent"))
+    std::env::var_os("K3S_ASG_AGENT_BIN").map(PathBuf::from).unwrap_or_else(|| crate::repo_root().join("target/debug/k3s-asg-agent"))
 }
 
 impl World {
@@ -175,23 +169,11 @@ impl World {
             .await;
         let ec2 = aws_sdk_ec2::Client::new(&sdk);
         let net = next_net();
-        let vpc_id = ec2
-            .create_vpc()
-            .cidr_block(format!("127.{net}.0.0/16"))
-            .send()
-            .await?
-            .vpc()
-            .and_then(|v| v.vpc_id())
-            .context("vpc id")?
-            .to_string();
+        let vpc_id =
+            ec2.create_vpc().cidr_block(format!("127.{net}.0.0/16")).send().await?.vpc().and_then(|v| v.vpc_id()).context("vpc id")?.to_string();
         let subnet_id = create_subnet(&ec2, &vpc_id, &format!("127.{net}.0.0/20"), "a").await?;
         let route53 = aws_sdk_route53::Client::new(&sdk);
-        let zone = route53
-            .create_hosted_zone()
-            .name(ZONE_NAME)
-            .caller_reference(format!("testbed-{net}"))
-            .send()
-            .await?;
+        let zone = route53.create_hosted_zone().name(ZONE_NAME).caller_reference(format!("testbed-{net}")).send().await?;
         let zone_id = zone.hosted_zone().context("zone")?.id().trim_start_matches("/hostedzone/").to_string();
         let readiness_status = Arc::new(AtomicU16::new(200));
         let st = readiness_status.clone();
@@ -314,15 +296,7 @@ impl World {
             (Some(c), "control-plane") => Some(SupervisorDouble::start(&c.ca, &ip, 6443, root.clone()).await?),
             _ => None,
         };
-        Ok(Instance {
-            id,
-            ip,
-            cluster: cluster.unwrap_or_default().to_string(),
-            role,
-            root,
-            imds,
-            _supervisor: supervisor,
-        })
+        Ok(Instance { id, ip, cluster: cluster.unwrap_or_default().to_string(), role, root, imds, _supervisor: supervisor })
     }
 
     pub async fn launch(&self, cluster: &str, role: &str) -> anyhow::Result<Instance> {
@@ -396,14 +370,7 @@ impl World {
     }
 
     pub async fn put_param(&self, name: &str, value: &str) -> anyhow::Result<()> {
-        self.ssm
-            .put_parameter()
-            .name(name)
-            .value(value)
-            .r#type(aws_sdk_ssm::types::ParameterType::String)
-            .overwrite(true)
-            .send()
-            .await?;
+        self.ssm.put_parameter().name(name).value(value).r#type(aws_sdk_ssm::types::ParameterType::String).overwrite(true).send().await?;
         Ok(())
     }
 
@@ -468,12 +435,7 @@ impl World {
             .resource_record_sets()
             .iter()
             .filter(|r| r.name() == want && r.r#type().as_str() == "A")
-            .map(|r| {
-                (
-                    r.set_identifier().unwrap_or_default().to_string(),
-                    r.resource_records().iter().map(|v| v.value().to_string()).collect(),
-                )
-            })
+            .map(|r| (r.set_identifier().unwrap_or_default().to_string(), r.resource_records().iter().map(|v| v.value().to_string()).collect()))
             .collect();
         out.sort();
         Ok(out)
@@ -482,11 +444,8 @@ impl World {
     /// Instance ids registered in a target group.
     pub async fn members(&self, tg_arn: &str) -> anyhow::Result<Vec<String>> {
         let resp = self.elb.describe_target_health().target_group_arn(tg_arn).send().await?;
-        let mut ids: Vec<String> = resp
-            .target_health_descriptions()
-            .iter()
-            .filter_map(|d| d.target().and_then(|t| t.id()).map(str::to_string))
-            .collect();
+        let mut ids: Vec<String> =
+            resp.target_health_descriptions().iter().filter_map(|d| d.target().and_then(|t| t.id()).map(str::to_string)).collect();
         ids.sort();
         Ok(ids)
     }
@@ -505,12 +464,7 @@ impl World {
     }
 
     pub async fn running(&self) -> anyhow::Result<Vec<String>> {
-        let resp = self
-            .ec2
-            .describe_instances()
-            .filters(Filter::builder().name("instance-state-name").values("running").build())
-            .send()
-            .await?;
+        let resp = self.ec2.describe_instances().filters(Filter::builder().name("instance-state-name").values("running").build()).send().await?;
         Ok(resp.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.instance_id().map(str::to_string)).collect())
     }
 }
@@ -520,7 +474,10 @@ fn rule_hosts(rule: &aws_sdk_elasticloadbalancingv2::types::Rule) -> Vec<String>
 }
 
 /// The rule whose host-header condition holds `host`.
-pub fn rule_for_host<'a>(rules: &'a [aws_sdk_elasticloadbalancingv2::types::Rule], host: &str) -> Option<&'a aws_sdk_elasticloadbalancingv2::types::Rule> {
+pub fn rule_for_host<'a>(
+    rules: &'a [aws_sdk_elasticloadbalancingv2::types::Rule],
+    host: &str,
+) -> Option<&'a aws_sdk_elasticloadbalancingv2::types::Rule> {
     rules.iter().find(|r| rule_hosts(r).iter().any(|h| h == host))
 }
 

@@ -68,32 +68,150 @@ const CASES: &[Case] = &[
         expect: &["/k3s-asg/clusters/alpha/config", "(document)"],
     },
     Case { name: "empty Cluster tag", tags: &[("Cluster", ""), ("Role", "node")], spec: None, expect: &["tag \"Cluster\"", "empty"] },
-    Case { name: "Cluster tag too long", tags: &[("Cluster", "a234567890123456789012345678901234567890123456789012345678901234"), ("Role", "node")], spec: None, expect: &["tag \"Cluster\"", "63"] },
+    Case {
+        name: "Cluster tag too long",
+        tags: &[("Cluster", "a234567890123456789012345678901234567890123456789012345678901234"), ("Role", "node")],
+        spec: None,
+        expect: &["tag \"Cluster\"", "63"],
+    },
     Case { name: "Cluster tag with a space", tags: &[("Cluster", "al pha"), ("Role", "node")], spec: None, expect: &["tag \"Cluster\""] },
-    Case { name: "Cluster tag starting with '-'", tags: &[("Cluster", "-alpha"), ("Role", "node")], spec: None, expect: &["tag \"Cluster\"", "start or end"] },
+    Case {
+        name: "Cluster tag starting with '-'",
+        tags: &[("Cluster", "-alpha"), ("Role", "node")],
+        spec: None,
+        expect: &["tag \"Cluster\"", "start or end"],
+    },
     Case { name: "empty Role tag", tags: &[("Cluster", "alpha"), ("Role", "")], spec: None, expect: &["tag \"Role\"", "not a role"] },
-    Case { name: "Role tag in the wrong case", tags: &[("Cluster", "alpha"), ("Role", "Control-Plane")], spec: None, expect: &["tag \"Role\"", "\"Control-Plane\""] },
+    Case {
+        name: "Role tag in the wrong case",
+        tags: &[("Cluster", "alpha"), ("Role", "Control-Plane")],
+        spec: None,
+        expect: &["tag \"Role\"", "\"Control-Plane\""],
+    },
     Case { name: "spec is a JSON array", tags: &[("Cluster", "alpha"), ("Role", "node")], spec: Some("[1,2]"), expect: &["(document)"] },
-    Case { name: "spec without api", tags: &[("Cluster", "alpha"), ("Role", "node")], spec: Some(r#"{"target_groups":[]}"#), expect: &["missing field `api`"] },
-    Case { name: "ttl above Route53's limit", tags: &[("Cluster", "alpha"), ("Role", "node")], spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1","ttl":200000}}"#), expect: &["field `api.ttl`"] },
-    Case { name: "lower-case zone id", tags: &[("Cluster", "alpha"), ("Role", "node")], spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"z1"}}"#), expect: &["field `api.hosted_zone_id`"] },
-    Case { name: "unknown address kind", tags: &[("Cluster", "alpha"), ("Role", "node")], spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1","address":"elastic"}}"#), expect: &["field `api.address`"] },
-    Case { name: "wildcard API hostname", tags: &[("Cluster", "alpha"), ("Role", "node")], spec: Some(r#"{"api":{"hostname":"*.alpha.example.com","hosted_zone_id":"Z1"}}"#), expect: &["field `api.hostname`"] },
-    Case { name: "target group port 0", tags: &[("Cluster", "alpha"), ("Role", "node")], spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"target_groups":[{"arn":"arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/a/1","port":0}]}"#), expect: &["field `target_groups[0].port`"] },
-    Case { name: "target group port out of range", tags: &[("Cluster", "alpha"), ("Role", "node")], spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"target_groups":[{"arn":"arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/a/1","port":70000}]}"#), expect: &["field `target_groups[0].port`"] },
-    Case { name: "target group with no roles", tags: &[("Cluster", "alpha"), ("Role", "node")], spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"target_groups":[{"arn":"arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/a/1","port":80,"roles":[]}]}"#), expect: &["field `target_groups[0].roles`"] },
-    Case { name: "target group with an unknown role", tags: &[("Cluster", "alpha"), ("Role", "node")], spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"target_groups":[{"arn":"arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/a/1","port":80,"roles":["worker"]}]}"#), expect: &["field `target_groups[0].roles[0]`"] },
-    Case { name: "a load balancer ARN where a target group belongs", tags: &[("Cluster", "alpha"), ("Role", "node")], spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"target_groups":[{"arn":"arn:aws:elasticloadbalancing:us-east-1:1:loadbalancer/app/x/1","port":80}]}"#), expect: &["field `target_groups[0].arn`"] },
-    Case { name: "two ingress groups", tags: &[("Cluster", "alpha"), ("Role", "node")], spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"target_groups":[{"arn":"arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/a/1","port":80,"ingress":true},{"arn":"arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/b/2","port":81,"ingress":true}]}"#), expect: &["field `target_groups`", "ingress"] },
-    Case { name: "readiness status that is not HTTP", tags: &[("Cluster", "alpha"), ("Role", "node")], spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"readiness":[{"http":"http://127.0.0.1/ping","expect_status":42}]}"#), expect: &["field `readiness[0].expect_status`"] },
-    Case { name: "k3s list flag given a number", tags: &[("Cluster", "alpha"), ("Role", "control-plane")], spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"k3s":{"server":{"disable":5}}}"#), expect: &["field `k3s.server.disable`"] },
-    Case { name: "k3s flag given an object", tags: &[("Cluster", "alpha"), ("Role", "control-plane")], spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"k3s":{"server":{"cluster-cidr":{"v4":"10.0.0.0/16"}}}}"#), expect: &["field `k3s.server.cluster-cidr`"] },
-    Case { name: "k3s server setting the node name", tags: &[("Cluster", "alpha"), ("Role", "control-plane")], spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"k3s":{"server":{"node-name":"x"}}}"#), expect: &["field `k3s.server.node-name`", "set by the agent"] },
-    Case { name: "drain timeout 0", tags: &[("Cluster", "alpha"), ("Role", "node")], spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"drain":{"timeout_s":0}}"#), expect: &["field `drain.timeout_s`"] },
-    Case { name: "drain timeout beyond an hour", tags: &[("Cluster", "alpha"), ("Role", "node")], spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"drain":{"timeout_s":5000}}"#), expect: &["field `drain.timeout_s`"] },
-    Case { name: "negative drain grace period", tags: &[("Cluster", "alpha"), ("Role", "node")], spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"drain":{"grace_period_s":-1}}"#), expect: &["field `drain.grace_period_s`"] },
+    Case {
+        name: "spec without api",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some(r#"{"target_groups":[]}"#),
+        expect: &["missing field `api`"],
+    },
+    Case {
+        name: "ttl above Route53's limit",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1","ttl":200000}}"#),
+        expect: &["field `api.ttl`"],
+    },
+    Case {
+        name: "lower-case zone id",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"z1"}}"#),
+        expect: &["field `api.hosted_zone_id`"],
+    },
+    Case {
+        name: "unknown address kind",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1","address":"elastic"}}"#),
+        expect: &["field `api.address`"],
+    },
+    Case {
+        name: "wildcard API hostname",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some(r#"{"api":{"hostname":"*.alpha.example.com","hosted_zone_id":"Z1"}}"#),
+        expect: &["field `api.hostname`"],
+    },
+    Case {
+        name: "target group port 0",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some(
+            r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"target_groups":[{"arn":"arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/a/1","port":0}]}"#,
+        ),
+        expect: &["field `target_groups[0].port`"],
+    },
+    Case {
+        name: "target group port out of range",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some(
+            r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"target_groups":[{"arn":"arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/a/1","port":70000}]}"#,
+        ),
+        expect: &["field `target_groups[0].port`"],
+    },
+    Case {
+        name: "target group with no roles",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some(
+            r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"target_groups":[{"arn":"arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/a/1","port":80,"roles":[]}]}"#,
+        ),
+        expect: &["field `target_groups[0].roles`"],
+    },
+    Case {
+        name: "target group with an unknown role",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some(
+            r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"target_groups":[{"arn":"arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/a/1","port":80,"roles":["worker"]}]}"#,
+        ),
+        expect: &["field `target_groups[0].roles[0]`"],
+    },
+    Case {
+        name: "a load balancer ARN where a target group belongs",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some(
+            r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"target_groups":[{"arn":"arn:aws:elasticloadbalancing:us-east-1:1:loadbalancer/app/x/1","port":80}]}"#,
+        ),
+        expect: &["field `target_groups[0].arn`"],
+    },
+    Case {
+        name: "two ingress groups",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some(
+            r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"target_groups":[{"arn":"arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/a/1","port":80,"ingress":true},{"arn":"arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/b/2","port":81,"ingress":true}]}"#,
+        ),
+        expect: &["field `target_groups`", "ingress"],
+    },
+    Case {
+        name: "readiness status that is not HTTP",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some(
+            r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"readiness":[{"http":"http://127.0.0.1/ping","expect_status":42}]}"#,
+        ),
+        expect: &["field `readiness[0].expect_status`"],
+    },
+    Case {
+        name: "k3s list flag given a number",
+        tags: &[("Cluster", "alpha"), ("Role", "control-plane")],
+        spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"k3s":{"server":{"disable":5}}}"#),
+        expect: &["field `k3s.server.disable`"],
+    },
+    Case {
+        name: "k3s flag given an object",
+        tags: &[("Cluster", "alpha"), ("Role", "control-plane")],
+        spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"k3s":{"server":{"cluster-cidr":{"v4":"10.0.0.0/16"}}}}"#),
+        expect: &["field `k3s.server.cluster-cidr`"],
+    },
+    Case {
+        name: "k3s server setting the node name",
+        tags: &[("Cluster", "alpha"), ("Role", "control-plane")],
+        spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"k3s":{"server":{"node-name":"x"}}}"#),
+        expect: &["field `k3s.server.node-name`", "set by the agent"],
+    },
+    Case {
+        name: "drain timeout 0",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"drain":{"timeout_s":0}}"#),
+        expect: &["field `drain.timeout_s`"],
+    },
+    Case {
+        name: "drain timeout beyond an hour",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"drain":{"timeout_s":5000}}"#),
+        expect: &["field `drain.timeout_s`"],
+    },
+    Case {
+        name: "negative drain grace period",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"drain":{"grace_period_s":-1}}"#),
+        expect: &["field `drain.grace_period_s`"],
+    },
 ];
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_exits_2_names_the_culprit_and_changes_nothing() {

@@ -14,7 +14,9 @@ async fn foreign_rule(w: &World, listener: &str, host: &str, priority: i32, tg: 
         .create_rule()
         .listener_arn(listener)
         .priority(priority)
-        .conditions(RuleCondition::builder().field("host-header").host_header_config(HostHeaderConditionConfig::builder().values(host).build()).build())
+        .conditions(
+            RuleCondition::builder().field("host-header").host_header_config(HostHeaderConditionConfig::builder().values(host).build()).build(),
+        )
         .actions(Action::builder().r#type(ActionTypeEnum::Forward).target_group_arn(tg).build())
         .send()
         .await
@@ -69,7 +71,12 @@ async fn plan_apply_converge_and_leave_foreign_things_alone() {
     w.route53
         .change_resource_record_sets()
         .hosted_zone_id(&zone)
-        .change_batch(ChangeBatch::builder().changes(Change::builder().action(ChangeAction::Create).resource_record_set(manual).build().unwrap()).build().unwrap())
+        .change_batch(
+            ChangeBatch::builder()
+                .changes(Change::builder().action(ChangeAction::Create).resource_record_set(manual).build().unwrap())
+                .build()
+                .unwrap(),
+        )
         .send()
         .await
         .unwrap();
@@ -132,7 +139,8 @@ async fn plan_apply_converge_and_leave_foreign_things_alone() {
     // Weight change → modified in place; endpoint gone → its rule and records are collected.
     w.put_param(
         "/k3s-asg/endpoints/blog",
-        &serde_json::json!({ "hostname": "blog.example.com", "hosted_zone_id": zone, "clusters": { "alpha": 1, "bravo": 0 }, "listener_port": 443 }).to_string(),
+        &serde_json::json!({ "hostname": "blog.example.com", "hosted_zone_id": zone, "clusters": { "alpha": 1, "bravo": 0 }, "listener_port": 443 })
+            .to_string(),
     )
     .await
     .unwrap();
@@ -164,7 +172,8 @@ async fn limits_and_bad_specs_refuse_before_the_first_write() {
     w.put_param(
         "/k3s-asg/endpoints/wide",
         &serde_json::json!({ "hostname": "wide.example.com", "hosted_zone_id": zone,
-            "clusters": { "a": 1, "b": 1, "c": 1, "d": 1, "e": 1, "f": 1 } }).to_string(),
+            "clusters": { "a": 1, "b": 1, "c": 1, "d": 1, "e": 1, "f": 1 } })
+        .to_string(),
     )
     .await
     .unwrap();
@@ -315,7 +324,8 @@ async fn two_coordinators_at_once_converge_without_duplicates() {
     for i in 0..5 {
         w.put_param(
             &format!("/k3s-asg/endpoints/e{i}"),
-            &serde_json::json!({ "hostname": format!("e{i}.example.com"), "hosted_zone_id": zone, "clusters": { "alpha": 1, "bravo": 1 } }).to_string(),
+            &serde_json::json!({ "hostname": format!("e{i}.example.com"), "hosted_zone_id": zone, "clusters": { "alpha": 1, "bravo": 1 } })
+                .to_string(),
         )
         .await
         .unwrap();

@@ -68,7 +68,11 @@ async fn first_server_initialises_then_node_joins() {
     assert!(nconf.contains(&format!("token: \"{token}\"")));
     assert!(!nconf.contains("tls-san"));
     assert!(node.file("/etc/systemd/system/k3s-agent.service").is_some());
-    assert_eq!(w.members(&tg).await.unwrap(), { let mut v = vec![cp.id.clone(), node.id.clone()]; v.sort(); v });
+    assert_eq!(w.members(&tg).await.unwrap(), {
+        let mut v = vec![cp.id.clone(), node.id.clone()];
+        v.sort();
+        v
+    });
     // The node's join stays within the call budget (issue: ≤ 8).
     let node_calls = w.recorder.calls_by(&node.access_key());
     assert!(node_calls.len() <= 8, "node join made {} AWS calls: {:?}", node_calls.len(), node_calls);
@@ -90,10 +94,7 @@ async fn first_server_initialises_then_node_joins() {
     let v: serde_json::Value = serde_json::from_str(&status_json.stdout).unwrap();
     assert_eq!(v["phase"], "ready");
     assert_eq!(v["role"], "node");
-    let secrets = secrets_of(
-        &[Some(token.clone()), Some(admin), Some(drain)],
-        &[cp.root.as_path(), node.root.as_path()],
-    );
+    let secrets = secrets_of(&[Some(token.clone()), Some(admin), Some(drain)], &[cp.root.as_path(), node.root.as_path()]);
     assert!(!secrets.is_empty());
     for out in [&run.stdout, &run.stderr, &status.stdout, &status_json.stdout] {
         for s in &secrets {
@@ -117,10 +118,7 @@ async fn five_servers_at_once_elect_exactly_one() {
     for r in &runs {
         ok(r.as_ref().unwrap());
     }
-    let inits = servers
-        .iter()
-        .filter(|s| s.file("/etc/rancher/k3s/config.yaml").unwrap().contains("cluster-init: true"))
-        .count();
+    let inits = servers.iter().filter(|s| s.file("/etc/rancher/k3s/config.yaml").unwrap().contains("cluster-init: true")).count();
     assert_eq!(inits, 1, "exactly one server initialises the cluster");
     let creates = w.recorder.calls().iter().filter(|c| c.operation == "PutParameter").count();
     assert!(creates >= 5, "every server tried to create or secure the token ({creates})");
@@ -171,7 +169,13 @@ async fn tags_fall_back_to_describe_tags_and_stale_records_are_pruned() {
         .hosted_zone_id(&c.zone_id)
         .change_batch(
             aws_sdk_route53::types::ChangeBatch::builder()
-                .changes(aws_sdk_route53::types::Change::builder().action(aws_sdk_route53::types::ChangeAction::Create).resource_record_set(foreign).build().unwrap())
+                .changes(
+                    aws_sdk_route53::types::Change::builder()
+                        .action(aws_sdk_route53::types::ChangeAction::Create)
+                        .resource_record_set(foreign)
+                        .build()
+                        .unwrap(),
+                )
                 .build()
                 .unwrap(),
         )

@@ -10,8 +10,7 @@ fn ok(run: &AgentRun) {
 
 /// One timeline: `(ms, what)` for the instance's AWS calls and stub calls.
 fn timeline(w: &World, inst: &Instance) -> Vec<(u128, String)> {
-    let mut t: Vec<(u128, String)> =
-        w.recorder.calls_by(&inst.access_key()).into_iter().map(|c| (c.at_ms, format!("aws {}", c.operation))).collect();
+    let mut t: Vec<(u128, String)> = w.recorder.calls_by(&inst.access_key()).into_iter().map(|c| (c.at_ms, format!("aws {}", c.operation))).collect();
     for line in inst.stub_calls() {
         let mut parts = line.splitn(3, '\t');
         let ms: u128 = parts.next().unwrap().parse().unwrap();
@@ -73,7 +72,9 @@ async fn node_leaves_in_order_and_completes_the_lifecycle_action() {
         &t,
         &["aws DeregisterTargets", "k3s kubectl --kubeconfig", "drain", "delete node/", "systemctl stop k3s-agent", "aws CompleteLifecycleAction"],
     );
-    assert!(t.iter().any(|(_, w)| w.contains(&format!("drain {} --ignore-daemonsets", node.id)) && w.contains("--timeout=60s") && w.contains("--grace-period=30")));
+    assert!(t.iter().any(|(_, w)| w.contains(&format!("drain {} --ignore-daemonsets", node.id))
+        && w.contains("--timeout=60s")
+        && w.contains("--grace-period=30")));
     let actions = w.asg.actions();
     assert!(actions.iter().any(|a| a.0 == "RecordLifecycleActionHeartbeat" && a.1 == node.id), "heartbeats while draining: {actions:?}");
     assert_eq!(actions.last().unwrap(), &("CompleteLifecycleAction".into(), node.id.clone(), "drain".into(), "CONTINUE".into()));

@@ -58,11 +58,7 @@ fn policies_cover_every_operation_the_code_calls() {
         let mut sources = String::new();
         for d in dirs {
             let p = root.join(d);
-            let files: Vec<std::path::PathBuf> = if p.is_dir() {
-                walk(&p)
-            } else {
-                vec![p]
-            };
+            let files: Vec<std::path::PathBuf> = if p.is_dir() { walk(&p) } else { vec![p] };
             for f in files {
                 sources.push_str(&std::fs::read_to_string(f).unwrap());
             }
@@ -152,14 +148,12 @@ with open(sys.argv[1]) as fh:
     d = hcl2.load(fh)
 print(json.dumps(d))
 "#;
-    let out = Command::new(root.join(".venv/bin/python"))
-        .args(["-c", script])
-        .arg(root.join("packaging/ami/k3s-asg.pkr.hcl"))
-        .output()
-        .unwrap();
+    let out = Command::new(root.join(".venv/bin/python")).args(["-c", script]).arg(root.join("packaging/ami/k3s-asg.pkr.hcl")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let parsed = String::from_utf8_lossy(&out.stdout);
-    for needle in ["amazon-ebs", "http_tokens", "required", "/usr/local/bin/k3s-asg-agent", "k3s-asg-agent.service", "k3s-airgap-images", "k3s_version"] {
+    for needle in
+        ["amazon-ebs", "http_tokens", "required", "/usr/local/bin/k3s-asg-agent", "k3s-asg-agent.service", "k3s-airgap-images", "k3s_version"]
+    {
         assert!(parsed.contains(needle), "packer template lacks {needle}");
     }
     assert!(root.join("systemd/k3s-asg-agent.service").exists(), "the unit the template uploads exists");

@@ -39,8 +39,7 @@ impl HostFs {
                 return Ok(false);
             }
         }
-        write_atomic(&p, content.as_bytes(), mode)
-            .map_err(|e| Error::failed("write file", p.display().to_string(), e.to_string()))?;
+        write_atomic(&p, content.as_bytes(), mode).map_err(|e| Error::failed("write file", p.display().to_string(), e.to_string()))?;
         Ok(true)
     }
 

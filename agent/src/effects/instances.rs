@@ -18,12 +18,7 @@ pub struct Ec2(pub aws_sdk_ec2::Client);
 impl Instances for Ec2 {
     async fn tags(&self, instance_id: &str) -> Result<BTreeMap<String, String>> {
         let mut out = BTreeMap::new();
-        let mut pages = self
-            .0
-            .describe_tags()
-            .filters(Filter::builder().name("resource-id").values(instance_id).build())
-            .into_paginator()
-            .send();
+        let mut pages = self.0.describe_tags().filters(Filter::builder().name("resource-id").values(instance_id).build()).into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| Error::sdk("read instance tags (ec2:DescribeTags)", instance_id, &e))?;
             for tag in page.tags() {
@@ -36,8 +31,6 @@ impl Instances for Ec2 {
     }
 
     async fn live(&self, ids: &[String]) -> Result<BTreeSet<String>> {
-        k3s_asg_aws::instances::live(&self.0, ids)
-            .await
-            .map_err(|(ids, why)| Error::failed("check instances (ec2:DescribeInstances)", ids, why))
+        k3s_asg_aws::instances::live(&self.0, ids).await.map_err(|(ids, why)| Error::failed("check instances (ec2:DescribeInstances)", ids, why))
     }
 }

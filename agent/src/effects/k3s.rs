@@ -53,15 +53,13 @@ impl K3s for K3sCli {
     }
 
     async fn drain_account_token(&self) -> Result<Option<Secret>> {
-        let out = self
-            .kubectl(&["-n", "kube-system", "get", "secret", crate::render::DRAIN_ACCOUNT, "-o", "jsonpath={.data.token}"])
-            .await?;
+        let out = self.kubectl(&["-n", "kube-system", "get", "secret", crate::render::DRAIN_ACCOUNT, "-o", "jsonpath={.data.token}"]).await?;
         let b64 = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() || b64.is_empty() {
             return Ok(None);
         }
-        let decoded = base64_decode(&b64)
-            .ok_or_else(|| Error::failed("read drain account token", crate::render::DRAIN_ACCOUNT, "token is not base64"))?;
+        let decoded =
+            base64_decode(&b64).ok_or_else(|| Error::failed("read drain account token", crate::render::DRAIN_ACCOUNT, "token is not base64"))?;
         Ok(Some(Secret::new(decoded)))
     }
 

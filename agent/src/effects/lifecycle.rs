@@ -74,7 +74,9 @@ impl Lifecycle for AutoScaling {
             .lifecycle_action_result("CONTINUE")
             .send()
             .await
-            .map_err(|e| Error::sdk("complete lifecycle action (autoscaling:CompleteLifecycleAction)", format!("{}/{}", hook.group, hook.hook), &e))?;
+            .map_err(|e| {
+                Error::sdk("complete lifecycle action (autoscaling:CompleteLifecycleAction)", format!("{}/{}", hook.group, hook.hook), &e)
+            })?;
         Ok(())
     }
 }

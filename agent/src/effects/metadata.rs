@@ -25,9 +25,9 @@ impl Imds {
             .operation_timeout(Duration::from_secs(10))
             .token_ttl(Duration::from_secs(21_600));
         if let Ok(endpoint) = std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT") {
-            builder = builder.endpoint(&endpoint).map_err(|e| {
-                Error::bad_input("read instance metadata", "AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("{endpoint:?}: {e}"))
-            })?;
+            builder = builder
+                .endpoint(&endpoint)
+                .map_err(|e| Error::bad_input("read instance metadata", "AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("{endpoint:?}: {e}")))?;
         }
         Ok(Imds { client: builder.build() })
     }

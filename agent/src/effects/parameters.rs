@@ -48,15 +48,7 @@ impl Parameters for Ssm {
     }
 
     async fn create_secure(&self, name: &str, value: &Secret) -> Result<bool> {
-        let res = self
-            .0
-            .put_parameter()
-            .name(name)
-            .value(value.expose())
-            .r#type(ParameterType::SecureString)
-            .overwrite(false)
-            .send()
-            .await;
+        let res = self.0.put_parameter().name(name).value(value.expose()).r#type(ParameterType::SecureString).overwrite(false).send().await;
         match res {
             Ok(_) => Ok(true),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_already_exists()) => Ok(false),

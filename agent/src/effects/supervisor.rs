@@ -21,11 +21,7 @@ pub struct HttpsSupervisor {
 impl Supervisor for HttpsSupervisor {
     async fn verified_live(&self, ip: &str, ca_hash: &str) -> Result<bool> {
         let base = format!("https://{ip}:{}", self.port);
-        let untrusted = match reqwest::Client::builder()
-            .tls_danger_accept_invalid_certs(true)
-            .timeout(Duration::from_secs(3))
-            .build()
-        {
+        let untrusted = match reqwest::Client::builder().tls_danger_accept_invalid_certs(true).timeout(Duration::from_secs(3)).build() {
             Ok(c) => c,
             Err(_) => return Ok(false),
         };

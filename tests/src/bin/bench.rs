@@ -140,7 +140,11 @@ async fn main() -> anyhow::Result<()> {
     .join("\n");
     println!("{table}\n\n{leave_table}\n\n{coordinator_table}");
     if write {
-        let machine = std::process::Command::new("uname").arg("-srm").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+        let machine = std::process::Command::new("uname")
+            .arg("-srm")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
         let text = format!(
             "# Benchmarks\n\nProduced by `scripts/bench --write` (debug build of the agent, moto {moto} on loopback, {machine}). \
              AWS calls are counted by the test bed's recording proxy per agent (IMDS and local probes are not AWS calls). \
@@ -194,8 +198,5 @@ async fn bench_coordinator() -> anyhow::Result<String> {
         let ops: Vec<String> = ops.iter().map(|(k, v)| format!("{k}×{v}")).collect();
         rows.push(format!("| {label} | {wall} | {reads} | {writes} | {} |", ops.join(", ")));
     }
-    Ok(format!(
-        "| apply | wall ms | reads | writes | calls by operation |\n|---|---|---|---|---|\n{}",
-        rows.join("\n")
-    ))
+    Ok(format!("| apply | wall ms | reads | writes | calls by operation |\n|---|---|---|---|---|\n{}", rows.join("\n")))
 }

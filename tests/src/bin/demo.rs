@@ -9,11 +9,7 @@ simulated per instance, and systemctl/k3s are stub programs. The agent binary an
 the AWS SDK calls are real.";
 
 fn redact(config: &str) -> String {
-    config
-        .lines()
-        .map(|l| if l.starts_with("token:") { "token: <redacted>".to_string() } else { l.to_string() })
-        .collect::<Vec<_>>()
-        .join("\n")
+    config.lines().map(|l| if l.starts_with("token:") { "token: <redacted>".to_string() } else { l.to_string() }).collect::<Vec<_>>().join("\n")
 }
 
 /// Three API record lines, then the target group members, for the before/after table.
@@ -119,8 +115,13 @@ async fn main() -> anyhow::Result<()> {
     victim.clear_stub_calls();
     let run = w.agent(victim, &["leave"]).await?;
     anyhow::ensure!(run.code == 0, "leave failed: {}", run.stderr);
-    let mut timeline: Vec<(u128, String)> =
-        w.recorder.calls_by(&victim.access_key()).into_iter().filter(|c| c.is_mutating()).map(|c| (c.at_ms, format!("AWS {}", c.operation))).collect();
+    let mut timeline: Vec<(u128, String)> = w
+        .recorder
+        .calls_by(&victim.access_key())
+        .into_iter()
+        .filter(|c| c.is_mutating())
+        .map(|c| (c.at_ms, format!("AWS {}", c.operation)))
+        .collect();
     for line in victim.stub_calls() {
         let parts: Vec<&str> = line.splitn(3, '\t').collect();
         if parts.len() == 3 && (parts[2].contains("drain") || parts[2].contains("delete") || parts[2].starts_with("stop")) {
@@ -151,7 +152,13 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..rows {
         let b = before.get(i).cloned().unwrap_or_default();
         let a = after.get(i).cloned().unwrap_or_default();
-        let label = if i == 0 { "API records (id → ip)" } else if i == 3 { "target group alpha-ingress" } else { "" };
+        let label = if i == 0 {
+            "API records (id → ip)"
+        } else if i == 3 {
+            "target group alpha-ingress"
+        } else {
+            ""
+        };
         println!("  | {label:<28} | {:<46} | {:<46} |", b, a);
     }
     let rules = w.elb.describe_rules().listener_arn(&listener).send().await?.rules().len() - 1;
