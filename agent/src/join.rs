@@ -292,7 +292,9 @@ async fn wait_for_server(
 
 /// The creator replaces its election token with k3s's secure form.
 async fn secure_the_token(fx: &Effects, names: &Names, params: &BTreeMap<String, Param>) -> Result<()> {
-    let Some(current) = params.get(&names.token) else { return Ok(()) };
+    let Some(current) = params.get(&names.token) else {
+        return Ok(());
+    };
     if token::parse_secure(current.value.expose()).is_some() {
         return Ok(());
     }

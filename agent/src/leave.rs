@@ -80,7 +80,9 @@ async fn steps(
     let mut delay = 0;
     for tg in spec.target_groups_for(role) {
         let members = fx.target_groups.members(&tg.arn).await?;
-        let Some(me) = members.iter().find(|m| m.id == instance_id && m.port == tg.port) else { continue };
+        let Some(me) = members.iter().find(|m| m.id == instance_id && m.port == tg.port) else {
+            continue;
+        };
         if me.state != "draining" {
             fx.target_groups.deregister(&tg.arn, instance_id, tg.port).await?;
             tracing::info!(target_group = %tg.arn, "deregistered");

@@ -220,7 +220,13 @@ mod tests {
         )
         .unwrap();
         let a = vec![Member { id: ME.into(), port: 80, state: "healthy".into() }];
-        let members = |arn: &str| if arn.ends_with("a/1") { Some(a.as_slice()) } else { None };
+        let members = |arn: &str| {
+            if arn.ends_with("a/1") {
+                Some(a.as_slice())
+            } else {
+                None
+            }
+        };
         let missing = missing_registrations(&spec, Role::ControlPlane, ME, members);
         assert_eq!(missing.len(), 1);
         assert!(missing[0].arn.ends_with("b/2"));

@@ -324,7 +324,9 @@ fn default_rules_quota() -> u32 {
 pub const MAX_TARGET_GROUPS_PER_FORWARD: usize = 5;
 
 fn check_cidr(c: &str) -> bool {
-    let Some((ip, len)) = c.split_once('/') else { return false };
+    let Some((ip, len)) = c.split_once('/') else {
+        return false;
+    };
     match (ip.parse::<std::net::IpAddr>(), len.parse::<u8>()) {
         (Ok(std::net::IpAddr::V4(_)), Ok(l)) => l <= 32,
         (Ok(std::net::IpAddr::V6(_)), Ok(l)) => l <= 128,

@@ -16,9 +16,12 @@ pub trait LoadBalancer: Send + Sync {
     async fn alias_target(&self, alb_arn: &str) -> Result<AliasTarget, Error>;
     /// listener ARN → port, for the ALB's listeners.
     async fn listeners(&self, alb_arn: &str) -> Result<BTreeMap<String, u16>, Error>;
-    /// Non-default rules of a listener with their owner tags.
+    /// Non-default rules of a listener (owner left unset: see `owners`).
     async fn rules(&self, listener: &str) -> Result<Vec<ObservedRule>, Error>;
-    async fn create_rule(&self, listener: &str, priority: u32, spec: &RuleSpec, owner: &str) -> Result<(), Error>;
+    /// The `k3s-asg:owner` tag of each rule ARN that has one.
+    async fn owners(&self, arns: &[String]) -> Result<BTreeMap<String, String>, Error>;
+    /// Creates a rule tagged with `owner`; returns its ARN.
+    async fn create_rule(&self, listener: &str, priority: u32, spec: &RuleSpec, owner: &str) -> Result<String, Error>;
     async fn modify_rule(&self, arn: &str, spec: &RuleSpec) -> Result<(), Error>;
     async fn delete_rule(&self, arn: &str) -> Result<(), Error>;
     /// `SetRulePriorities` for (rule ARN, priority) pairs.
@@ -67,7 +70,9 @@ fn spec_of(rule: &aws_sdk_elasticloadbalancingv2::types::Rule, hosts: &[String])
             _ => return None,
         }
     }
-    let [action] = rule.actions() else { return None };
+    let [action] = rule.actions() else {
+        return None;
+    };
     if action.r#type() != Some(&ActionTypeEnum::Forward) {
         return None;
     }
@@ -131,22 +136,6 @@ impl LoadBalancer for Elbv2 {
                 break;
             }
         }
-        let arns: Vec<String> = rules.iter().filter_map(|r| r.rule_arn().map(str::to_string)).collect();
-        let mut owners: BTreeMap<String, String> = BTreeMap::new();
-        for chunk in arns.chunks(20) {
-            let resp = self
-                .0
-                .describe_tags()
-                .set_resource_arns(Some(chunk.to_vec()))
-                .send()
-                .await
-                .map_err(|e| Error::sdk("read rule tags (elasticloadbalancing:DescribeTags)", listener, &e))?;
-            for d in resp.tag_descriptions() {
-                if let Some(t) = d.tags().iter().find(|t| t.key() == Some(OWNER_TAG)) {
-                    owners.insert(d.resource_arn().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string());
-                }
-            }
-        }
         Ok(rules
             .iter()
             .map(|r| {
@@ -167,15 +156,36 @@ impl LoadBalancer for Elbv2 {
                     priority: r.priority().and_then(|p| p.parse().ok()).unwrap_or(0),
                     spec: spec_of(r, &hosts),
                     hosts,
-                    owner: owners.get(&arn).cloned(),
+                    owner: None,
                     arn,
                 }
             })
             .collect())
     }
 
-    async fn create_rule(&self, listener: &str, priority: u32, spec: &RuleSpec, owner: &str) -> Result<(), Error> {
-        self.0
+    async fn owners(&self, arns: &[String]) -> Result<BTreeMap<String, String>, Error> {
+        let mut owners = BTreeMap::new();
+        // DescribeTags takes at most 20 resource ARNs.
+        for chunk in arns.chunks(20) {
+            let resp = self
+                .0
+                .describe_tags()
+                .set_resource_arns(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| Error::sdk("read rule tags (elasticloadbalancing:DescribeTags)", chunk[0].as_str(), &e))?;
+            for d in resp.tag_descriptions() {
+                if let Some(t) = d.tags().iter().find(|t| t.key() == Some(OWNER_TAG)) {
+                    owners.insert(d.resource_arn().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string());
+                }
+            }
+        }
+        Ok(owners)
+    }
+
+    async fn create_rule(&self, listener: &str, priority: u32, spec: &RuleSpec, owner: &str) -> Result<String, Error> {
+        let resp = self
+            .0
             .create_rule()
             .listener_arn(listener)
             .priority(priority as i32)
@@ -191,7 +201,7 @@ impl LoadBalancer for Elbv2 {
                 err.retry = priority_taken;
                 err
             })?;
-        Ok(())
+        Ok(resp.rules().first().and_then(|r| r.rule_arn()).unwrap_or_default().to_string())
     }
 
     async fn modify_rule(&self, arn: &str, spec: &RuleSpec) -> Result<(), Error> {

@@ -1,6 +1,7 @@
 //! Command line: `k3s-asg-coordinator plan | apply | run`.
 
 use crate::reconcile::{self, Effects, Settings};
+use crate::warm::Warm;
 use crate::{alb, source, zones, Error};
 use clap::{Parser, Subcommand};
 use k3s_asg_aws::params::Prefix;
@@ -25,6 +26,12 @@ struct Cli {
     /// Owner id written on the rules and records this coordinator creates.
     #[arg(long, env = "K3S_ASG_OWNER", default_value = "k3s-asg", global = true)]
     owner: String,
+    /// Seconds `run` and Lambda mode keep the specs read from SSM, the ALB's listeners and
+    /// the rules' owner tags between reconciles (0: read everything every time). Rules and
+    /// records themselves are read on every reconcile; a failed reconcile, and in Lambda
+    /// mode an SSM "Parameter Store Change" event, forget what was kept.
+    #[arg(long, env = "K3S_ASG_REFRESH_S", default_value_t = 300, global = true)]
+    refresh: u64,
     /// Region to reconcile (default: AWS_REGION).
     #[arg(long, env = "AWS_REGION", global = true)]
     region: Option<String>,
@@ -101,9 +108,10 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         alb: Box::new(alb::Elbv2(aws_sdk_elasticloadbalancingv2::Client::new(&sdk))),
         zones: Box::new(zones::Route53(aws_sdk_route53::Client::new(&sdk))),
     };
+    let warm = Warm::new(Duration::from_secs(cli.refresh));
     match cli.command {
         Command::Plan { json } => {
-            let p = reconcile::compute_plan(&settings, &fx).await?;
+            let p = reconcile::compute_plan(&settings, &fx, &Warm::cold()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&p).expect("plan serialises"));
             } else {
@@ -112,14 +120,14 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Apply => {
-            let p = reconcile::apply(&settings, &fx).await?;
+            let p = reconcile::apply(&settings, &fx, &Warm::cold()).await?;
             print!("{}", crate::render::text(&p));
             Ok(())
         }
-        Command::Lambda => crate::lambda::serve(settings, fx).await,
+        Command::Lambda => crate::lambda::serve(settings, fx, warm).await,
         Command::Kubeconfig { .. } => unreachable!("handled above"),
         Command::Run { interval } => loop {
-            match reconcile::apply(&settings, &fx).await {
+            match reconcile::apply(&settings, &fx, &warm).await {
                 Ok(p) => tracing::info!(rules = p.rules.len(), records = p.records.len(), conflicts = p.conflicts.len(), "reconciled"),
                 Err(e) if e.bad_input => return Err(e),
                 Err(e) => tracing::error!(error = %e, "reconcile failed; will retry"),

@@ -27,7 +27,9 @@ pub fn desired(i: &Inputs<'_>) -> Result<Desired, Vec<String>> {
     let mut records = Vec::new();
     let api_names = i.clusters.values().map(|c| (c.api.hosted_zone_id.clone(), k3s_asg_aws::names::fqdn(&c.api.hostname))).collect();
     for (name, spec) in i.clusters {
-        let Some(ingress) = spec.ingress() else { continue };
+        let Some(ingress) = spec.ingress() else {
+            continue;
+        };
         for listener in &i.region_spec.listener_arns {
             rules.push(DesiredRule {
                 purpose: format!("cluster {name}"),

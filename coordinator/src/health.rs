@@ -19,7 +19,9 @@ pub struct HttpHostProbe;
 #[async_trait]
 impl HostProbe for HttpHostProbe {
     async fn probe(&self, address: &str, port: u16, path: &str, host: &str, expect: u16) -> bool {
-        let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(3)).build() else { return false };
+        let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(3)).build() else {
+            return false;
+        };
         match client.get(format!("http://{address}:{port}{path}")).header("host", host).send().await {
             Ok(r) => r.status().as_u16() == expect,
             Err(_) => false,

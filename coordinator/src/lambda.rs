@@ -1,8 +1,10 @@
 //! Lambda mode (custom runtime, chosen when `AWS_LAMBDA_RUNTIME_API` is set):
 //! every event — an EventBridge schedule, an ASG lifecycle or EC2 state-change
-//! event — is answered with one reconcile.
+//! event — is answered with one reconcile. An SSM "Parameter Store Change"
+//! event first makes it forget the specs it kept (see `warm`).
 
 use crate::reconcile::{self, Effects, Settings};
+use crate::warm::Warm;
 use crate::Error;
 use lambda_runtime::{service_fn, LambdaEvent};
 use serde_json::{json, Value};
@@ -22,18 +24,30 @@ pub fn describe_event(event: &Value) -> String {
             let d = &event["detail"];
             format!("ec2: {t} ({} {})", d["instance-id"].as_str().unwrap_or("?"), d["state"].as_str().unwrap_or("?"))
         }
+        ("aws.ssm", t) => {
+            let d = &event["detail"];
+            format!("ssm: {t} ({} {})", d["name"].as_str().unwrap_or("?"), d["operation"].as_str().unwrap_or("?"))
+        }
         _ => "unrecognised event (reconciling anyway)".into(),
     }
 }
 
-pub async fn serve(settings: Settings, fx: Effects) -> Result<(), Error> {
-    let shared = Arc::new((settings, fx));
+/// Whether the event says a parameter changed (so the kept specs are stale).
+pub fn changes_specs(event: &Value) -> bool {
+    event["source"].as_str() == Some("aws.ssm")
+}
+
+pub async fn serve(settings: Settings, fx: Effects, warm: Warm) -> Result<(), Error> {
+    let shared = Arc::new((settings, fx, warm));
     let handler = service_fn(move |event: LambdaEvent<Value>| {
         let shared = shared.clone();
         async move {
             let kind = describe_event(&event.payload);
             tracing::info!(event = %kind, request = %event.context.request_id, "reconciling");
-            let p = reconcile::apply(&shared.0, &shared.1).await.map_err(|e| -> lambda_runtime::Error { Box::new(e) })?;
+            if changes_specs(&event.payload) {
+                shared.2.invalidate(&kind);
+            }
+            let p = reconcile::apply(&shared.0, &shared.1, &shared.2).await.map_err(|e| -> lambda_runtime::Error { Box::new(e) })?;
             Ok::<Value, lambda_runtime::Error>(json!({
                 "event": kind,
                 "rule_changes": p.rules.len(),
@@ -63,6 +77,10 @@ mod tests {
             "autoscaling: EC2 Instance-terminate Lifecycle Action (i-1234567890abcdef0)"
         );
         assert_eq!(describe_event(&fixture("ec2-state-change.json")), "ec2: EC2 Instance State-change Notification (i-1234567890abcdef0 terminated)");
+        let ssm = fixture("ssm-parameter-change.json");
+        assert_eq!(describe_event(&ssm), "ssm: Parameter Store Change (/k3s-asg/endpoints/blog Update)");
+        assert!(changes_specs(&ssm));
+        assert!(!changes_specs(&fixture("eventbridge-scheduled.json")));
         assert!(describe_event(&json!({"hello": 1})).starts_with("unrecognised"));
     }
 }

@@ -15,6 +15,7 @@ pub mod planner;
 pub mod reconcile;
 pub mod render;
 pub mod source;
+pub mod warm;
 pub mod zones;
 
 use std::fmt;

@@ -220,7 +220,9 @@ fn plan_records(d: &Desired, o: &Observed, blocked: &BTreeSet<String>, p: &mut P
     }
     // Garbage: records we claimed for hostnames no endpoint wants any more.
     for claim in o.records.iter().filter(|r| r.rtype == "TXT" && r.region.as_deref() == Some(&d.region) && is_ours(r)) {
-        let Some(hostname) = claim.name.strip_prefix("_k3s-asg.").map(|h| h.trim_end_matches('.').to_string()) else { continue };
+        let Some(hostname) = claim.name.strip_prefix("_k3s-asg.").map(|h| h.trim_end_matches('.').to_string()) else {
+            continue;
+        };
         if claim.set_identifier.as_deref() != Some(&owner_set_id(&d.region, &hostname)) {
             continue;
         }

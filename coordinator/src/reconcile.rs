@@ -3,9 +3,10 @@
 
 use crate::alb::LoadBalancer;
 use crate::desired::{desired, Inputs};
-use crate::model::{Observed, Plan, RecordChange, RuleChange};
+use crate::model::{Observed, ObservedRule, Plan, RecordChange, RuleChange};
 use crate::planner::plan;
 use crate::source::SpecSource;
+use crate::warm::{Loaded, Warm};
 use crate::zones::Zones;
 use crate::Error;
 use k3s_asg_aws::params::Prefix;
@@ -26,12 +27,43 @@ pub struct Settings {
     pub owner: String,
 }
 
+/// The specs and the ALB's identity: kept from an earlier reconcile when `warm` has them.
+async fn load(s: &Settings, fx: &Effects, warm: &Warm) -> Result<Loaded, Error> {
+    if let Some((age, loaded)) = warm.loaded() {
+        tracing::debug!(age_s = age.as_secs(), "specs and load balancer as loaded earlier");
+        return Ok(loaded);
+    }
+    let specs = fx.specs.load(&s.prefix, &s.region).await?;
+    let alias = fx.alb.alias_target(&specs.region.alb_arn).await?;
+    let listeners = fx.alb.listeners(&specs.region.alb_arn).await?;
+    tracing::info!(clusters = specs.clusters.len(), endpoints = specs.endpoints.len(), "loaded specs from SSM");
+    let loaded = Loaded { specs, alias, listeners };
+    warm.store(loaded.clone());
+    Ok(loaded)
+}
+
+/// Fills in each rule's owner tag, reading only the tags `warm` does not know.
+async fn fill_owners(rules: &mut [ObservedRule], fx: &Effects, warm: &Warm) -> Result<(), Error> {
+    let arns: Vec<String> = rules.iter().map(|r| r.arn.clone()).collect();
+    let (mut known, unknown) = warm.owners(&arns);
+    if !unknown.is_empty() {
+        let read = fx.alb.owners(&unknown).await?;
+        let learned: Vec<(String, Option<String>)> = unknown.iter().map(|a| (a.clone(), read.get(a).cloned())).collect();
+        known.extend(learned.iter().cloned());
+        warm.remember_owners(&arns, learned);
+    } else {
+        warm.remember_owners(&arns, []);
+    }
+    for r in rules {
+        r.owner = known.get(&r.arn).cloned().flatten();
+    }
+    Ok(())
+}
+
 /// Observes and plans; changes nothing.
-pub async fn compute_plan(s: &Settings, fx: &Effects) -> Result<Plan, Error> {
-    let mut specs = fx.specs.load(&s.prefix, &s.region).await?;
+pub async fn compute_plan(s: &Settings, fx: &Effects, warm: &Warm) -> Result<Plan, Error> {
+    let Loaded { mut specs, alias: alb, listeners: all_listeners } = load(s, fx, warm).await?;
     let health_notes = apply_health(&mut specs, fx).await?;
-    let alb = fx.alb.alias_target(&specs.region.alb_arn).await?;
-    let all_listeners = fx.alb.listeners(&specs.region.alb_arn).await?;
     let mut listeners = BTreeMap::new();
     for l in &specs.region.listener_arns {
         let port = all_listeners.get(l).ok_or_else(|| {
@@ -53,6 +85,7 @@ pub async fn compute_plan(s: &Settings, fx: &Effects) -> Result<Plan, Error> {
     for l in listeners.keys() {
         observed.rules.extend(fx.alb.rules(l).await?);
     }
+    fill_owners(&mut observed.rules, fx, warm).await?;
     // The endpoints' zones and the clusters' API zones: all we look at or collect in.
     let zones: BTreeSet<&String> = d.records.iter().map(|r| &r.zone_id).chain(d.api_names.iter().map(|(z, _)| z)).collect();
     for z in zones {
@@ -72,10 +105,14 @@ async fn apply_health(specs: &mut crate::source::Specs, fx: &Effects) -> Result<
     let mut notes = Vec::new();
     let clusters = specs.clusters.clone();
     for (name, ep) in specs.endpoints.iter_mut() {
-        let Some(health) = ep.health.clone() else { continue };
+        let Some(health) = ep.health.clone() else {
+            continue;
+        };
         let mut passing = BTreeMap::new();
         for cluster in ep.clusters.keys() {
-            let Some(tg) = clusters.get(cluster).and_then(|c| c.ingress()) else { continue };
+            let Some(tg) = clusters.get(cluster).and_then(|c| c.ingress()) else {
+                continue;
+            };
             let targets = fx.targets.healthy(&tg.arn).await?;
             let ids: Vec<String> = targets.iter().map(|(id, _)| id.clone()).collect();
             let addresses = if ids.is_empty() { BTreeMap::new() } else { fx.instances.addresses(&ids).await? };
@@ -100,12 +137,21 @@ async fn apply_health(specs: &mut crate::source::Specs, fx: &Effects) -> Result<
 
 /// Applies the plan; returns it. Retries the whole reconcile when a rule
 /// priority was taken by a concurrent coordinator.
-pub async fn apply(s: &Settings, fx: &Effects) -> Result<Plan, Error> {
+/// On any failure `warm` forgets what it kept, so the next reconcile reads everything.
+pub async fn apply(s: &Settings, fx: &Effects, warm: &Warm) -> Result<Plan, Error> {
+    let result = apply_inner(s, fx, warm).await;
+    if let Err(e) = &result {
+        warm.invalidate(&format!("reconcile failed: {}", e.step));
+    }
+    result
+}
+
+async fn apply_inner(s: &Settings, fx: &Effects, warm: &Warm) -> Result<Plan, Error> {
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let p = compute_plan(s, fx).await?;
-        match perform(&p, s, fx).await {
+        let p = compute_plan(s, fx, warm).await?;
+        match perform(&p, s, fx, warm).await {
             Err(e) if e.retry && attempts < 5 => {
                 tracing::warn!(error = %e, attempt = attempts, "rule priority taken concurrently; planning again");
                 let jitter = rand::random::<u64>() % 500;
@@ -117,7 +163,7 @@ pub async fn apply(s: &Settings, fx: &Effects) -> Result<Plan, Error> {
     }
 }
 
-async fn perform(p: &Plan, s: &Settings, fx: &Effects) -> Result<(), Error> {
+async fn perform(p: &Plan, s: &Settings, fx: &Effects, warm: &Warm) -> Result<(), Error> {
     // Reordering first (one call per listener), so new rules find their slots free.
     let mut moves: BTreeMap<&str, Vec<(String, u32)>> = BTreeMap::new();
     for c in &p.rules {
@@ -130,7 +176,10 @@ async fn perform(p: &Plan, s: &Settings, fx: &Effects) -> Result<(), Error> {
     }
     for c in &p.rules {
         match c {
-            RuleChange::Create { listener, priority, spec, .. } => fx.alb.create_rule(listener, *priority, spec, &s.owner).await?,
+            RuleChange::Create { listener, priority, spec, .. } => {
+                let arn = fx.alb.create_rule(listener, *priority, spec, &s.owner).await?;
+                warm.add_owners([(arn, Some(s.owner.clone()))]);
+            }
             RuleChange::Modify { arn, to, .. } => fx.alb.modify_rule(arn, to).await?,
             RuleChange::Delete { arn, .. } => fx.alb.delete_rule(arn).await?,
             RuleChange::Reprioritize { .. } => {}

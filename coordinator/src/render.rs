@@ -20,7 +20,9 @@ pub fn text(p: &Plan) -> String {
         out.push_str(&match c {
             RuleChange::Create { purpose, priority, spec, .. } => format!("+ rule   {} (priority {priority})   [{purpose}]\n", rule(spec)),
             RuleChange::Modify { purpose, to, arn, .. } => format!("~ rule   {}   [{purpose}] {arn}\n", rule(to)),
-            RuleChange::Delete { hosts, arn, .. } => format!("- rule   host {}   {arn}\n", hosts.join(",")),
+            RuleChange::Delete { hosts, arn, .. } => {
+                format!("- rule   host {}   {arn}\n", hosts.join(","))
+            }
             RuleChange::Reprioritize { host, from, to, arn, .. } => format!("~ order  host {host}: priority {from} → {to}   {arn}\n"),
         });
     }

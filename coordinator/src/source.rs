@@ -6,6 +6,7 @@ use k3s_asg_aws::params::Prefix;
 use k3s_asg_aws::spec::{ClusterSpec, EndpointSpec, RegionSpec};
 use std::collections::BTreeMap;
 
+#[derive(Clone)]
 pub struct Specs {
     pub region: RegionSpec,
     pub clusters: BTreeMap<String, ClusterSpec>,
@@ -58,7 +59,9 @@ impl SpecSource for Ssm {
         let clusters_path = format!("{}/clusters", prefix.as_str());
         let mut clusters = BTreeMap::new();
         for (name, value) in self.by_path(&clusters_path).await? {
-            let Some(cluster) = name.strip_prefix(&format!("{clusters_path}/")).and_then(|r| r.strip_suffix("/config")) else { continue };
+            let Some(cluster) = name.strip_prefix(&format!("{clusters_path}/")).and_then(|r| r.strip_suffix("/config")) else {
+                continue;
+            };
             if cluster.contains('/') {
                 continue;
             }
@@ -67,7 +70,9 @@ impl SpecSource for Ssm {
         let endpoints_path = format!("{}/endpoints", prefix.as_str());
         let mut endpoints = BTreeMap::new();
         for (name, value) in self.by_path(&endpoints_path).await? {
-            let Some(ep) = name.strip_prefix(&format!("{endpoints_path}/")) else { continue };
+            let Some(ep) = name.strip_prefix(&format!("{endpoints_path}/")) else {
+                continue;
+            };
             endpoints.insert(ep.to_string(), EndpointSpec::parse(&name, &value).map_err(Error::spec)?);
         }
         Ok(Specs { region: region_spec, clusters, endpoints })

@@ -154,7 +154,7 @@ resource "aws_lambda_function" "coordinator" {
   timeout       = 300
   memory_size   = 128
   environment {
-    variables = { K3S_ASG_PREFIX = "/k3s-asg", K3S_ASG_OWNER = "k3s-asg" }
+    variables = { K3S_ASG_PREFIX = "/k3s-asg", K3S_ASG_OWNER = "k3s-asg", K3S_ASG_REFRESH_S = "300" }
   }
 }
 
@@ -171,14 +171,33 @@ resource "aws_cloudwatch_event_rule" "asg_events" {
   })
 }
 
+# A warm coordinator keeps the specs it read (K3S_ASG_REFRESH_S); a change under the
+# prefix tells it to read them again at once.
+resource "aws_cloudwatch_event_rule" "spec_changes" {
+  name = "k3s-asg-coordinator-spec-changes"
+  event_pattern = jsonencode({
+    source        = ["aws.ssm"]
+    "detail-type" = ["Parameter Store Change"]
+    detail        = { name = [{ prefix = "/k3s-asg/" }] }
+  })
+}
+
 resource "aws_cloudwatch_event_target" "coordinator" {
-  for_each = { schedule = aws_cloudwatch_event_rule.schedule.name, asg = aws_cloudwatch_event_rule.asg_events.name }
+  for_each = {
+    schedule = aws_cloudwatch_event_rule.schedule.name
+    asg      = aws_cloudwatch_event_rule.asg_events.name
+    specs    = aws_cloudwatch_event_rule.spec_changes.name
+  }
   rule     = each.value
   arn      = aws_lambda_function.coordinator.arn
 }
 
 resource "aws_lambda_permission" "events" {
-  for_each      = { schedule = aws_cloudwatch_event_rule.schedule.arn, asg = aws_cloudwatch_event_rule.asg_events.arn }
+  for_each = {
+    schedule = aws_cloudwatch_event_rule.schedule.arn
+    asg      = aws_cloudwatch_event_rule.asg_events.arn
+    specs    = aws_cloudwatch_event_rule.spec_changes.arn
+  }
   statement_id  = "events-${each.key}"
   action        = "lambda:InvokeFunction"
   function_name = aws_lambda_function.coordinator.function_name

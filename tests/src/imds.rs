@@ -70,7 +70,9 @@ async fn meta(State(state): State<Arc<Mutex<ImdsState>>>, Path(path): Path<Strin
     }
     let path = path.trim_end_matches('/');
     if let Some(rest) = path.strip_prefix("tags/instance") {
-        let Some(tags) = &s.tags else { return StatusCode::NOT_FOUND.into_response() };
+        let Some(tags) = &s.tags else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
         return match rest.strip_prefix('/') {
             None | Some("") => tags.keys().cloned().collect::<Vec<_>>().join("\n").into_response(),
             Some(key) => match tags.get(key) {

@@ -233,6 +233,31 @@ async fn lambda_mode_answers_each_event_with_one_reconcile() {
     assert!(v["event"].as_str().unwrap().starts_with("autoscaling:"), "{v}");
     assert_eq!(v["rule_changes"], 0);
     assert!(writes(&w).is_empty());
+    // Warm: the specs, the listeners and the rules' owner tags were kept from the first event;
+    // only the rules and records themselves were read again.
+    let ops: Vec<String> = w.recorder.calls().into_iter().map(|c| c.operation).collect();
+    for kept in ["GetParameter", "GetParametersByPath", "DescribeTags", "DescribeListeners", "DescribeLoadBalancers"] {
+        assert!(!ops.iter().any(|o| o == kept), "{kept} sent in a warm reconcile: {ops:?}");
+    }
+    assert!(ops.iter().any(|o| o == "DescribeRules"), "{ops:?}");
+
+    // A new endpoint and its Parameter Store Change event: the specs are read again and applied.
+    let zone = w.zone_id().to_string();
+    w.put_param(
+        "/k3s-asg/endpoints/blog",
+        &serde_json::json!({ "hostname": "blog.example.com", "hosted_zone_id": zone, "clusters": { "alpha": 1 }, "listener_port": 443 }).to_string(),
+    )
+    .await
+    .unwrap();
+    w.recorder.clear();
+    api.invoke("req-3", event("ssm-parameter-change.json"));
+    let answers = api.answers(3, std::time::Duration::from_secs(30)).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&answers[2].2).unwrap();
+    assert!(v["event"].as_str().unwrap().starts_with("ssm: Parameter Store Change"), "{v}");
+    assert_eq!(v["rule_changes"], 1, "{v}");
+    assert!(rules_text(&w, &listener).await.contains("blog.example.com"));
+    let ops: Vec<String> = w.recorder.calls().into_iter().map(|c| c.operation).collect();
+    assert!(ops.iter().any(|o| o == "GetParametersByPath"), "{ops:?}");
     drop(function);
 }
 

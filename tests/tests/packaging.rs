@@ -67,8 +67,12 @@ fn policies_cover_every_operation_the_code_calls() {
         let mut missing = Vec::new();
         let mut checked = 0;
         for cap in sources.split('(').skip(1) {
-            let Some(call) = cap.split(')').next() else { continue };
-            let Some((svc, op)) = call.split_once(':') else { continue };
+            let Some(call) = cap.split(')').next() else {
+                continue;
+            };
+            let Some((svc, op)) = call.split_once(':') else {
+                continue;
+            };
             if !["ssm", "ec2", "route53", "elasticloadbalancing", "autoscaling"].contains(&svc) || op.contains(' ') || op.is_empty() {
                 continue;
             }

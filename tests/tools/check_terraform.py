@@ -66,6 +66,9 @@ def main(d):
     fn = resources.get(("aws_lambda_function", "coordinator"))
     if not fn or fn.get("runtime") != "provided.al2023" or fn.get("handler") != "bootstrap":
         problems.append("coordinator Lambda must use the provided.al2023 custom runtime with handler bootstrap")
+    rule = resources.get(("aws_cloudwatch_event_rule", "spec_changes"))
+    if not rule or "aws.ssm" not in str(rule.get("event_pattern", "")):
+        problems.append("coordinator: an EventBridge rule for SSM Parameter Store Change events must invoke it (it keeps specs warm)")
     for v in sorted(set(re.findall(r"\bvar\.([A-Za-z_][A-Za-z0-9_]*)", text)) - variables):
         problems.append(f"var.{v} is used but not declared")
     for ref in re.findall(r'file(?:base64)?\("\$\{path\.module\}/([^"]+)"\)', text):

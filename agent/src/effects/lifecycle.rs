@@ -34,7 +34,9 @@ impl Lifecycle for AutoScaling {
             .send()
             .await
             .map_err(|e| Error::sdk("find the instance's group (autoscaling:DescribeAutoScalingInstances)", instance_id, &e))?;
-        let Some(inst) = resp.auto_scaling_instances().first() else { return Ok(None) };
+        let Some(inst) = resp.auto_scaling_instances().first() else {
+            return Ok(None);
+        };
         if !inst.lifecycle_state().unwrap_or_default().starts_with("Terminating:Wait") {
             return Ok(None);
         }

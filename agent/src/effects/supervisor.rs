@@ -36,7 +36,9 @@ impl Supervisor for HttpsSupervisor {
             tracing::warn!(server = %base, "server's CA does not match the join token's hash; not trusting it");
             return Ok(false);
         }
-        let Ok(certs) = reqwest::Certificate::from_pem_bundle(&cacerts) else { return Ok(false) };
+        let Ok(certs) = reqwest::Certificate::from_pem_bundle(&cacerts) else {
+            return Ok(false);
+        };
         let Ok(trusted) = reqwest::Client::builder().tls_certs_only(certs).timeout(Duration::from_secs(3)).build() else {
             return Ok(false);
         };
