@@ -101,7 +101,7 @@ impl Zones for Route53 {
     }
 
     async fn change(&self, zone_id: &str, changes: &[RecordChange]) -> Result<(), Error> {
-        for chunk in changes.chunks(1000) {
+        for chunk in batches(changes) {
             let mut batch = ChangeBatch::builder().comment("k3s-asg-coordinator");
             for c in chunk {
                 let action = match c {
@@ -120,5 +120,82 @@ impl Zones for Route53 {
                 .map_err(|e| Error::sdk("change records (route53:ChangeResourceRecordSets)", zone_id, &e))?;
         }
         Ok(())
+    }
+}
+
+/// Route53's per-request limits: 1000 changes, 1000 `ResourceRecord` values and 32,000 characters
+/// of values, where an `UPSERT` counts its values twice.
+const MAX_CHANGES: usize = 1000;
+const MAX_VALUES: usize = 1000;
+const MAX_CHARS: usize = 32_000;
+
+/// (values, characters) a change counts against a batch's limits.
+fn weight(c: &RecordChange) -> (usize, usize) {
+    let values: Vec<&String> = match &c.record().data {
+        RecordData::Alias(_) | RecordData::Other => vec![],
+        RecordData::Txt { values, .. } | RecordData::Values { values, .. } => values.iter().collect(),
+    };
+    let factor = if matches!(c, RecordChange::Upsert { .. }) { 2 } else { 1 };
+    (values.len() * factor, values.iter().map(|v| v.len()).sum::<usize>() * factor)
+}
+
+/// Splits changes, in order, into as few requests as Route53's limits allow.
+pub fn batches(changes: &[RecordChange]) -> Vec<&[RecordChange]> {
+    let mut out = Vec::new();
+    let (mut start, mut values, mut chars) = (0, 0, 0);
+    for (i, c) in changes.iter().enumerate() {
+        let (v, ch) = weight(c);
+        if i > start && (i - start == MAX_CHANGES || values + v > MAX_VALUES || chars + ch > MAX_CHARS) {
+            out.push(&changes[start..i]);
+            (start, values, chars) = (i, 0, 0);
+        }
+        values += v;
+        chars += ch;
+    }
+    if start < changes.len() {
+        out.push(&changes[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(upsert: bool, data: RecordData) -> RecordChange {
+        let record = RecordSet { zone_id: "Z".into(), name: "a.example.com.".into(), rtype: "A".into(), set_identifier: None, region: None, data };
+        if upsert {
+            RecordChange::Upsert { purpose: String::new(), record }
+        } else {
+            RecordChange::Delete { purpose: String::new(), record }
+        }
+    }
+
+    fn sizes(changes: &[RecordChange]) -> Vec<usize> {
+        batches(changes).iter().map(|b| b.len()).collect()
+    }
+
+    #[test]
+    fn aliases_go_a_thousand_at_a_time() {
+        let alias = || change(true, RecordData::Alias(AliasTarget { dns_name: "lb.".into(), hosted_zone_id: "Z2".into() }));
+        assert_eq!(sizes(&(0..400).map(|_| alias()).collect::<Vec<_>>()), vec![400]);
+        assert_eq!(sizes(&(0..2500).map(|_| alias()).collect::<Vec<_>>()), vec![1000, 1000, 500]);
+        assert!(batches(&[]).is_empty());
+    }
+
+    #[test]
+    fn upserted_values_count_twice() {
+        let txt = |upsert| change(upsert, RecordData::Txt { ttl: 300, values: vec!["\"heritage=k3s-asg\"".into()] });
+        // 500 UPSERTs of one value = 1000 counted values: one batch; 501 need two.
+        assert_eq!(sizes(&(0..500).map(|_| txt(true)).collect::<Vec<_>>()), vec![500]);
+        assert_eq!(sizes(&(0..501).map(|_| txt(true)).collect::<Vec<_>>()), vec![500, 1]);
+        assert_eq!(sizes(&(0..1000).map(|_| txt(false)).collect::<Vec<_>>()), vec![1000]);
+    }
+
+    #[test]
+    fn characters_are_limited_too() {
+        let long = || change(true, RecordData::Txt { ttl: 300, values: vec!["x".repeat(255)] });
+        // 510 characters counted per UPSERT: 62 fit in 32,000.
+        assert_eq!(sizes(&(0..100).map(|_| long()).collect::<Vec<_>>()), vec![62, 38]);
     }
 }
