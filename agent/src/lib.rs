@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod effects;
 pub mod error;
+pub mod failpoint;
 pub mod join;
 pub mod leave;
 pub mod plan;

@@ -56,7 +56,9 @@ impl State {
         Ok(())
     }
 
+    /// Records a finished step (after its effect: see `failpoint`).
     pub fn step(&mut self, fs: &HostFs, name: &str) -> Result<()> {
+        crate::failpoint::hit(name);
         let at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
         self.steps.push(Step { name: name.to_string(), at_ms });
         tracing::info!(step = name, "done");

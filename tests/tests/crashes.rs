@@ -1,0 +1,127 @@
+//! Crashes: the agent is killed with SIGKILL right after each step of join and
+//! of leave (its `failpoints` crash points, `K3S_ASG_FAILPOINT=STEP`: the step's
+//! effect is done, the state file does not know yet), then started again as
+//! systemd would. It must converge and leave nothing behind: no orphan record
+//! or registration, no half-written file, no second lifecycle completion.
+
+use k3s_asg_testbed::world::{AgentRun, Instance, World};
+use std::path::Path;
+
+const FAILPOINT: &str = "K3S_ASG_FAILPOINT";
+const JOIN_STEPS: &[&str] = &["identity", "token", "render", "start", "ready", "kubeconfigs", "api-record", "registered"];
+const LEAVE_STEPS: &[&str] = &["deregistered", "api-record-removed", "drained", "node-deleted", "k3s-stopped", "lifecycle-completed"];
+
+fn ok(run: &AgentRun) {
+    assert_eq!(run.code, 0, "agent failed:\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+}
+
+fn killed_at(run: &AgentRun, step: &str) {
+    assert_eq!(run.code, -1, "the agent was to die by SIGKILL after {step}:\n{}", run.stderr);
+    assert!(run.stderr.contains(&format!("failpoint {step}")), "{}", run.stderr);
+}
+
+/// Files a crashed atomic write could leave: the temp files of `HostFs`.
+fn leftovers(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.to_string_lossy().ends_with(".k3s-asg-tmp") {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+fn phase(inst: &Instance) -> String {
+    let state = inst.file("/var/lib/k3s-asg/state.json").expect("state file");
+    serde_json::from_str::<serde_json::Value>(&state).expect("state file is whole JSON")["phase"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_each_join_step_the_next_join_converges() {
+    let mut w = World::new().await.unwrap();
+    for step in JOIN_STEPS {
+        // A fresh cluster per step, so the crashed server is the one that initialises it.
+        let cluster = format!("j-{step}");
+        w.create_cluster(&cluster).await.unwrap();
+        let tg = w.clusters[&cluster].target_group_arn.clone();
+        let cp = w.launch(&cluster, "control-plane").await.unwrap();
+        w.agent_env.insert(FAILPOINT.into(), step.to_string());
+        killed_at(&w.agent(&cp, &["join"]).await.unwrap(), step);
+        w.agent_env.remove(FAILPOINT);
+
+        ok(&w.agent(&cp, &["join"]).await.unwrap());
+        let token = w.param(&format!("/k3s-asg/clusters/{cluster}/token")).await.unwrap().expect("token");
+        assert!(token.starts_with("K10"), "after {step}: token secured");
+        assert_eq!(w.api_records(&cluster).await.unwrap(), vec![(cp.id.clone(), vec![cp.ip.clone()])], "after {step}");
+        assert_eq!(w.members(&tg).await.unwrap(), vec![cp.id.clone()], "after {step}");
+        let config = cp.file("/etc/rancher/k3s/config.yaml").expect("config.yaml");
+        assert!(config.contains("cluster-init: true\n"), "after {step}: {config}");
+        assert!(leftovers(&cp.root).is_empty(), "after {step}: {:?}", leftovers(&cp.root));
+        assert_eq!(phase(&cp), "ready", "after {step}");
+        // Converged: a third join changes nothing.
+        w.recorder.clear();
+        ok(&w.agent(&cp, &["join"]).await.unwrap());
+        let writes: Vec<String> = w.recorder.calls().into_iter().filter(|c| c.is_mutating()).map(|c| c.operation).collect();
+        assert!(writes.is_empty(), "after {step}: the rejoin wrote {writes:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_after_each_join_step_converges() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let tg = w.clusters["alpha"].target_group_arn.clone();
+    let cp = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    let mut expected = vec![cp.id.clone()];
+    for step in ["identity", "token", "render", "start", "ready", "registered"] {
+        let node = w.launch("alpha", "node").await.unwrap();
+        w.agent_env.insert(FAILPOINT.into(), step.to_string());
+        killed_at(&w.agent(&node, &["join"]).await.unwrap(), step);
+        w.agent_env.remove(FAILPOINT);
+        ok(&w.agent(&node, &["join"]).await.unwrap());
+        expected.push(node.id.clone());
+        expected.sort();
+        assert_eq!(w.members(&tg).await.unwrap(), expected, "after {step}");
+        assert!(leftovers(&node.root).is_empty(), "after {step}");
+        assert_eq!(phase(&node), "ready");
+    }
+    assert_eq!(w.api_records("alpha").await.unwrap().len(), 1, "nodes publish no API record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_each_leave_step_run_finishes_the_leave() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let tg = w.clusters["alpha"].target_group_arn.clone();
+    let cp = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    for step in LEAVE_STEPS {
+        // A second server (so the first keeps quorum), terminating behind a lifecycle hook.
+        let s = w.launch("alpha", "control-plane").await.unwrap();
+        ok(&w.agent(&s, &["join"]).await.unwrap());
+        w.asg.add(&s.id, "alpha-control-plane", "Terminating:Wait", 30);
+        w.agent_env.insert(FAILPOINT.into(), step.to_string());
+        killed_at(&w.agent(&s, &["leave"]).await.unwrap(), step);
+        w.agent_env.remove(FAILPOINT);
+
+        // systemd restarts `run`, which finds the unfinished leave.
+        let run = w.agent(&s, &["run"]).await.unwrap();
+        ok(&run);
+        assert!(run.stderr.contains("previous leave did not finish"), "after {step}: {}", run.stderr);
+        assert_eq!(w.members(&tg).await.unwrap(), vec![cp.id.clone()], "after {step}");
+        assert_eq!(w.api_records("alpha").await.unwrap(), vec![(cp.id.clone(), vec![cp.ip.clone()])], "after {step}");
+        assert!(!s.path("/run/k3s-stub/active-k3s").exists(), "after {step}: k3s stopped");
+        assert!(s.stub_calls().iter().any(|l| l.contains(&format!("delete node/{}", s.id))), "after {step}");
+        let completions: Vec<_> = w.asg.actions().into_iter().filter(|a| a.0 == "CompleteLifecycleAction" && a.1 == s.id).collect();
+        assert_eq!(completions.len(), 1, "after {step}: exactly one CONTINUE: {completions:?}");
+        assert!(leftovers(&s.root).is_empty(), "after {step}");
+        assert_eq!(phase(&s), "left", "after {step}");
+    }
+}
