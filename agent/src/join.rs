@@ -25,18 +25,65 @@ pub struct Identity {
     pub local_ipv4: String,
 }
 
+/// Who and where this instance is, from IMDS. Everything here is input the agent cannot
+/// do without: an IMDS that does not answer, a 404 or a value that makes no sense is
+/// bad input (exit 2) naming the metadata path; systemd restarts the agent.
 pub async fn identity(fx: &Effects) -> Result<Identity> {
-    let need = |path: &'static str, v: Option<String>| {
-        v.filter(|s| !s.trim().is_empty())
-            .map(|s| s.trim().to_string())
-            .ok_or_else(|| Error::failed("read instance metadata", format!("/latest/meta-data/{path}"), "absent"))
-    };
-    Ok(Identity {
-        instance_id: need("instance-id", fx.metadata.get("instance-id").await?)?,
-        region: need("placement/region", fx.metadata.get("placement/region").await?)?,
-        zone: need("placement/availability-zone", fx.metadata.get("placement/availability-zone").await?)?,
-        local_ipv4: need("local-ipv4", fx.metadata.get("local-ipv4").await?)?,
-    })
+    let mut values = Vec::new();
+    for path in IDENTITY_PATHS {
+        let v = fx.metadata.get(path).await.map_err(|e| {
+            Error::bad_input(
+                "read instance metadata",
+                format!("/latest/meta-data/{path}"),
+                format!(
+                    "IMDS did not answer ({}); is the metadata service enabled (http_endpoint) with a hop limit that reaches this process?",
+                    e.detail
+                ),
+            )
+        })?;
+        values.push(v);
+    }
+    check_identity(values)
+}
+
+const IDENTITY_PATHS: [&str; 4] = ["instance-id", "placement/region", "placement/availability-zone", "local-ipv4"];
+
+/// Checks what IMDS answered for [`IDENTITY_PATHS`], in that order (`None`: 404).
+pub fn check_identity(values: Vec<Option<String>>) -> Result<Identity> {
+    let mut it = IDENTITY_PATHS.iter().zip(values).map(|(path, v)| {
+        let bad = move |why: String| Error::bad_input("read instance metadata", format!("/latest/meta-data/{path}"), why);
+        match v.map(|s| s.trim().to_string()) {
+            None => Err(bad("absent (IMDS answered 404)".into())),
+            Some(s) if s.is_empty() => Err(bad("empty".into())),
+            Some(s) if s.len() > 64 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') => {
+                Err(bad(format!("{:?} is not a metadata value of this kind", s.chars().take(64).collect::<String>())))
+            }
+            Some(s) => Ok((bad, s)),
+        }
+    });
+    let (bad, instance_id) = it.next().expect("four paths")?;
+    let hex = instance_id.strip_prefix("i-").unwrap_or_default();
+    if !(hex.len() == 8 || hex.len() == 17) || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(bad(format!("{instance_id:?} is not an instance id (i- and 8 or 17 hex digits)")));
+    }
+    let (bad, region) = it.next().expect("four paths")?;
+    let parts: Vec<&str> = region.split('-').collect();
+    let region_ok = parts.len() >= 3
+        && parts[..parts.len() - 1].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts[parts.len() - 1].parse::<u8>().is_ok();
+    if !region_ok {
+        return Err(bad(format!("{region:?} is not a region name")));
+    }
+    let (bad, zone) = it.next().expect("four paths")?;
+    let rest = zone.strip_prefix(region.as_str()).unwrap_or_default();
+    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Err(bad(format!("{zone:?} is not an availability zone of {region}")));
+    }
+    let (bad, local_ipv4) = it.next().expect("four paths")?;
+    if local_ipv4.parse::<std::net::Ipv4Addr>().is_err() {
+        return Err(bad(format!("{local_ipv4:?} is not an IPv4 address")));
+    }
+    Ok(Identity { instance_id, region, zone, local_ipv4 })
 }
 
 /// Cluster and role from the instance tags: IMDS when instance metadata tags

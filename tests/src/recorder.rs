@@ -33,9 +33,42 @@ struct Inner {
     calls: Mutex<Vec<Call>>,
     /// Services sent somewhere other than moto (e.g. `autoscaling` → the lifecycle double).
     routes: Mutex<std::collections::BTreeMap<String, String>>,
-    /// Share of calls (0.0–1.0) that fail: half before reaching moto (throttling or 503),
-    /// half after moto applied them (the answer is lost and replaced by a 503).
+    /// Share of calls (0.0–1.0) hit by a fault, each of one [`Fault`] kind picked at random.
     fault_rate: Mutex<f64>,
+    /// Fixed error answers: operation → (HTTP status, error code, message), sent instead of moto's.
+    scripted: Mutex<std::collections::BTreeMap<String, (u16, String, String)>>,
+}
+
+/// What the proxy does to a call picked for a fault. Half of the kinds strike before moto
+/// sees the call, half after moto applied it (so a retry meets its own earlier effect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The service's real throttling error (400 with the protocol's error body).
+    Throttle,
+    /// 503 before the call reaches moto.
+    Unavailable,
+    /// The TCP connection is closed before any answer.
+    DropConnection,
+    /// Applied by moto, answer replaced by a 503.
+    LoseAnswer,
+    /// Applied by moto, then the connection is closed without an answer.
+    DropAfterApply,
+    /// Answered, 0.5–2.5 s late (within the SDK's attempt timeout).
+    Slow,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 6] = [Fault::Throttle, Fault::Unavailable, Fault::DropConnection, Fault::LoseAnswer, Fault::DropAfterApply, Fault::Slow];
+
+    /// The status recorded for the call (0: no answer at all).
+    fn recorded_status(self) -> Option<u16> {
+        match self {
+            Fault::Throttle => Some(400),
+            Fault::Unavailable | Fault::LoseAnswer => Some(503),
+            Fault::DropConnection | Fault::DropAfterApply => Some(0),
+            Fault::Slow => None,
+        }
+    }
 }
 
 pub struct Recorder {
@@ -51,6 +84,7 @@ impl Recorder {
             calls: Mutex::new(Vec::new()),
             routes: Default::default(),
             fault_rate: Mutex::new(0.0),
+            scripted: Default::default(),
         });
         let router = axum::Router::new().fallback(forward).with_state(inner.clone());
         let served = serve("127.0.0.1:0", router).await?;
@@ -75,6 +109,16 @@ impl Recorder {
     }
 
     /// Sends calls signed for `service` to `upstream` instead of moto.
+    /// Answers every `operation` call with this error (in the service's protocol) until
+    /// [`Recorder::clear_scripted`]; moto never sees those calls.
+    pub fn answer_with_error(&self, operation: &str, status: u16, code: &str, message: &str) {
+        self.inner.scripted.lock().unwrap().insert(operation.to_string(), (status, code.to_string(), message.to_string()));
+    }
+
+    pub fn clear_scripted(&self) {
+        self.inner.scripted.lock().unwrap().clear();
+    }
+
     pub fn route(&self, service: &str, upstream: String) {
         self.inner.routes.lock().unwrap().insert(service.to_string(), upstream);
     }
@@ -122,24 +166,40 @@ fn operation(method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> S
     }
 }
 
-/// The throttling error each protocol really sends, so the SDK classifies it as it would in AWS.
-fn throttling(service: &str) -> Response {
+/// An error as each protocol really sends it, so the SDK classifies it as it would in AWS.
+fn error_response(service: &str, status: u16, code: &str, message: &str) -> Response {
     let (ctype, body) = match service {
-        "ssm" => ("application/x-amz-json-1.1", r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#.to_string()),
+        "ssm" => ("application/x-amz-json-1.1", serde_json::json!({ "__type": code, "message": message }).to_string()),
         "ec2" => (
             "text/xml",
-            "<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>fault</RequestID></Response>".to_string(),
+            format!("<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>fault</RequestID></Response>"),
         ),
         "route53" => (
             "text/xml",
-            "<ErrorResponse xmlns=\"https://route53.amazonaws.com/doc/2013-04-01/\"><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>fault</RequestId></ErrorResponse>".to_string(),
+            format!("<ErrorResponse xmlns=\"https://route53.amazonaws.com/doc/2013-04-01/\"><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>fault</RequestId></ErrorResponse>"),
         ),
         _ => (
             "text/xml",
-            "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>fault</RequestId></ErrorResponse>".to_string(),
+            format!("<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>fault</RequestId></ErrorResponse>"),
         ),
     };
-    Response::builder().status(400).header("content-type", ctype).body(Body::from(body)).unwrap()
+    Response::builder().status(status).header("content-type", ctype).body(Body::from(body)).unwrap()
+}
+
+/// The throttling error each protocol really sends.
+fn throttling(service: &str) -> Response {
+    let code = match service {
+        "ssm" => "ThrottlingException",
+        "ec2" => "RequestLimitExceeded",
+        _ => "Throttling",
+    };
+    error_response(service, 400, code, "Rate exceeded")
+}
+
+/// Ends this connection without an answer: unwinding the connection's task closes the
+/// socket (`resume_unwind` skips the panic hook, so nothing is printed).
+fn drop_connection() -> ! {
+    std::panic::resume_unwind(Box::new("fault: connection dropped"))
 }
 
 fn unavailable() -> Response {
@@ -151,14 +211,32 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
     let (caller, service) = credential(&parts.headers);
     let op = operation(&parts.method, parts.uri.path(), &parts.headers, &body);
-    let rate = *inner.fault_rate.lock().unwrap();
-    let roll: f64 = rand::random();
-    if roll < rate / 2.0 {
-        let resp = if roll < rate / 4.0 { throttling(&service) } else { unavailable() };
-        inner.calls.lock().unwrap().push(Call { caller, service, operation: op, at_ms: now_ms(), status: resp.status().as_u16() });
-        return resp;
+    let record = |status: u16| {
+        inner.calls.lock().unwrap().push(Call { caller: caller.clone(), service: service.clone(), operation: op.clone(), at_ms: now_ms(), status })
+    };
+    let scripted = inner.scripted.lock().unwrap().get(&op).cloned();
+    if let Some((status, code, message)) = scripted {
+        record(status);
+        return error_response(&service, status, &code, &message);
     }
-    let lose_answer = roll < rate;
+    let rate = *inner.fault_rate.lock().unwrap();
+    let fault = (rand::random::<f64>() < rate).then(|| Fault::ALL[rand::random_range(0..Fault::ALL.len())]);
+    match fault {
+        Some(Fault::Throttle) => {
+            record(400);
+            return throttling(&service);
+        }
+        Some(Fault::Unavailable) => {
+            record(503);
+            return unavailable();
+        }
+        Some(Fault::DropConnection) => {
+            record(0);
+            drop_connection();
+        }
+        Some(Fault::Slow) => tokio::time::sleep(std::time::Duration::from_millis(rand::random_range(500..2500))).await,
+        _ => {}
+    }
     let upstream = inner.routes.lock().unwrap().get(&service).cloned().unwrap_or_else(|| inner.upstream.clone());
     let url = format!("{}{}", upstream, parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     let mut out = inner.client.request(parts.method.clone(), url).body(body.to_vec());
@@ -175,12 +253,17 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         }
         Err(e) => (StatusCode::BAD_GATEWAY, HeaderMap::new(), e.to_string().into()),
     };
-    if lose_answer {
-        // Applied by moto, but the caller never learns it.
-        inner.calls.lock().unwrap().push(Call { caller, service, operation: op, at_ms: now_ms(), status: 503 });
-        return unavailable();
+    // Applied by moto, but the caller never learns it.
+    match fault {
+        Some(f @ (Fault::LoseAnswer | Fault::DropAfterApply)) => {
+            record(f.recorded_status().unwrap_or(0));
+            if f == Fault::DropAfterApply {
+                drop_connection();
+            }
+            return unavailable();
+        }
+        _ => record(status.as_u16()),
     }
-    inner.calls.lock().unwrap().push(Call { caller, service, operation: op, at_ms: now_ms(), status: status.as_u16() });
     let mut resp = Response::builder().status(status);
     for (k, v) in headers.iter() {
         if k != "content-length" && k != "transfer-encoding" && k != "connection" {
