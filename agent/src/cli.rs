@@ -159,12 +159,10 @@ fn record_failure<T>(fx: &Effects, r: Result<T>) -> Result<T> {
 
 /// Builds the real effects: the region comes from IMDS, clients from the environment.
 pub async fn real_effects(cfg: &AgentConfig) -> Result<Effects> {
-    use effects::metadata::Metadata;
     let metadata = effects::metadata::Imds::from_env()?;
-    let region = metadata
-        .get("placement/region")
+    let region = effects::metadata::required(&metadata, "placement/region")
         .await?
-        .ok_or_else(|| Error::failed("read instance metadata", "/latest/meta-data/placement/region", "absent"))?;
+        .ok_or_else(|| Error::bad_input("read instance metadata", "/latest/meta-data/placement/region", "absent (IMDS answered 404)"))?;
     let sdk = k3s_asg_aws::clients::load(Some(region)).await;
     Ok(Effects {
         metadata: Box::new(metadata),

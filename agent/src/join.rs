@@ -149,6 +149,15 @@ pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
     }
     let mut params = fx.parameters.get(&wanted).await?;
     let spec = cluster_spec(&params, &names.config)?;
+    for secret in [&names.token, &names.admin, &names.drain] {
+        if params.get(secret).is_some_and(|p| !p.secure) {
+            return Err(Error::bad_input(
+                "read parameters",
+                secret,
+                "holds a secret but is not a SecureString; delete it (agents create it as a SecureString) or re-create it with --type SecureString",
+            ));
+        }
+    }
 
     let mut st = State::begin(&fx.fs, &id.instance_id, &cluster, role, "joining")?;
     st.api_hostname = role.is_server().then(|| spec.api.hostname.clone());
@@ -410,4 +419,39 @@ async fn upsert_api_record(fx: &Effects, spec: &ClusterSpec, instance_id: &str, 
         }
     }
     fx.dns.change(zone, &changes).await
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::check_identity;
+
+    fn check(id: &str, region: &str, zone: &str, ip: &str) -> Result<(), String> {
+        let v = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        check_identity(vec![v(id), v(region), v(zone), v(ip)]).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn real_shapes_pass() {
+        check("i-0123456789abcdef0", "us-east-1", "us-east-1a", "10.0.1.7").unwrap();
+        check("i-12345678", "us-gov-west-1", "us-gov-west-1b", "172.31.0.1").unwrap();
+        check("i-0123456789abcdef0", "us-west-2", "us-west-2-lax-1a", "10.0.0.1").unwrap();
+    }
+
+    #[test]
+    fn nonsense_names_the_path() {
+        for (args, path) in [
+            (("i-XYZ", "us-east-1", "us-east-1a", "10.0.0.1"), "instance-id"),
+            (("i-0123456789abcdef", "us-east-1", "us-east-1a", "10.0.0.1"), "instance-id"),
+            (("", "us-east-1", "us-east-1a", "10.0.0.1"), "instance-id"),
+            (("i-12345678", "us_east_1", "us-east-1a", "10.0.0.1"), "placement/region"),
+            (("i-12345678", "useast", "useasta", "10.0.0.1"), "placement/region"),
+            (("i-12345678", "us-east-1", "us-east-1", "10.0.0.1"), "placement/availability-zone"),
+            (("i-12345678", "us-east-1", "eu-west-1a", "10.0.0.1"), "placement/availability-zone"),
+            (("i-12345678", "us-east-1", "us-east-1a", "::1"), "local-ipv4"),
+            (("i-12345678", "us-east-1", "us-east-1a", "10.0.0"), "local-ipv4"),
+        ] {
+            let err = check(args.0, args.1, args.2, args.3).unwrap_err();
+            assert!(err.contains(&format!("/latest/meta-data/{path}")), "{args:?}: {err}");
+        }
+    }
 }

@@ -250,3 +250,117 @@ async fn help_teaches_and_bad_flags_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--prefix"));
 }
+
+/// What a bad-environment case breaks before the agent runs.
+enum Break {
+    /// IMDS answers this value (None: 404) for a path under /latest/meta-data/.
+    Imds(&'static str, Option<&'static str>),
+    /// IMDS accepts connections and never answers.
+    ImdsSilent,
+    /// Nothing listens where IMDS should be.
+    ImdsRefused,
+    /// ssm:GetParameters answers this error code and message.
+    Ssm(&'static str, &'static str),
+    /// The join token exists as a plain String parameter.
+    TokenNotSecure,
+}
+
+struct EnvCase {
+    name: &'static str,
+    breaks: Break,
+    expect: &'static [&'static str],
+}
+
+const KMS_DENIED: &str =
+    "The ciphertext refers to a customer master key that does not exist, does not exist in this region, or you are not allowed to access.";
+
+const ENV_CASES: &[EnvCase] = &[
+    EnvCase { name: "IMDS: instance-id 404", breaks: Break::Imds("instance-id", None), expect: &["/latest/meta-data/instance-id", "404"] },
+    EnvCase {
+        name: "IMDS: instance-id garbage",
+        breaks: Break::Imds("instance-id", Some("hello")),
+        expect: &["/latest/meta-data/instance-id", "not an instance id"],
+    },
+    EnvCase {
+        name: "IMDS: HTML where a value should be",
+        breaks: Break::Imds("instance-id", Some("<html><body>proxy login</body></html>")),
+        expect: &["/latest/meta-data/instance-id", "not a metadata value"],
+    },
+    EnvCase { name: "IMDS: region garbage", breaks: Break::Imds("placement/region", Some("Mars")), expect: &["/latest/meta-data/placement/region"] },
+    EnvCase {
+        name: "IMDS: zone of another region",
+        breaks: Break::Imds("placement/availability-zone", Some("eu-west-1a")),
+        expect: &["/latest/meta-data/placement/availability-zone", "not an availability zone of us-east-1"],
+    },
+    EnvCase { name: "IMDS: local-ipv4 404", breaks: Break::Imds("local-ipv4", None), expect: &["/latest/meta-data/local-ipv4", "404"] },
+    EnvCase {
+        name: "IMDS: local-ipv4 garbage",
+        breaks: Break::Imds("local-ipv4", Some("10.0.0.300")),
+        expect: &["/latest/meta-data/local-ipv4", "not an IPv4 address"],
+    },
+    EnvCase { name: "IMDS: never answers", breaks: Break::ImdsSilent, expect: &["/latest/meta-data/placement/region", "IMDS did not answer"] },
+    EnvCase { name: "IMDS: connection refused", breaks: Break::ImdsRefused, expect: &["/latest/meta-data/placement/region", "IMDS did not answer"] },
+    EnvCase {
+        name: "SSM: not decryptable (KMS access denied)",
+        breaks: Break::Ssm("AccessDeniedException", KMS_DENIED),
+        expect: &["/k3s-asg/clusters/alpha/token", "AccessDeniedException", "kms:Decrypt"],
+    },
+    EnvCase {
+        name: "SSM: KMS key gone",
+        breaks: Break::Ssm("InvalidKeyId", "Key is disabled or does not exist"),
+        expect: &["/k3s-asg/clusters/alpha/config", "InvalidKeyId"],
+    },
+    EnvCase { name: "SSM: token of the wrong type", breaks: Break::TokenNotSecure, expect: &["/k3s-asg/clusters/alpha/token", "not a SecureString"] },
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_metadata_and_parameters_exit_2_and_change_nothing() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    // A listener that accepts and never answers, and a port nobody listens on.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((sock, _)) = silent.accept().await {
+            open.push(sock);
+        }
+    });
+    let refused_url = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    for case in ENV_CASES {
+        let inst = w.launch("alpha", "node").await.unwrap();
+        w.agent_env.remove("AWS_EC2_METADATA_SERVICE_ENDPOINT");
+        w.recorder.clear_scripted();
+        match &case.breaks {
+            Break::Imds(path, value) => inst.imds.set(path, *value),
+            Break::ImdsSilent => {
+                w.agent_env.insert("AWS_EC2_METADATA_SERVICE_ENDPOINT".into(), silent_url.clone());
+            }
+            Break::ImdsRefused => {
+                w.agent_env.insert("AWS_EC2_METADATA_SERVICE_ENDPOINT".into(), refused_url.clone());
+            }
+            Break::Ssm(code, message) => w.recorder.answer_with_error("GetParameters", 400, code, message),
+            Break::TokenNotSecure => w.put_param("/k3s-asg/clusters/alpha/token", "K10abc::server:plaintext").await.unwrap(),
+        }
+        w.recorder.clear();
+        let run = w.agent(&inst, &["join"]).await.unwrap();
+        assert_eq!(run.code, 2, "{}: exit {} stderr:\n{}", case.name, run.code, run.stderr);
+        let last = run.stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with("k3s-asg-agent: error: "), "{}: {last}", case.name);
+        for e in case.expect {
+            assert!(last.contains(e), "{}: expected {e:?} in {last:?}", case.name);
+        }
+        let mutating: Vec<_> = w.recorder.calls().into_iter().filter(|c| c.is_mutating()).collect();
+        assert!(mutating.is_empty(), "{}: mutating calls {mutating:?}", case.name);
+        assert!(!inst.path("/etc").exists(), "{}: wrote under /etc", case.name);
+        assert!(inst.stub_calls().is_empty(), "{}: ran systemctl/k3s", case.name);
+        if matches!(case.breaks, Break::TokenNotSecure) {
+            w.ssm.delete_parameter().name("/k3s-asg/clusters/alpha/token").send().await.unwrap();
+        }
+    }
+    held.abort();
+    assert!(CASES.len() + ENV_CASES.len() >= 45);
+}

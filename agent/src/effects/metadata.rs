@@ -44,3 +44,19 @@ impl Metadata for Imds {
         }
     }
 }
+
+/// A value the agent cannot do without (identity, region). An IMDS that does not answer is
+/// a misconfigured instance, not a blip the SDK's retries did not cover: bad input (exit 2)
+/// naming the path; systemd restarts the agent.
+pub async fn required(m: &dyn Metadata, path: &str) -> Result<Option<String>> {
+    m.get(path).await.map_err(|e| {
+        Error::bad_input(
+            "read instance metadata",
+            format!("/latest/meta-data/{path}"),
+            format!(
+                "IMDS did not answer ({}); is the metadata service enabled (http_endpoint) with a hop limit that reaches this process?",
+                e.detail
+            ),
+        )
+    })
+}

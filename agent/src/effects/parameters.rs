@@ -29,14 +29,21 @@ impl Parameters for Ssm {
     async fn get(&self, names: &[String]) -> Result<BTreeMap<String, Param>> {
         let mut out = BTreeMap::new();
         for chunk in names.chunks(10) {
-            let resp = self
-                .0
-                .get_parameters()
-                .set_names(Some(chunk.to_vec()))
-                .with_decryption(true)
-                .send()
-                .await
-                .map_err(|e| Error::sdk("read parameters (ssm:GetParameters)", chunk.join(","), &e))?;
+            let resp = self.0.get_parameters().set_names(Some(chunk.to_vec())).with_decryption(true).send().await.map_err(|e| {
+                use aws_sdk_ssm::error::ProvideErrorMetadata;
+                match e.code() {
+                    // Not transient: the role may not read them, or their KMS key may not decrypt them.
+                    Some(code @ ("AccessDeniedException" | "InvalidKeyId")) => Error::bad_input(
+                        "read parameters (ssm:GetParameters)",
+                        chunk.join(","),
+                        format!(
+                            "{code}: {}; the instance role needs ssm:GetParameters on these parameters and kms:Decrypt on their key",
+                            e.message().unwrap_or("no message")
+                        ),
+                    ),
+                    _ => Error::sdk("read parameters (ssm:GetParameters)", chunk.join(","), &e),
+                }
+            })?;
             for p in resp.parameters() {
                 if let (Some(name), Some(value)) = (p.name(), p.value()) {
                     let secure = p.r#type() == Some(&ParameterType::SecureString);
