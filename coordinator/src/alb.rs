@@ -30,6 +30,11 @@ pub trait LoadBalancer: Send + Sync {
 
 pub struct Elbv2(pub aws_sdk_elasticloadbalancingv2::Client);
 
+/// The region spec's `alb_arn` names no load balancer: bad input.
+fn not_found(alb_arn: &str) -> Error {
+    Error::bad_input("read load balancer", alb_arn, "no such load balancer (region spec field `alb_arn`)")
+}
+
 fn conditions(spec: &RuleSpec) -> Vec<RuleCondition> {
     let mut c = vec![RuleCondition::builder()
         .field("host-header")
@@ -92,14 +97,11 @@ fn spec_of(rule: &aws_sdk_elasticloadbalancingv2::types::Rule, hosts: &[String])
 #[async_trait]
 impl LoadBalancer for Elbv2 {
     async fn alias_target(&self, alb_arn: &str) -> Result<AliasTarget, Error> {
-        let resp = self
-            .0
-            .describe_load_balancers()
-            .load_balancer_arns(alb_arn)
-            .send()
-            .await
-            .map_err(|e| Error::sdk("read load balancer (elasticloadbalancing:DescribeLoadBalancers)", alb_arn, &e))?;
-        let lb = resp.load_balancers().first().ok_or_else(|| Error::failed("read load balancer", alb_arn, "not found"))?;
+        let resp = self.0.describe_load_balancers().load_balancer_arns(alb_arn).send().await.map_err(|e| match e.as_service_error() {
+            Some(s) if s.is_load_balancer_not_found_exception() => not_found(alb_arn),
+            _ => Error::sdk("read load balancer (elasticloadbalancing:DescribeLoadBalancers)", alb_arn, &e),
+        })?;
+        let lb = resp.load_balancers().first().ok_or_else(|| not_found(alb_arn))?;
         Ok(AliasTarget {
             dns_name: fqdn(lb.dns_name().unwrap_or_default()),
             hosted_zone_id: lb.canonical_hosted_zone_id().unwrap_or_default().to_string(),

@@ -10,6 +10,8 @@ pub fn cluster_host(cluster: &str, region: &str, zone: &str) -> String {
 }
 
 pub struct Inputs<'a> {
+    /// The SSM prefix, to name the parameter at fault.
+    pub prefix: &'a str,
     pub region: &'a str,
     pub owner: &'a str,
     pub region_spec: &'a RegionSpec,
@@ -18,9 +20,16 @@ pub struct Inputs<'a> {
     pub alb: AliasTarget,
     pub clusters: &'a BTreeMap<String, ClusterSpec>,
     pub endpoints: &'a BTreeMap<String, EndpointSpec>,
+    /// hosted zone id → its domain (None: no such zone).
+    pub zone_names: &'a BTreeMap<String, Option<String>>,
 }
 
-/// Builds the desired rules and records; errors name the endpoint or cluster.
+/// Whether `host` (lower case, no trailing dot) lies in the zone `domain`.
+pub fn in_zone(host: &str, domain: &str) -> bool {
+    host == domain || host.strip_suffix(domain).is_some_and(|rest| rest.ends_with('.'))
+}
+
+/// Builds the desired rules and records; each error names the parameter and field at fault.
 pub fn desired(i: &Inputs<'_>) -> Result<Desired, Vec<String>> {
     let mut errors = Vec::new();
     let mut rules = Vec::new();
@@ -46,16 +55,31 @@ pub fn desired(i: &Inputs<'_>) -> Result<Desired, Vec<String>> {
     }
     let mut hostnames: BTreeMap<String, &str> = BTreeMap::new();
     for (name, ep) in i.endpoints {
+        let param = format!("{}/endpoints/{name}", i.prefix);
+        let mut bad = |field: &str, problem: String| errors.push(format!("{param} field `{field}`: {problem}"));
         let host = ep.hostname.trim_end_matches('.').to_ascii_lowercase();
         if let Some(other) = hostnames.insert(host.clone(), name) {
-            errors.push(format!("endpoints {other} and {name} both claim hostname {host}"));
+            bad("hostname", format!("{host} is also the hostname of {}/endpoints/{other}", i.prefix));
             continue;
+        }
+        match i.zone_names.get(&ep.hosted_zone_id) {
+            Some(Some(domain)) if !in_zone(&host, domain) => {
+                bad("hostname", format!("{host} is not in hosted zone {} ({domain})", ep.hosted_zone_id));
+                continue;
+            }
+            Some(None) => {
+                bad("hosted_zone_id", format!("no hosted zone {} in this account", ep.hosted_zone_id));
+                continue;
+            }
+            _ => {}
         }
         let mut forward = Vec::new();
         for (cluster, weight) in &ep.clusters {
             match i.clusters.get(cluster).and_then(|c| c.ingress()) {
                 Some(tg) => forward.push((tg.arn.clone(), *weight)),
-                None => errors.push(format!("endpoint {name}: cluster {cluster} has no spec in this region or no target group marked ingress")),
+                None => {
+                    bad(&format!("clusters.{cluster}"), format!("cluster {cluster} has no spec in this region or no target group marked ingress"))
+                }
             }
         }
         if forward.is_empty() {
@@ -63,7 +87,7 @@ pub fn desired(i: &Inputs<'_>) -> Result<Desired, Vec<String>> {
         }
         let listeners: Vec<&String> = i.listeners.iter().filter(|(_, port)| **port == ep.listener_port).map(|(arn, _)| arn).collect();
         if listeners.is_empty() {
-            errors.push(format!("endpoint {name}: no managed listener on port {}", ep.listener_port));
+            bad("listener_port", format!("no listener of the region spec on port {}", ep.listener_port));
             continue;
         }
         for listener in listeners {
@@ -93,5 +117,19 @@ pub fn desired(i: &Inputs<'_>) -> Result<Desired, Vec<String>> {
         })
     } else {
         Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_zone;
+
+    #[test]
+    fn zone_membership_is_by_label() {
+        assert!(in_zone("blog.example.com", "example.com"));
+        assert!(in_zone("example.com", "example.com"));
+        assert!(in_zone("a.b.example.com", "example.com"));
+        assert!(!in_zone("badexample.com", "example.com"));
+        assert!(!in_zone("blog.example.org", "example.com"));
     }
 }

@@ -36,8 +36,12 @@ async fn load(s: &Settings, fx: &Effects, warm: &Warm) -> Result<Loaded, Error> 
     let specs = fx.specs.load(&s.prefix, &s.region).await?;
     let alias = fx.alb.alias_target(&specs.region.alb_arn).await?;
     let listeners = fx.alb.listeners(&specs.region.alb_arn).await?;
+    let mut zone_names = BTreeMap::new();
+    for zone in specs.endpoints.values().map(|e| &e.hosted_zone_id).collect::<BTreeSet<_>>() {
+        zone_names.insert(zone.clone(), fx.zones.name(zone).await?);
+    }
     tracing::info!(clusters = specs.clusters.len(), endpoints = specs.endpoints.len(), "loaded specs from SSM");
-    let loaded = Loaded { specs, alias, listeners };
+    let loaded = Loaded { specs, alias, listeners, zone_names };
     warm.store(loaded.clone());
     Ok(loaded)
 }
@@ -62,16 +66,22 @@ async fn fill_owners(rules: &mut [ObservedRule], fx: &Effects, warm: &Warm) -> R
 
 /// Observes and plans; changes nothing.
 pub async fn compute_plan(s: &Settings, fx: &Effects, warm: &Warm) -> Result<Plan, Error> {
-    let Loaded { mut specs, alias: alb, listeners: all_listeners } = load(s, fx, warm).await?;
+    let Loaded { mut specs, alias: alb, listeners: all_listeners, zone_names } = load(s, fx, warm).await?;
     let health_notes = apply_health(&mut specs, fx).await?;
     let mut listeners = BTreeMap::new();
     for l in &specs.region.listener_arns {
         let port = all_listeners.get(l).ok_or_else(|| {
-            Error::bad_input("read region spec", s.prefix.region(&s.region), format!("listener {l} is not a listener of {}", specs.region.alb_arn))
+            Error::bad_input(
+                "read region spec",
+                s.prefix.region(&s.region),
+                format!("field `listener_arns`: {l} is not a listener of {}", specs.region.alb_arn),
+            )
         })?;
         listeners.insert(l.clone(), *port);
     }
     let d = desired(&Inputs {
+        prefix: s.prefix.as_str(),
+        zone_names: &zone_names,
         region: &s.region,
         owner: &s.owner,
         region_spec: &specs.region,
@@ -80,7 +90,7 @@ pub async fn compute_plan(s: &Settings, fx: &Effects, warm: &Warm) -> Result<Pla
         clusters: &specs.clusters,
         endpoints: &specs.endpoints,
     })
-    .map_err(|errors| Error::bad_input("compute desired state", s.prefix.as_str(), errors.join("; ")))?;
+    .map_err(|errors| Error::bad_input("check specs", s.prefix.as_str(), errors.join("; ")))?;
     let mut observed = Observed::default();
     for l in listeners.keys() {
         observed.rules.extend(fx.alb.rules(l).await?);

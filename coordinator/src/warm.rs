@@ -24,6 +24,8 @@ pub struct Loaded {
     pub alias: AliasTarget,
     /// listener ARN → port, for every listener of the ALB.
     pub listeners: BTreeMap<String, u16>,
+    /// hosted zone id → its domain (None: no such zone), for every endpoint's zone.
+    pub zone_names: BTreeMap<String, Option<String>>,
 }
 
 pub struct Warm {
@@ -129,6 +131,7 @@ mod tests {
             specs: Specs { region, clusters: BTreeMap::new(), endpoints: BTreeMap::new() },
             alias: AliasTarget { dns_name: "a.".into(), hosted_zone_id: "Z".into() },
             listeners: BTreeMap::new(),
+            zone_names: BTreeMap::new(),
         }
     }
 

@@ -10,6 +10,8 @@ use k3s_asg_aws::names::fqdn;
 
 #[async_trait]
 pub trait Zones: Send + Sync {
+    /// The zone's domain name (lower case, no trailing dot); `None` when there is no such zone.
+    async fn name(&self, zone_id: &str) -> Result<Option<String>, Error>;
     async fn records(&self, zone_id: &str) -> Result<Vec<RecordSet>, Error>;
     /// Applies changes in as few batches as the API allows (1000 changes each).
     async fn change(&self, zone_id: &str, changes: &[RecordChange]) -> Result<(), Error>;
@@ -57,6 +59,14 @@ fn to_set(r: &RecordSet) -> Result<ResourceRecordSet, Error> {
 
 #[async_trait]
 impl Zones for Route53 {
+    async fn name(&self, zone_id: &str) -> Result<Option<String>, Error> {
+        match self.0.get_hosted_zone().id(zone_id).send().await {
+            Ok(resp) => Ok(resp.hosted_zone().map(|z| z.name().trim_end_matches('.').to_ascii_lowercase())),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_hosted_zone() || s.is_invalid_input()) => Ok(None),
+            Err(e) => Err(Error::sdk("read hosted zone (route53:GetHostedZone)", zone_id, &e)),
+        }
+    }
+
     async fn records(&self, zone_id: &str) -> Result<Vec<RecordSet>, Error> {
         let mut out = Vec::new();
         let mut start: Option<(String, RrType, Option<String>)> = None;

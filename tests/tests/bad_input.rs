@@ -364,3 +364,193 @@ async fn bad_metadata_and_parameters_exit_2_and_change_nothing() {
     held.abort();
     assert!(CASES.len() + ENV_CASES.len() >= 45);
 }
+
+/// A coordinator case: parameters written (name under /k3s-asg, JSON with `ZONE` and `ALB`/`LISTENER`
+/// placeholders; None deletes it) before `plan` and `apply`.
+struct SpecCase {
+    name: &'static str,
+    params: &'static [(&'static str, Option<&'static str>)],
+    expect: &'static [&'static str],
+}
+
+const EP: &str = "/k3s-asg/endpoints/blog";
+const RG: &str = "/k3s-asg/regions/us-east-1";
+
+const SPEC_CASES: &[SpecCase] = &[
+    SpecCase {
+        name: "endpoint: clusters of the wrong type",
+        params: &[(EP, Some(r#"{"hostname":"blog.example.com","hosted_zone_id":"ZONE","clusters":["alpha"]}"#))],
+        expect: &[EP, "field `clusters`"],
+    },
+    SpecCase {
+        name: "endpoint: weight as a string",
+        params: &[(EP, Some(r#"{"hostname":"blog.example.com","hosted_zone_id":"ZONE","clusters":{"alpha":"1"}}"#))],
+        expect: &[EP, "field `clusters.alpha`"],
+    },
+    SpecCase {
+        name: "endpoint: weight above 999",
+        params: &[(EP, Some(r#"{"hostname":"blog.example.com","hosted_zone_id":"ZONE","clusters":{"alpha":1000}}"#))],
+        expect: &[EP, "field `clusters.alpha`", "999"],
+    },
+    SpecCase {
+        name: "endpoint: unknown field",
+        params: &[(EP, Some(r#"{"hostname":"blog.example.com","hosted_zone_id":"ZONE","clusters":{"alpha":1},"weights":{}}"#))],
+        expect: &[EP, "unknown field `weights`"],
+    },
+    SpecCase {
+        name: "endpoint: invalid hostname",
+        params: &[(EP, Some(r#"{"hostname":"blog_example.com","hosted_zone_id":"ZONE","clusters":{"alpha":1}}"#))],
+        expect: &[EP, "field `hostname`"],
+    },
+    SpecCase {
+        name: "endpoint: hostname outside its zone",
+        params: &[(EP, Some(r#"{"hostname":"blog.example.org","hosted_zone_id":"ZONE","clusters":{"alpha":1}}"#))],
+        expect: &[EP, "field `hostname`", "not in hosted zone"],
+    },
+    SpecCase {
+        name: "endpoint: hostname that only ends like the zone",
+        params: &[(EP, Some(r#"{"hostname":"blogexample.com","hosted_zone_id":"ZONE","clusters":{"alpha":1}}"#))],
+        expect: &[EP, "field `hostname`", "not in hosted zone"],
+    },
+    SpecCase {
+        name: "endpoint: no such hosted zone",
+        params: &[(EP, Some(r#"{"hostname":"blog.example.com","hosted_zone_id":"Z0NOSUCHZONE","clusters":{"alpha":1}}"#))],
+        expect: &[EP, "field `hosted_zone_id`"],
+    },
+    SpecCase {
+        name: "endpoint: malformed hosted zone id",
+        params: &[(EP, Some(r#"{"hostname":"blog.example.com","hosted_zone_id":"zone-1","clusters":{"alpha":1}}"#))],
+        expect: &[EP, "field `hosted_zone_id`"],
+    },
+    SpecCase {
+        name: "endpoint: too many clusters for one forward action",
+        params: &[(EP, Some(r#"{"hostname":"blog.example.com","hosted_zone_id":"ZONE","clusters":{"a":1,"b":1,"c":1,"d":1,"e":1,"f":1}}"#))],
+        expect: &[EP, "field `clusters`", "at most 5"],
+    },
+    SpecCase {
+        name: "endpoint: no clusters",
+        params: &[(EP, Some(r#"{"hostname":"blog.example.com","hosted_zone_id":"ZONE","clusters":{}}"#))],
+        expect: &[EP, "field `clusters`"],
+    },
+    SpecCase {
+        name: "endpoint: cluster without a spec",
+        params: &[(EP, Some(r#"{"hostname":"blog.example.com","hosted_zone_id":"ZONE","clusters":{"ghost":1}}"#))],
+        expect: &[EP, "field `clusters.ghost`"],
+    },
+    SpecCase {
+        name: "endpoint: duplicate hostname",
+        params: &[
+            (EP, Some(r#"{"hostname":"blog.example.com","hosted_zone_id":"ZONE","clusters":{"alpha":1}}"#)),
+            ("/k3s-asg/endpoints/blog2", Some(r#"{"hostname":"blog.example.com","hosted_zone_id":"ZONE","clusters":{"alpha":1}}"#)),
+        ],
+        expect: &["/k3s-asg/endpoints/blog2", "field `hostname`", "also the hostname of /k3s-asg/endpoints/blog"],
+    },
+    SpecCase {
+        name: "endpoint: no listener on its port",
+        params: &[(EP, Some(r#"{"hostname":"blog.example.com","hosted_zone_id":"ZONE","clusters":{"alpha":1},"listener_port":8443}"#))],
+        expect: &[EP, "field `listener_port`"],
+    },
+    SpecCase {
+        name: "endpoint: bad CIDR",
+        params: &[(EP, Some(r#"{"hostname":"blog.example.com","hosted_zone_id":"ZONE","clusters":{"alpha":1},"restricted_cidrs":["10.0.0.0/33"]}"#))],
+        expect: &[EP, "field `restricted_cidrs[0]`"],
+    },
+    SpecCase {
+        name: "endpoint: health path without '/'",
+        params: &[(EP, Some(r#"{"hostname":"blog.example.com","hosted_zone_id":"ZONE","clusters":{"alpha":1},"health":{"path":"healthz"}}"#))],
+        expect: &[EP, "field `health.path`"],
+    },
+    SpecCase { name: "endpoint: not JSON", params: &[(EP, Some("hostname=blog.example.com"))], expect: &[EP, "(document)"] },
+    SpecCase { name: "region: spec missing", params: &[(RG, None)], expect: &[RG, "does not exist"] },
+    SpecCase {
+        name: "region: not an ALB ARN",
+        params: &[(
+            RG,
+            Some(
+                r#"{"alb_arn":"arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/net/x/1","listener_arns":["LISTENER"],"zone":"example.com"}"#,
+            ),
+        )],
+        expect: &[RG, "field `alb_arn`"],
+    },
+    SpecCase {
+        name: "region: no such ALB",
+        params: &[(
+            RG,
+            Some(
+                r#"{"alb_arn":"arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/gone/1","listener_arns":["LISTENER"],"zone":"example.com"}"#,
+            ),
+        )],
+        expect: &["loadbalancer/app/gone/1", "field `alb_arn`"],
+    },
+    SpecCase {
+        name: "region: listener of another ALB",
+        params: &[(
+            RG,
+            Some(
+                r#"{"alb_arn":"ALB","listener_arns":["arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/other/1/2"],"zone":"example.com"}"#,
+            ),
+        )],
+        expect: &[RG, "field `listener_arns`"],
+    },
+    SpecCase {
+        name: "region: no listeners",
+        params: &[(RG, Some(r#"{"alb_arn":"ALB","listener_arns":[],"zone":"example.com"}"#))],
+        expect: &[RG, "field `listener_arns`"],
+    },
+    SpecCase {
+        name: "region: unknown field",
+        params: &[(RG, Some(r#"{"alb_arn":"ALB","listener_arns":["LISTENER"],"zone":"example.com","rules":100}"#))],
+        expect: &[RG, "unknown field `rules`"],
+    },
+    SpecCase {
+        name: "region: invalid zone",
+        params: &[(RG, Some(r#"{"alb_arn":"ALB","listener_arns":["LISTENER"],"zone":"example..com"}"#))],
+        expect: &[RG, "field `zone`"],
+    },
+    SpecCase {
+        name: "region: quota of the wrong type",
+        params: &[(RG, Some(r#"{"alb_arn":"ALB","listener_arns":["LISTENER"],"zone":"example.com","rules_quota":"100"}"#))],
+        expect: &[RG, "field `rules_quota`"],
+    },
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_bad_specs_exit_2_name_the_field_and_change_nothing() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let (alb, listener) = w.create_alb(443, 100).await.unwrap();
+    let good_region = w.param(RG).await.unwrap().unwrap();
+    let zone = w.zone_id().to_string();
+    let fill = |json: &str| json.replace("ZONE", &zone).replace("\"ALB\"", &format!("{alb:?}")).replace("\"LISTENER\"", &format!("{listener:?}"));
+    for case in SPEC_CASES {
+        for (name, value) in case.params {
+            match value {
+                Some(v) => w.put_param(name, &fill(v)).await.unwrap(),
+                None => {
+                    w.ssm.delete_parameter().name(*name).send().await.unwrap();
+                }
+            }
+        }
+        w.recorder.clear();
+        for command in ["plan", "apply"] {
+            let run = w.coordinator(&[command]).await.unwrap();
+            assert_eq!(run.code, 2, "{} ({command}): exit {} stderr:\n{}", case.name, run.code, run.stderr);
+            let last = run.stderr.lines().last().unwrap_or_default();
+            assert!(last.starts_with("k3s-asg-coordinator: error: "), "{}: {last}", case.name);
+            for e in case.expect {
+                assert!(last.contains(e), "{} ({command}): expected {e:?} in {last:?}", case.name);
+            }
+        }
+        let mutating: Vec<_> = w.recorder.calls().into_iter().filter(|c| c.is_mutating()).collect();
+        assert!(mutating.is_empty(), "{}: mutating calls {mutating:?}", case.name);
+        // Back to a good state for the next case.
+        for (name, _) in case.params {
+            if name.starts_with("/k3s-asg/endpoints/") {
+                w.ssm.delete_parameter().name(*name).send().await.unwrap();
+            }
+        }
+        w.put_param(RG, &good_region).await.unwrap();
+    }
+    assert!(w.rules(&listener).await.unwrap().is_empty(), "no rule was ever created");
+    assert!(SPEC_CASES.len() >= 20);
+}
