@@ -17,13 +17,8 @@ use k3s_asg_aws::tags::Role;
 use std::collections::BTreeMap;
 
 /// Who this instance is, from IMDSv2.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub instance_id: String,
-    pub region: String,
-    pub zone: String,
-    pub local_ipv4: String,
-}
+pub use k3s_asg_aws::imds::Identity;
+use k3s_asg_aws::imds::IDENTITY_PATHS;
 
 /// Who and where this instance is, from IMDS. Everything here is input the agent cannot
 /// do without: an IMDS that does not answer, a 404 or a value that makes no sense is
@@ -43,47 +38,7 @@ pub async fn identity(fx: &Effects) -> Result<Identity> {
         })?;
         values.push(v);
     }
-    check_identity(values)
-}
-
-const IDENTITY_PATHS: [&str; 4] = ["instance-id", "placement/region", "placement/availability-zone", "local-ipv4"];
-
-/// Checks what IMDS answered for [`IDENTITY_PATHS`], in that order (`None`: 404).
-pub fn check_identity(values: Vec<Option<String>>) -> Result<Identity> {
-    let mut it = IDENTITY_PATHS.iter().zip(values).map(|(path, v)| {
-        let bad = move |why: String| Error::bad_input("read instance metadata", format!("/latest/meta-data/{path}"), why);
-        match v.map(|s| s.trim().to_string()) {
-            None => Err(bad("absent (IMDS answered 404)".into())),
-            Some(s) if s.is_empty() => Err(bad("empty".into())),
-            Some(s) if s.len() > 64 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') => {
-                Err(bad(format!("{:?} is not a metadata value of this kind", s.chars().take(64).collect::<String>())))
-            }
-            Some(s) => Ok((bad, s)),
-        }
-    });
-    let (bad, instance_id) = it.next().expect("four paths")?;
-    let hex = instance_id.strip_prefix("i-").unwrap_or_default();
-    if !(hex.len() == 8 || hex.len() == 17) || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return Err(bad(format!("{instance_id:?} is not an instance id (i- and 8 or 17 hex digits)")));
-    }
-    let (bad, region) = it.next().expect("four paths")?;
-    let parts: Vec<&str> = region.split('-').collect();
-    let region_ok = parts.len() >= 3
-        && parts[..parts.len() - 1].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
-        && parts[parts.len() - 1].parse::<u8>().is_ok();
-    if !region_ok {
-        return Err(bad(format!("{region:?} is not a region name")));
-    }
-    let (bad, zone) = it.next().expect("four paths")?;
-    let rest = zone.strip_prefix(region.as_str()).unwrap_or_default();
-    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-        return Err(bad(format!("{zone:?} is not an availability zone of {region}")));
-    }
-    let (bad, local_ipv4) = it.next().expect("four paths")?;
-    if local_ipv4.parse::<std::net::Ipv4Addr>().is_err() {
-        return Err(bad(format!("{local_ipv4:?} is not an IPv4 address")));
-    }
-    Ok(Identity { instance_id, region, zone, local_ipv4 })
+    k3s_asg_aws::imds::check_identity(values).map_err(|e| Error::bad_input("read instance metadata", format!("/latest/meta-data/{}", e.path), e.problem))
 }
 
 /// Cluster and role from the instance tags: IMDS when instance metadata tags
@@ -94,7 +49,7 @@ pub async fn cluster_and_role(cfg: &AgentConfig, fx: &Effects, instance_id: &str
         Some(listing) => {
             let mut tags = BTreeMap::new();
             for key in [&keys.cluster, &keys.role] {
-                if listing.lines().any(|l| l.trim() == key) {
+                if k3s_asg_aws::imds::tag_keys(&listing).contains(&key.as_str()) {
                     if let Some(v) = fx.metadata.get(&format!("tags/instance/{key}")).await? {
                         tags.insert(key.clone(), v);
                     }
@@ -419,39 +374,4 @@ async fn upsert_api_record(fx: &Effects, spec: &ClusterSpec, instance_id: &str, 
         }
     }
     fx.dns.change(zone, &changes).await
-}
-
-#[cfg(test)]
-mod identity_tests {
-    use super::check_identity;
-
-    fn check(id: &str, region: &str, zone: &str, ip: &str) -> Result<(), String> {
-        let v = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        check_identity(vec![v(id), v(region), v(zone), v(ip)]).map(|_| ()).map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn real_shapes_pass() {
-        check("i-0123456789abcdef0", "us-east-1", "us-east-1a", "10.0.1.7").unwrap();
-        check("i-12345678", "us-gov-west-1", "us-gov-west-1b", "172.31.0.1").unwrap();
-        check("i-0123456789abcdef0", "us-west-2", "us-west-2-lax-1a", "10.0.0.1").unwrap();
-    }
-
-    #[test]
-    fn nonsense_names_the_path() {
-        for (args, path) in [
-            (("i-XYZ", "us-east-1", "us-east-1a", "10.0.0.1"), "instance-id"),
-            (("i-0123456789abcdef", "us-east-1", "us-east-1a", "10.0.0.1"), "instance-id"),
-            (("", "us-east-1", "us-east-1a", "10.0.0.1"), "instance-id"),
-            (("i-12345678", "us_east_1", "us-east-1a", "10.0.0.1"), "placement/region"),
-            (("i-12345678", "useast", "useasta", "10.0.0.1"), "placement/region"),
-            (("i-12345678", "us-east-1", "us-east-1", "10.0.0.1"), "placement/availability-zone"),
-            (("i-12345678", "us-east-1", "eu-west-1a", "10.0.0.1"), "placement/availability-zone"),
-            (("i-12345678", "us-east-1", "us-east-1a", "::1"), "local-ipv4"),
-            (("i-12345678", "us-east-1", "us-east-1a", "10.0.0"), "local-ipv4"),
-        ] {
-            let err = check(args.0, args.1, args.2, args.3).unwrap_err();
-            assert!(err.contains(&format!("/latest/meta-data/{path}")), "{args:?}: {err}");
-        }
-    }
 }

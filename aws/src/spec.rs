@@ -266,7 +266,8 @@ fn parse_json<T: serde::de::DeserializeOwned>(parameter: &str, json: &str) -> Re
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
-        let field = if field == "." { "(document)".to_string() } else { field };
+        // "." is the document itself; "" is a key that is the empty string (found by fuzz/specs).
+        let field = if field == "." || field.is_empty() { "(document)".to_string() } else { field };
         SpecError { parameter: parameter.to_string(), field, problem: e.into_inner().to_string() }
     })
 }
@@ -497,6 +498,13 @@ mod tests {
           "k3s": { "server": { "disable": ["servicelb"] }, "agent": {} },
           "drain": { "timeout_s": 360, "grace_period_s": 180 }
         }"#
+    }
+
+    #[test]
+    fn an_empty_key_is_named_as_the_document() {
+        let e = EndpointSpec::parse("/p", r#"{"hostname":"a.example.com","":1}"#).unwrap_err();
+        assert_eq!(e.field, "(document)");
+        assert!(e.problem.contains("unknown field"), "{e:?}");
     }
 
     #[test]
