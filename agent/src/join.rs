@@ -38,7 +38,8 @@ pub async fn identity(fx: &Effects) -> Result<Identity> {
         })?;
         values.push(v);
     }
-    k3s_asg_aws::imds::check_identity(values).map_err(|e| Error::bad_input("read instance metadata", format!("/latest/meta-data/{}", e.path), e.problem))
+    k3s_asg_aws::imds::check_identity(values)
+        .map_err(|e| Error::bad_input("read instance metadata", format!("/latest/meta-data/{}", e.path), e.problem))
 }
 
 /// Cluster and role from the instance tags: IMDS when instance metadata tags

@@ -19,6 +19,7 @@ pub mod lambda_api;
 pub mod lifecycle;
 pub mod moto;
 pub mod recorder;
+pub mod reliability;
 pub mod supervisor;
 pub mod world;
 

@@ -3,6 +3,8 @@
 
 use k3s_asg_testbed::world::World;
 
+const HELD_AGENT: &str = "exit 2, 0 mutating AWS calls, nothing under /etc, no systemctl/k3s";
+
 struct Case {
     name: &'static str,
     tags: &'static [(&'static str, &'static str)],
@@ -233,6 +235,7 @@ async fn bad_input_exits_2_names_the_culprit_and_changes_nothing() {
         assert!(mutating.is_empty(), "{}: mutating calls {mutating:?}", case.name);
         assert!(!inst.path("/etc").exists(), "{}: wrote under /etc", case.name);
         assert!(inst.stub_calls().is_empty(), "{}: ran systemctl/k3s", case.name);
+        k3s_asg_testbed::reliability::held("Bad input: agent tags and cluster spec", case.name, 1, &format!("{HELD_AGENT}: `{last}`"));
     }
     assert!(w.param("/k3s-asg/clusters/alpha/token").await.unwrap().is_none());
     assert!(CASES.len() >= 30, "the corpus has {} cases", CASES.len());
@@ -357,6 +360,7 @@ async fn bad_metadata_and_parameters_exit_2_and_change_nothing() {
         assert!(mutating.is_empty(), "{}: mutating calls {mutating:?}", case.name);
         assert!(!inst.path("/etc").exists(), "{}: wrote under /etc", case.name);
         assert!(inst.stub_calls().is_empty(), "{}: ran systemctl/k3s", case.name);
+        k3s_asg_testbed::reliability::held("Bad input: IMDS and SSM", case.name, 1, &format!("{HELD_AGENT}: `{last}`"));
         if matches!(case.breaks, Break::TokenNotSecure) {
             w.ssm.delete_parameter().name("/k3s-asg/clusters/alpha/token").send().await.unwrap();
         }
@@ -532,6 +536,7 @@ async fn coordinator_bad_specs_exit_2_name_the_field_and_change_nothing() {
             }
         }
         w.recorder.clear();
+        let mut last_apply = String::new();
         for command in ["plan", "apply"] {
             let run = w.coordinator(&[command]).await.unwrap();
             assert_eq!(run.code, 2, "{} ({command}): exit {} stderr:\n{}", case.name, run.code, run.stderr);
@@ -540,9 +545,16 @@ async fn coordinator_bad_specs_exit_2_name_the_field_and_change_nothing() {
             for e in case.expect {
                 assert!(last.contains(e), "{} ({command}): expected {e:?} in {last:?}", case.name);
             }
+            last_apply = last.to_string();
         }
         let mutating: Vec<_> = w.recorder.calls().into_iter().filter(|c| c.is_mutating()).collect();
         assert!(mutating.is_empty(), "{}: mutating calls {mutating:?}", case.name);
+        k3s_asg_testbed::reliability::held(
+            "Bad input: coordinator specs",
+            case.name,
+            1,
+            &format!("plan and apply exit 2, 0 mutating AWS calls: `{last_apply}`"),
+        );
         // Back to a good state for the next case.
         for (name, _) in case.params {
             if name.starts_with("/k3s-asg/endpoints/") {

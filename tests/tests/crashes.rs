@@ -69,6 +69,12 @@ async fn killed_after_each_join_step_the_next_join_converges() {
         ok(&w.agent(&cp, &["join"]).await.unwrap());
         let writes: Vec<String> = w.recorder.calls().into_iter().filter(|c| c.is_mutating()).map(|c| c.operation).collect();
         assert!(writes.is_empty(), "after {step}: the rejoin wrote {writes:?}");
+        k3s_asg_testbed::reliability::held(
+            "Crashes",
+            &format!("kill -9 right after join step `{step}` (the initialising server), then join again"),
+            1,
+            "exit 0; token secured; exactly 1 API record and 1 registration; config.yaml whole; no temp files; a third join writes nothing",
+        );
     }
 }
 
@@ -91,6 +97,12 @@ async fn a_node_killed_after_each_join_step_converges() {
         assert_eq!(w.members(&tg).await.unwrap(), expected, "after {step}");
         assert!(leftovers(&node.root).is_empty(), "after {step}");
         assert_eq!(phase(&node), "ready");
+        k3s_asg_testbed::reliability::held(
+            "Crashes",
+            &format!("kill -9 right after join step `{step}` (a node), then join again"),
+            1,
+            "exit 0; registered once; no temp files; state `ready`",
+        );
     }
     assert_eq!(w.api_records("alpha").await.unwrap().len(), 1, "nodes publish no API record");
 }
@@ -123,5 +135,11 @@ async fn killed_after_each_leave_step_run_finishes_the_leave() {
         assert_eq!(completions.len(), 1, "after {step}: exactly one CONTINUE: {completions:?}");
         assert!(leftovers(&s.root).is_empty(), "after {step}");
         assert_eq!(phase(&s), "left", "after {step}");
+        k3s_asg_testbed::reliability::held(
+            "Crashes",
+            &format!("kill -9 right after leave step `{step}` (a server behind a lifecycle hook), then `run`"),
+            1,
+            "run finishes the leave: deregistered; own API record gone, the other kept; Node deleted; k3s stopped; exactly one CONTINUE; no temp files",
+        );
     }
 }

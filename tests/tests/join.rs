@@ -103,6 +103,12 @@ async fn first_server_initialises_then_node_joins() {
     }
     // IMDSv1 was never attempted.
     assert_eq!(cp.imds.state.lock().unwrap().refused, 0);
+    k3s_asg_testbed::reliability::held(
+        "Secrets",
+        "token and kubeconfigs (and every line of them) searched in the output of join and status, text and JSON",
+        1,
+        "none found; config.yaml is 0600; IMDSv1 never attempted (0 refused calls)",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,6 +143,7 @@ async fn five_servers_at_once_elect_exactly_one() {
             assert!(!r.stderr.contains(s.as_str()) && !r.stdout.contains(s.as_str()), "a secret leaked into a server's log");
         }
     }
+    k3s_asg_testbed::reliability::held("Secrets", "token and kubeconfigs searched in the logs of 5 servers joining at once", 1, "none found");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -205,6 +205,12 @@ async fn killed_mid_leave_the_next_run_finishes_the_job() {
     assert_eq!(w.members(&tg).await.unwrap(), vec![cp.id.clone()]);
     assert!(!node.path("/run/k3s-stub/active-k3s-agent").exists());
     assert!(node.stub_calls().iter().any(|l| l.contains("delete node/")));
+    k3s_asg_testbed::reliability::held(
+        "Crashes",
+        "kill -9 in the middle of a 30 s drain, then `run`",
+        1,
+        "run finishes the leave: deregistered, Node deleted, k3s stopped",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,12 @@ async fn ten_servers_at_once_elect_exactly_one_twenty_times() {
         assert_eq!(tokens.len(), 1, "repetition {rep}: joiners disagree on the token");
         assert!(tokens.iter().next().unwrap().contains(&token), "repetition {rep}: joiners use the secured token");
     }
+    k3s_asg_testbed::reliability::held(
+        "Races",
+        &format!("{SERVERS} control-plane agents join a fresh cluster at once"),
+        REPETITIONS,
+        "exactly one cluster-init every time; one API record and one registration per server; every joiner uses the secured token",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,4 +91,10 @@ async fn a_join_while_the_coordinator_collects_garbage() {
     ok(&w.coordinator(&["apply"]).await.unwrap());
     let writes: Vec<String> = w.recorder.calls().into_iter().filter(|c| c.is_mutating()).map(|c| c.operation).collect();
     assert!(writes.is_empty(), "{writes:?}");
+    k3s_asg_testbed::reliability::held(
+        "Races",
+        "2 servers join while 3 coordinators collect the API records of 3 dead servers",
+        1,
+        "all exit 0; the live servers' records kept, the dead ones' gone; registrations kept; one more apply writes nothing",
+    );
 }
