@@ -241,7 +241,8 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     let url = format!("{}{}", upstream, parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     let mut out = inner.client.request(parts.method.clone(), url).body(body.to_vec());
     for (k, v) in parts.headers.iter() {
-        if k != "host" && k != "content-length" {
+        // The Host header is kept: it is signed (SigV4), and moto checks signatures when IAM is enforced.
+        if k != "content-length" {
             out = out.header(k, v);
         }
     }

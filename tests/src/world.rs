@@ -112,6 +112,8 @@ impl Running {
 
 pub struct World {
     pub moto: Moto,
+    /// Route53's own moto server, when the world was built with one.
+    pub dns_moto: Option<Moto>,
     pub recorder: Recorder,
     pub asg: LifecycleDouble,
     pub ec2: aws_sdk_ec2::Client,
@@ -128,6 +130,8 @@ pub struct World {
     pub clusters: BTreeMap<String, Cluster>,
     /// Extra environment for every agent run.
     pub agent_env: BTreeMap<String, String>,
+    /// Extra environment for every coordinator run (applied last, so it can override).
+    pub coordinator_env: BTreeMap<String, String>,
 }
 
 async fn create_subnet(ec2: &aws_sdk_ec2::Client, vpc_id: &str, cidr: &str, az_letter: &str) -> anyhow::Result<String> {
@@ -156,10 +160,24 @@ pub fn agent_bin() -> PathBuf {
 
 impl World {
     pub async fn new() -> anyhow::Result<World> {
+        Self::build(false).await
+    }
+
+    /// A world whose Route53 lives in a second moto server (for the IAM test: moto's
+    /// signature check fails every Route53 call, so Route53 stays outside enforcement).
+    pub async fn with_separate_route53() -> anyhow::Result<World> {
+        Self::build(true).await
+    }
+
+    async fn build(separate_route53: bool) -> anyhow::Result<World> {
         let moto = Moto::start().await?;
         let recorder = Recorder::start(moto.url()).await?;
         let asg = LifecycleDouble::start().await?;
         recorder.route("autoscaling", asg.url());
+        let dns_moto = if separate_route53 { Some(Moto::start().await?) } else { None };
+        if let Some(dns) = &dns_moto {
+            recorder.route("route53", dns.url());
+        }
         let creds = aws_sdk_ec2::config::Credentials::new("AKIATESTBED", "testbed-secret", None, None, "testbed");
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(REGION))
@@ -172,7 +190,10 @@ impl World {
         let vpc_id =
             ec2.create_vpc().cidr_block(format!("127.{net}.0.0/16")).send().await?.vpc().and_then(|v| v.vpc_id()).context("vpc id")?.to_string();
         let subnet_id = create_subnet(&ec2, &vpc_id, &format!("127.{net}.0.0/20"), "a").await?;
-        let route53 = aws_sdk_route53::Client::new(&sdk);
+        let route53 = match &dns_moto {
+            Some(dns) => aws_sdk_route53::Client::from_conf(aws_sdk_route53::config::Builder::from(&sdk).endpoint_url(dns.url()).build()),
+            None => aws_sdk_route53::Client::new(&sdk),
+        };
         let zone = route53.create_hosted_zone().name(ZONE_NAME).caller_reference(format!("testbed-{net}")).send().await?;
         let zone_id = zone.hosted_zone().context("zone")?.id().trim_start_matches("/hostedzone/").to_string();
         let readiness_status = Arc::new(AtomicU16::new(200));
@@ -193,6 +214,7 @@ impl World {
             route53,
             ec2,
             moto,
+            dns_moto,
             recorder,
             asg,
             net,
@@ -204,6 +226,7 @@ impl World {
             dir,
             clusters: BTreeMap::new(),
             agent_env: BTreeMap::new(),
+            coordinator_env: BTreeMap::new(),
         })
     }
 
@@ -410,6 +433,9 @@ impl World {
             .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.path().join("aws-config"))
             .env("AWS_REGION", REGION)
             .kill_on_drop(true);
+        for (k, v) in &self.coordinator_env {
+            cmd.env(k, v);
+        }
         cmd
     }
 

@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
         writeln!(out)?;
     }
     // A fixed order of areas, whatever order the tests ran in.
-    const ORDER: [&str; 7] = [
+    const ORDER: [&str; 8] = [
         "AWS faults",
         "Crashes",
         "Races",
@@ -57,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         "Bad input: IMDS and SSM",
         "Bad input: coordinator specs",
         "Secrets",
+        "Least privilege",
     ];
     areas.sort_by_key(|a| ORDER.iter().position(|o| o == a).unwrap_or(ORDER.len()));
     for area in &areas {
