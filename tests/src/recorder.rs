@@ -45,7 +45,7 @@ struct Inner {
 pub enum Fault {
     /// The service's real throttling error (400 with the protocol's error body).
     Throttle,
-    /// 503 before the call reaches moto.
+    /// 500 or 503 before the call reaches moto.
     Unavailable,
     /// The TCP connection is closed before any answer.
     DropConnection,
@@ -227,8 +227,9 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             return throttling(&service);
         }
         Some(Fault::Unavailable) => {
-            record(503);
-            return unavailable();
+            let status = if rand::random::<bool>() { 500 } else { 503 };
+            record(status);
+            return Response::builder().status(status).body(Body::from("server error")).unwrap();
         }
         Some(Fault::DropConnection) => {
             record(0);

@@ -94,6 +94,48 @@ impl AgentRun {
 /// An agent running in the background.
 pub struct Running {
     child: tokio::process::Child,
+    scan: SecretScan,
+}
+
+/// Every captured output of the agent and the coordinator is searched for the secrets the
+/// world holds at that moment (join token, kubeconfigs and their key lines, the drain
+/// service-account token), and every secret-bearing file the agent writes must be 0600.
+/// A leak fails the test that ran the program, whatever that test is about.
+#[derive(Clone)]
+pub struct SecretScan {
+    ssm: aws_sdk_ssm::Client,
+    parameters: Vec<String>,
+    roots: Vec<PathBuf>,
+}
+
+/// Files the agent writes that hold secrets.
+const SECRET_FILES: [&str; 2] = ["etc/rancher/k3s/config.yaml", "var/lib/k3s-asg/drain.kubeconfig"];
+
+impl SecretScan {
+    /// Panics naming `label` when a secret is in one of `outputs` or a secret file is not 0600.
+    pub async fn check(&self, label: &str, outputs: &[&str]) {
+        use std::os::unix::fs::PermissionsExt;
+        let mut values = Vec::new();
+        for chunk in self.parameters.chunks(10) {
+            // Straight to moto (not through the recorder); skipped while IAM is enforced.
+            let Ok(resp) = self.ssm.get_parameters().set_names(Some(chunk.to_vec())).with_decryption(true).send().await else { return };
+            values.extend(resp.parameters().iter().map(|p| p.value().map(str::to_string)));
+        }
+        let roots: Vec<&Path> = self.roots.iter().map(PathBuf::as_path).collect();
+        let secrets = secrets_of(&values, &roots);
+        for out in outputs {
+            for s in &secrets {
+                assert!(!out.contains(s.as_str()), "{label}: a secret ({} characters) leaked into the output", s.len());
+            }
+        }
+        for root in &self.roots {
+            for f in SECRET_FILES {
+                if let Ok(meta) = std::fs::metadata(root.join(f)) {
+                    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{label}: {f} must be 0600");
+                }
+            }
+        }
+    }
 }
 
 impl Running {
@@ -103,10 +145,12 @@ impl Running {
         }
     }
 
-    /// Waits (bounded) for the agent to exit.
+    /// Waits (bounded) for the agent to exit; its output is scanned for secrets.
     pub async fn wait(self, limit: std::time::Duration) -> anyhow::Result<AgentRun> {
         let out = tokio::time::timeout(limit, self.child.wait_with_output()).await.context("agent did not exit in time")??;
-        Ok(AgentRun::from(out))
+        let run = AgentRun::from(out);
+        self.scan.check("background run", &[&run.stdout, &run.stderr]).await;
+        Ok(run)
     }
 }
 
@@ -329,7 +373,20 @@ impl World {
     /// Runs `k3s-asg-agent ARGS` as `inst` would: its IMDS, its root, the stubs on PATH.
     pub async fn agent(&self, inst: &Instance, args: &[&str]) -> anyhow::Result<AgentRun> {
         let out = self.agent_command(inst, args).output().await.with_context(|| format!("run {}", agent_bin().display()))?;
-        Ok(AgentRun::from(out))
+        let run = AgentRun::from(out);
+        self.secret_scan(Some(inst)).check(&format!("k3s-asg-agent {}", args.join(" ")), &[&run.stdout, &run.stderr]).await;
+        Ok(run)
+    }
+
+    /// The secrets of `inst`'s cluster (every cluster when None) and its root.
+    pub fn secret_scan(&self, inst: Option<&Instance>) -> SecretScan {
+        let clusters: Vec<&String> = match inst {
+            Some(i) => vec![&i.cluster],
+            None => self.clusters.keys().collect(),
+        };
+        let parameters =
+            clusters.iter().flat_map(|c| ["token", "kubeconfig/admin", "kubeconfig/drain"].map(|p| format!("/k3s-asg/clusters/{c}/{p}"))).collect();
+        SecretScan { ssm: self.ssm.clone(), parameters, roots: inst.map(|i| vec![i.root.clone()]).unwrap_or_default() }
     }
 
     fn agent_command(&self, inst: &Instance, args: &[&str]) -> tokio::process::Command {
@@ -363,7 +420,7 @@ impl World {
     pub fn spawn_agent(&self, inst: &Instance, args: &[&str]) -> anyhow::Result<Running> {
         let mut cmd = self.agent_command(inst, args);
         cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-        Ok(Running { child: cmd.spawn()? })
+        Ok(Running { child: cmd.spawn()?, scan: self.secret_scan(Some(inst)) })
     }
 
     /// Creates the region's shared ALB with one listener on `port` and writes the region spec.
@@ -404,7 +461,11 @@ impl World {
     /// Runs `k3s-asg-coordinator ARGS` against the recorder.
     pub async fn coordinator(&self, args: &[&str]) -> anyhow::Result<AgentRun> {
         let out = self.coordinator_command(args).output().await.with_context(|| format!("run {}", coordinator_bin().display()))?;
-        Ok(AgentRun::from(out))
+        let run = AgentRun::from(out);
+        // `kubeconfig` prints the admin kubeconfig to stdout on purpose; its log must still be clean.
+        let outputs: Vec<&str> = if args.first() == Some(&"kubeconfig") { vec![&run.stderr] } else { vec![&run.stdout, &run.stderr] };
+        self.secret_scan(None).check(&format!("k3s-asg-coordinator {}", args.join(" ")), &outputs).await;
+        Ok(run)
     }
 
     /// The coordinator as the Lambda service would start it: no arguments, the runtime API in the environment.
@@ -417,7 +478,7 @@ impl World {
             .env("AWS_LAMBDA_LOG_FORMAT", "json")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        Ok(Running { child: cmd.spawn()? })
+        Ok(Running { child: cmd.spawn()?, scan: self.secret_scan(None) })
     }
 
     fn coordinator_command(&self, args: &[&str]) -> tokio::process::Command {
