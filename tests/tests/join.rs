@@ -245,4 +245,11 @@ async fn the_secret_scan_catches_a_leak() {
     std::fs::set_permissions(cp.path("/etc/rancher/k3s/config.yaml"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let caught = tokio::spawn(async move { scan.check("loose", &[]).await }).await;
     assert!(caught.is_err_and(|e| e.is_panic()), "the scan must fail on a 0644 config.yaml");
+    k3s_asg_testbed::reliability::held(
+        "Secrets",
+        "every agent and coordinator run of every test is scanned (World::agent, World::coordinator, background runs, Lambda); \
+         here it is fed a leaked token, a leaked token password and a 0644 config.yaml",
+        3,
+        "the scan failed the run each time",
+    );
 }
