@@ -22,9 +22,13 @@ pub struct Call {
 impl Call {
     /// Whether the operation changes anything.
     pub fn is_mutating(&self) -> bool {
-        const READ: &[&str] = &["Describe", "Get", "List"];
-        !READ.iter().any(|p| self.operation.starts_with(p))
+        mutating(&self.operation)
     }
+}
+
+fn mutating(operation: &str) -> bool {
+    const READ: &[&str] = &["Describe", "Get", "List"];
+    !READ.iter().any(|p| operation.starts_with(p))
 }
 
 struct Inner {
@@ -37,6 +41,13 @@ struct Inner {
     fault_rate: Mutex<f64>,
     /// Fixed error answers: operation → (HTTP status, error code, message), sent instead of moto's.
     scripted: Mutex<std::collections::BTreeMap<String, (u16, String, String)>>,
+    /// Held around every mutating call sent to moto. AWS applies a conditional write atomically
+    /// (PutParameter with Overwrite false, which the agents' election relies on; CreateRule's
+    /// priority check); moto checks and then writes without a lock, so two concurrent creates
+    /// could both succeed. Serialising writes gives moto AWS's semantics; reads stay concurrent.
+    /// (Two cluster-inits were seen once in ~340 ten-server races before this; not reproduced in
+    /// 200 more without it, so this is the likeliest cause, not a proven one.)
+    writes: tokio::sync::Mutex<()>,
 }
 
 /// What the proxy does to a call picked for a fault. Half of the kinds strike before moto
@@ -85,6 +96,7 @@ impl Recorder {
             routes: Default::default(),
             fault_rate: Mutex::new(0.0),
             scripted: Default::default(),
+            writes: tokio::sync::Mutex::new(()),
         });
         let router = axum::Router::new().fallback(forward).with_state(inner.clone());
         let served = serve("127.0.0.1:0", router).await?;
@@ -247,6 +259,9 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             out = out.header(k, v);
         }
     }
+    // K3S_ASG_TESTBED_CONCURRENT_WRITES=1 turns the serialisation off (to reproduce moto's race).
+    let serialise = mutating(&op) && std::env::var_os("K3S_ASG_TESTBED_CONCURRENT_WRITES").is_none();
+    let _serialised = if serialise { Some(inner.writes.lock().await) } else { None };
     let (status, headers, bytes) = match out.send().await {
         Ok(resp) => {
             let status = resp.status();
