@@ -4,6 +4,7 @@
 
 #[cfg(feature = "sdk")]
 pub mod clients;
+pub mod error;
 pub mod imds;
 #[cfg(feature = "sdk")]
 pub mod instances;
