@@ -26,17 +26,7 @@ use k3s_asg_aws::imds::IDENTITY_PATHS;
 pub async fn identity(fx: &Effects) -> Result<Identity> {
     let mut values = Vec::new();
     for path in IDENTITY_PATHS {
-        let v = fx.metadata.get(path).await.map_err(|e| {
-            Error::bad_input(
-                "read instance metadata",
-                format!("/latest/meta-data/{path}"),
-                format!(
-                    "IMDS did not answer ({}); is the metadata service enabled (http_endpoint) with a hop limit that reaches this process?",
-                    e.detail
-                ),
-            )
-        })?;
-        values.push(v);
+        values.push(crate::effects::metadata::required(fx.metadata.as_ref(), path).await?);
     }
     k3s_asg_aws::imds::check_identity(values)
         .map_err(|e| Error::bad_input("read instance metadata", format!("/latest/meta-data/{}", e.path), e.problem))

@@ -50,14 +50,10 @@ async fn load(s: &Settings, fx: &Effects, warm: &Warm) -> Result<Loaded, Error> 
 async fn fill_owners(rules: &mut [ObservedRule], fx: &Effects, warm: &Warm) -> Result<(), Error> {
     let arns: Vec<String> = rules.iter().map(|r| r.arn.clone()).collect();
     let (mut known, unknown) = warm.owners(&arns);
-    if !unknown.is_empty() {
-        let read = fx.alb.owners(&unknown).await?;
-        let learned: Vec<(String, Option<String>)> = unknown.iter().map(|a| (a.clone(), read.get(a).cloned())).collect();
-        known.extend(learned.iter().cloned());
-        warm.remember_owners(&arns, learned);
-    } else {
-        warm.remember_owners(&arns, []);
-    }
+    let read = if unknown.is_empty() { BTreeMap::new() } else { fx.alb.owners(&unknown).await? };
+    let learned: Vec<(String, Option<String>)> = unknown.iter().map(|a| (a.clone(), read.get(a).cloned())).collect();
+    known.extend(learned.iter().cloned());
+    warm.remember_owners(&arns, learned);
     for r in rules {
         r.owner = known.get(&r.arn).cloned().flatten();
     }
