@@ -215,6 +215,24 @@ const CASES: &[Case] = &[
     },
 ];
 
+/// Runs `join` on `inst` and checks it is refused as bad input: exit 2, the last line names what
+/// `expect` lists, no mutating AWS call, nothing under /etc, no systemctl/k3s.
+async fn join_is_refused(w: &World, inst: &k3s_asg_testbed::world::Instance, name: &str, expect: &[&str], area: &str) {
+    w.recorder.clear();
+    let run = w.agent(inst, &["join"]).await.unwrap();
+    assert_eq!(run.code, 2, "{name}: exit {} stderr:\n{}", run.code, run.stderr);
+    let last = run.stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("k3s-asg-agent: error: "), "{name}: {last}");
+    for e in expect {
+        assert!(last.contains(e), "{name}: expected {e:?} in {last:?}");
+    }
+    let mutating: Vec<_> = w.recorder.calls().into_iter().filter(|c| c.is_mutating()).collect();
+    assert!(mutating.is_empty(), "{name}: mutating calls {mutating:?}");
+    assert!(!inst.path("/etc").exists(), "{name}: wrote under /etc");
+    assert!(inst.stub_calls().is_empty(), "{name}: ran systemctl/k3s");
+    k3s_asg_testbed::reliability::held(area, name, 1, &format!("{HELD_AGENT}: `{last}`"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_exits_2_names_the_culprit_and_changes_nothing() {
     let mut w = World::new().await.unwrap();
@@ -223,19 +241,7 @@ async fn bad_input_exits_2_names_the_culprit_and_changes_nothing() {
     for case in CASES {
         w.put_spec("alpha", case.spec.unwrap_or(&good_spec)).await.unwrap();
         let inst = w.launch_tagged(case.tags, Some("alpha")).await.unwrap();
-        w.recorder.clear();
-        let run = w.agent(&inst, &["join"]).await.unwrap();
-        assert_eq!(run.code, 2, "{}: exit {} stderr:\n{}", case.name, run.code, run.stderr);
-        let last = run.stderr.lines().last().unwrap_or_default();
-        assert!(last.starts_with("k3s-asg-agent: error: "), "{}: {last}", case.name);
-        for e in case.expect {
-            assert!(last.contains(e), "{}: expected {e:?} in {last:?}", case.name);
-        }
-        let mutating: Vec<_> = w.recorder.calls().into_iter().filter(|c| c.is_mutating()).collect();
-        assert!(mutating.is_empty(), "{}: mutating calls {mutating:?}", case.name);
-        assert!(!inst.path("/etc").exists(), "{}: wrote under /etc", case.name);
-        assert!(inst.stub_calls().is_empty(), "{}: ran systemctl/k3s", case.name);
-        k3s_asg_testbed::reliability::held("Bad input: agent tags and cluster spec", case.name, 1, &format!("{HELD_AGENT}: `{last}`"));
+        join_is_refused(&w, &inst, case.name, case.expect, "Bad input: agent tags and cluster spec").await;
     }
     assert!(w.param("/k3s-asg/clusters/alpha/token").await.unwrap().is_none());
     assert!(CASES.len() >= 30, "the corpus has {} cases", CASES.len());
@@ -348,19 +354,7 @@ async fn bad_metadata_and_parameters_exit_2_and_change_nothing() {
             Break::Ssm(code, message) => w.recorder.answer_with_error("GetParameters", 400, code, message),
             Break::TokenNotSecure => w.put_param("/k3s-asg/clusters/alpha/token", "K10abc::server:plaintext").await.unwrap(),
         }
-        w.recorder.clear();
-        let run = w.agent(&inst, &["join"]).await.unwrap();
-        assert_eq!(run.code, 2, "{}: exit {} stderr:\n{}", case.name, run.code, run.stderr);
-        let last = run.stderr.lines().last().unwrap_or_default();
-        assert!(last.starts_with("k3s-asg-agent: error: "), "{}: {last}", case.name);
-        for e in case.expect {
-            assert!(last.contains(e), "{}: expected {e:?} in {last:?}", case.name);
-        }
-        let mutating: Vec<_> = w.recorder.calls().into_iter().filter(|c| c.is_mutating()).collect();
-        assert!(mutating.is_empty(), "{}: mutating calls {mutating:?}", case.name);
-        assert!(!inst.path("/etc").exists(), "{}: wrote under /etc", case.name);
-        assert!(inst.stub_calls().is_empty(), "{}: ran systemctl/k3s", case.name);
-        k3s_asg_testbed::reliability::held("Bad input: IMDS and SSM", case.name, 1, &format!("{HELD_AGENT}: `{last}`"));
+        join_is_refused(&w, &inst, case.name, case.expect, "Bad input: IMDS and SSM").await;
         if matches!(case.breaks, Break::TokenNotSecure) {
             w.ssm.delete_parameter().name("/k3s-asg/clusters/alpha/token").send().await.unwrap();
         }
