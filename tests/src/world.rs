@@ -449,6 +449,14 @@ impl World {
         Ok((alb, listener))
     }
 
+    /// Writes the endpoint spec `{prefix}/endpoints/{name}`; `hosted_zone_id` defaults to the world's zone.
+    pub async fn put_endpoint(&self, name: &str, mut spec: serde_json::Value) -> anyhow::Result<()> {
+        if spec.get("hosted_zone_id").is_none() {
+            spec["hosted_zone_id"] = self.zone_id.clone().into();
+        }
+        self.put_param(&format!("/k3s-asg/endpoints/{name}"), &spec.to_string()).await
+    }
+
     pub async fn put_param(&self, name: &str, value: &str) -> anyhow::Result<()> {
         self.ssm.put_parameter().name(name).value(value).r#type(aws_sdk_ssm::types::ParameterType::String).overwrite(true).send().await?;
         Ok(())

@@ -384,13 +384,7 @@ async fn a_specific_rule_behind_a_wildcard_is_moved_in_front() {
     let mut w = World::new().await.unwrap();
     w.create_cluster("alpha").await.unwrap();
     let (_alb, listener) = w.create_alb(443, 100).await.unwrap();
-    let zone = w.zone_id().to_string();
-    w.put_param(
-        "/k3s-asg/endpoints/blog",
-        &serde_json::json!({ "hostname": "blog.example.com", "hosted_zone_id": zone, "clusters": { "alpha": 1 } }).to_string(),
-    )
-    .await
-    .unwrap();
+    w.put_endpoint("blog", serde_json::json!({ "hostname": "blog.example.com", "clusters": { "alpha": 1 } })).await.unwrap();
     ok(&w.coordinator(&["apply"]).await.unwrap());
     let arn_of = |rules: &[aws_sdk_elasticloadbalancingv2::types::Rule], host: &str| {
         let r = rule_for_host(rules, host).unwrap();

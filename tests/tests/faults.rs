@@ -39,13 +39,7 @@ async fn join_leave_and_apply_converge_under_faults() {
     let mut w = World::new().await.unwrap();
     w.create_cluster("alpha").await.unwrap();
     let (_alb, listener) = w.create_alb(443, 100).await.unwrap();
-    let zone = w.zone_id().to_string();
-    w.put_param(
-        "/k3s-asg/endpoints/blog",
-        &serde_json::json!({ "hostname": "blog.example.com", "hosted_zone_id": zone, "clusters": { "alpha": 1 } }).to_string(),
-    )
-    .await
-    .unwrap();
+    w.put_endpoint("blog", serde_json::json!({ "hostname": "blog.example.com", "clusters": { "alpha": 1 } })).await.unwrap();
     let tg = w.clusters["alpha"].target_group_arn.clone();
     w.recorder.set_fault_rate(RATE);
 
