@@ -39,8 +39,9 @@ pub async fn cluster_and_role(cfg: &AgentConfig, fx: &Effects, instance_id: &str
     let tags: BTreeMap<String, String> = match fx.metadata.get("tags/instance").await? {
         Some(listing) => {
             let mut tags = BTreeMap::new();
+            let present = k3s_asg_aws::imds::tag_keys(&listing);
             for key in [&keys.cluster, &keys.role] {
-                if k3s_asg_aws::imds::tag_keys(&listing).contains(&key.as_str()) {
+                if present.contains(&key.as_str()) {
                     if let Some(v) = fx.metadata.get(&format!("tags/instance/{key}")).await? {
                         tags.insert(key.clone(), v);
                     }

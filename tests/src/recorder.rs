@@ -70,16 +70,6 @@ pub enum Fault {
 
 impl Fault {
     pub const ALL: [Fault; 6] = [Fault::Throttle, Fault::Unavailable, Fault::DropConnection, Fault::LoseAnswer, Fault::DropAfterApply, Fault::Slow];
-
-    /// The status recorded for the call (0: no answer at all).
-    fn recorded_status(self) -> Option<u16> {
-        match self {
-            Fault::Throttle => Some(400),
-            Fault::Unavailable | Fault::LoseAnswer => Some(503),
-            Fault::DropConnection | Fault::DropAfterApply => Some(0),
-            Fault::Slow => None,
-        }
-    }
 }
 
 pub struct Recorder {
@@ -271,13 +261,15 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         Err(e) => (StatusCode::BAD_GATEWAY, HeaderMap::new(), e.to_string().into()),
     };
     // Applied by moto, but the caller never learns it.
+    // A call that got no answer at all is recorded with status 0.
     match fault {
-        Some(f @ (Fault::LoseAnswer | Fault::DropAfterApply)) => {
-            record(f.recorded_status().unwrap_or(0));
-            if f == Fault::DropAfterApply {
-                drop_connection();
-            }
+        Some(Fault::LoseAnswer) => {
+            record(503);
             return unavailable();
+        }
+        Some(Fault::DropAfterApply) => {
+            record(0);
+            drop_connection();
         }
         _ => record(status.as_u16()),
     }
