@@ -3,7 +3,7 @@
 use crate::config::AgentConfig;
 use crate::effects::{self, Effects};
 use crate::error::{Error, Result};
-use crate::state::State;
+use crate::state::{Phase, State};
 use clap::{Parser, Subcommand};
 use k3s_asg_aws::params::Prefix;
 use k3s_asg_aws::tags::TagKeys;
@@ -44,6 +44,11 @@ pub struct Cli {
     /// Seconds a leaving server waits for quorum before keeping its etcd member.
     #[arg(long, env = "K3S_ASG_QUORUM_TIMEOUT", default_value_t = 600, global = true)]
     quorum_timeout: u64,
+    /// Seconds of the first-server election's lease: a winner that has not secured the join
+    /// token, has not renewed its election record for this long and runs no k3s is replaced.
+    /// Keep it well above a slow k3s start.
+    #[arg(long, env = "K3S_ASG_ELECTION_LEASE", default_value_t = 300, global = true)]
+    election_lease: u64,
     /// What to do on an EC2 rebalance recommendation: `ignore` or `leave`.
     #[arg(long, env = "K3S_ASG_ON_REBALANCE", default_value = "ignore", global = true, value_parser = ["ignore", "leave"])]
     on_rebalance: String,
@@ -107,6 +112,7 @@ fn config(cli: &Cli) -> Result<AgentConfig> {
         ready_timeout: Duration::from_secs(cli.ready_timeout),
         leave_on_rebalance: cli.on_rebalance == "leave",
         quorum_timeout: Duration::from_secs(cli.quorum_timeout),
+        election_lease: Duration::from_secs(cli.election_lease),
         ..AgentConfig::default()
     })
 }
@@ -131,7 +137,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Leave => {
             let fx = real_effects(&cfg).await?;
             let hurry = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            record_failure(&fx, crate::leave::leave(&cfg, &fx, &hurry).await)
+            record_failure(&fx, crate::leave::leave(&cfg, &fx, &hurry, crate::state::Trigger::Command).await)
         }
     }
 }
@@ -147,8 +153,8 @@ async fn run_join(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
 fn record_failure<T>(fx: &Effects, r: Result<T>) -> Result<T> {
     if let Err(e) = &r {
         if let Ok(Some(mut st)) = State::load(&fx.fs) {
-            if st.phase != "leaving" {
-                st.phase = "failed".into();
+            if st.phase != Phase::Leaving {
+                st.phase = Phase::Failed;
             }
             st.last_error = Some(e.to_string());
             let _ = st.save(&fx.fs);
@@ -166,10 +172,10 @@ pub async fn real_effects(cfg: &AgentConfig) -> Result<Effects> {
     let sdk = k3s_asg_aws::clients::load(Some(region)).await;
     Ok(Effects {
         metadata: Box::new(metadata),
-        instances: Box::new(effects::instances::Ec2(aws_sdk_ec2::Client::new(&sdk))),
+        instances: Box::new(k3s_asg_aws::ec2::Ec2(aws_sdk_ec2::Client::new(&sdk))),
         parameters: Box::new(effects::parameters::Ssm(aws_sdk_ssm::Client::new(&sdk))),
-        dns: Box::new(effects::dns::Route53(aws_sdk_route53::Client::new(&sdk))),
-        target_groups: Box::new(effects::target_groups::Elbv2(aws_sdk_elasticloadbalancingv2::Client::new(&sdk))),
+        zones: Box::new(k3s_asg_aws::route53::Route53(aws_sdk_route53::Client::new(&sdk))),
+        target_groups: Box::new(k3s_asg_aws::elbv2::Elbv2(aws_sdk_elasticloadbalancingv2::Client::new(&sdk))),
         services: Box::new(effects::services::Systemctl { root: cfg.root.clone() }),
         k3s: Box::new(effects::k3s::K3sCli { root: cfg.root.clone() }),
         lifecycle: Box::new(effects::lifecycle::AutoScaling(aws_sdk_autoscaling::Client::new(&sdk))),

@@ -21,6 +21,9 @@ pub struct AgentConfig {
     pub leave_on_rebalance: bool,
     /// How long a leaving server waits for quorum to allow removing its etcd member.
     pub quorum_timeout: Duration,
+    /// The first-server election's lease: a winner that has neither secured the token nor
+    /// renewed its record for this long, and on which no k3s answers, is replaced.
+    pub election_lease: Duration,
 }
 
 impl Default for AgentConfig {
@@ -34,6 +37,7 @@ impl Default for AgentConfig {
             supervisor_port: 6443,
             leave_on_rebalance: false,
             quorum_timeout: Duration::from_secs(600),
+            election_lease: Duration::from_secs(300),
         }
     }
 }

@@ -4,12 +4,14 @@
 //! records it — the harshest moment to lose a process. Without the feature the
 //! variable is ignored and none of this is compiled in.
 
-/// The environment variable naming the step to die after.
+use crate::state::StepName;
+
+/// The environment variable naming the step to die after ([`StepName::as_str`]).
 pub const ENV: &str = "K3S_ASG_FAILPOINT";
 
 #[cfg(feature = "failpoints")]
-pub fn hit(step: &str) {
-    if std::env::var(ENV).is_ok_and(|v| v == step) {
+pub fn hit(step: StepName) {
+    if std::env::var(ENV).is_ok_and(|v| v == step.as_str()) {
         eprintln!("k3s-asg-agent: failpoint {step}: sending myself SIGKILL");
         let pid = std::process::id().to_string();
         let _ = std::process::Command::new("kill").args(["-KILL", &pid]).status();
@@ -20,4 +22,4 @@ pub fn hit(step: &str) {
 
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
-pub fn hit(_step: &str) {}
+pub fn hit(_step: StepName) {}

@@ -1,217 +1,503 @@
-//! The join path (DESIGN.md "join"): every step observes, asks `plan` what to
-//! do, and does only that, so a second join changes nothing.
+//! The join path (DESIGN.md "join"), as named steps: token → render → start →
+//! ready → publish (control plane) → register. Each step observes, asks `plan`
+//! what to do and does only that, so a second join changes nothing.
 
 use crate::config::AgentConfig;
+use crate::discover::{discover, Discovery, Purpose};
 use crate::effects::parameters::Param;
 use crate::effects::Effects;
+use crate::election::{self, Decision};
 use crate::error::{Error, Result};
 use crate::plan::{self, Mode};
 use crate::render::{self, ConfigInputs};
 use crate::secret::Secret;
-use crate::state::State;
+use crate::state::{Phase, State, StepName};
 use crate::token;
 use crate::wait::Waiter;
-use k3s_asg_aws::names::check_cluster_name;
-use k3s_asg_aws::spec::{AddressKind, ClusterSpec};
+use k3s_asg_aws::records::RecordSet;
+use k3s_asg_aws::spec::AddressKind;
 use k3s_asg_aws::tags::Role;
-use std::collections::BTreeMap;
-
-/// Who this instance is, from IMDSv2.
-pub use k3s_asg_aws::imds::Identity;
-use k3s_asg_aws::imds::IDENTITY_PATHS;
-
-/// Who and where this instance is, from IMDS. Everything here is input the agent cannot
-/// do without: an IMDS that does not answer, a 404 or a value that makes no sense is
-/// bad input (exit 2) naming the metadata path; systemd restarts the agent.
-pub async fn identity(fx: &Effects) -> Result<Identity> {
-    let mut values = Vec::new();
-    for path in IDENTITY_PATHS {
-        values.push(crate::effects::metadata::required(fx.metadata.as_ref(), path).await?);
-    }
-    k3s_asg_aws::imds::check_identity(values)
-        .map_err(|e| Error::bad_input("read instance metadata", format!("/latest/meta-data/{}", e.path), e.problem))
-}
-
-/// Cluster and role from the instance tags: IMDS when instance metadata tags
-/// are on, else `ec2:DescribeTags`.
-pub async fn cluster_and_role(cfg: &AgentConfig, fx: &Effects, instance_id: &str) -> Result<(String, Role)> {
-    let keys = &cfg.tag_keys;
-    let tags: BTreeMap<String, String> = match fx.metadata.get("tags/instance").await? {
-        Some(listing) => {
-            let mut tags = BTreeMap::new();
-            let present = k3s_asg_aws::imds::tag_keys(&listing);
-            for key in [&keys.cluster, &keys.role] {
-                if present.contains(&key.as_str()) {
-                    if let Some(v) = fx.metadata.get(&format!("tags/instance/{key}")).await? {
-                        tags.insert(key.clone(), v);
-                    }
-                }
-            }
-            tags
-        }
-        None => {
-            tracing::info!("instance metadata tags are off; reading tags through ec2:DescribeTags");
-            fx.instances.tags(instance_id).await?
-        }
-    };
-    let get = |key: &String| {
-        tags.get(key)
-            .map(|v| v.trim().to_string())
-            .ok_or_else(|| Error::bad_input("read instance tags", format!("{instance_id} tag {key:?}"), "the tag is missing"))
-    };
-    let cluster = get(&keys.cluster)?;
-    check_cluster_name(&cluster).map_err(|why| Error::bad_input("read instance tags", format!("{instance_id} tag {:?}", keys.cluster), why))?;
-    let role: Role =
-        get(&keys.role)?.parse().map_err(|why: String| Error::bad_input("read instance tags", format!("{instance_id} tag {:?}", keys.role), why))?;
-    Ok((cluster, role))
-}
-
-/// The cluster spec from the parameters read; exit-2 errors name the parameter and field.
-pub fn cluster_spec(params: &BTreeMap<String, Param>, name: &str) -> Result<ClusterSpec> {
-    let param = params.get(name).ok_or_else(|| Error::bad_input("read cluster spec", name, "the parameter does not exist"))?;
-    ClusterSpec::parse(name, param.value.expose())
-        .map_err(|e| Error::bad_input("read cluster spec", &e.parameter, format!("field `{}`: {}", e.field, e.problem)))
-}
-
-struct Names {
-    config: String,
-    token: String,
-    admin: String,
-    drain: String,
-}
+use std::path::PathBuf;
 
 pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
-    let id = identity(fx).await?;
-    let (cluster, role) = cluster_and_role(cfg, fx, &id.instance_id).await?;
-    tracing::info!(instance = %id.instance_id, cluster = %cluster, role = %role, "joining");
-    let names = Names {
-        config: cfg.prefix.cluster_config(&cluster),
-        token: cfg.prefix.cluster_token(&cluster),
-        admin: cfg.prefix.admin_kubeconfig(&cluster),
-        drain: cfg.prefix.drain_kubeconfig(&cluster),
-    };
-    let mut wanted = vec![names.config.clone(), names.token.clone(), names.drain.clone()];
-    if role.is_server() {
-        wanted.push(names.admin.clone());
-    }
-    let mut params = fx.parameters.get(&wanted).await?;
-    let spec = cluster_spec(&params, &names.config)?;
-    for secret in [&names.token, &names.admin, &names.drain] {
-        if params.get(secret).is_some_and(|p| !p.secure) {
-            return Err(Error::bad_input(
-                "read parameters",
-                secret,
-                "holds a secret but is not a SecureString; delete it (agents create it as a SecureString) or re-create it with --type SecureString",
-            ));
+    let d = discover(cfg, fx, Purpose::Join).await?;
+    tracing::info!(instance = %d.id.instance_id, cluster = %d.cluster, role = %d.role, "joining");
+    let mut st = State::begin(&fx.fs, &d.id.instance_id, &d.cluster, d.role, Phase::Joining)?;
+    st.api_hostname = d.role.is_server().then(|| d.spec.api.hostname.clone());
+    st.step(&fx.fs, StepName::Identity)?;
+    let mut j = Joining { cfg, fx, d, st, lease: None, renewed: None };
+
+    let (mode, token, server_url) = j.token().await?;
+    j.st.mode = Some(mode);
+    j.st.server_url = server_url.clone();
+    j.st.step(&fx.fs, StepName::Token)?;
+    let written = j.render(mode, &token, server_url.as_deref())?;
+    j.st.step(&fx.fs, StepName::Render)?;
+    j.start(&written).await?;
+    j.st.step(&fx.fs, StepName::Start)?;
+    j.ready(written.drain_kubeconfig.as_deref()).await?;
+    j.st.step(&fx.fs, StepName::Ready)?;
+    if j.d.role.is_server() {
+        if mode == Mode::ClusterInit {
+            j.secure_the_token().await?;
         }
+        j.publish_kubeconfigs().await?;
+        j.st.step(&fx.fs, StepName::Kubeconfigs)?;
+        j.publish_api_record().await?;
+        j.st.step(&fx.fs, StepName::ApiRecord)?;
+    }
+    j.register().await?;
+    j.st.step(&fx.fs, StepName::Registered)?;
+
+    let mut st = j.st;
+    st.phase = Phase::Ready;
+    st.save(&fx.fs)?;
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    }
+    Ok(st)
+}
+
+/// What `render` wrote, for `start` and `ready`.
+struct Written {
+    config_changed: bool,
+    unit_written: bool,
+    /// A node's drain kubeconfig, where one was published.
+    drain_kubeconfig: Option<PathBuf>,
+}
+
+struct Joining<'a> {
+    cfg: &'a AgentConfig,
+    fx: &'a Effects,
+    d: Discovery,
+    st: State,
+    /// The election this server won and leads (its lease to renew).
+    lease: Option<u64>,
+    renewed: Option<std::time::Instant>,
+}
+
+impl Joining<'_> {
+    fn me(&self) -> &str {
+        &self.d.id.instance_id
     }
 
-    let mut st = State::begin(&fx.fs, &id.instance_id, &cluster, role, "joining")?;
-    st.api_hostname = role.is_server().then(|| spec.api.hostname.clone());
-    st.step(&fx.fs, "identity")?;
-
-    // Token: a server creates the election token if there is none; whoever created it initialises.
-    let existing_config = fx.fs.read(render::CONFIG_PATH)?;
-    if role.is_server() && !params.contains_key(&names.token) {
-        let election = token::new_election_token(&id.instance_id);
-        if fx.parameters.create_secure(&names.token, &election).await? {
-            tracing::info!(parameter = %names.token, "created the join token: this instance initialises the cluster");
-            params.insert(names.token.clone(), Param { value: election, secure: true });
-        } else {
-            params.extend(fx.parameters.get(std::slice::from_ref(&names.token)).await?);
+    /// Token: nodes (and servers that joined before) wait for the secure token and a verified
+    /// live server. Other servers go through the first-server election (`election`): its
+    /// latest winner initialises the cluster, everyone else joins it.
+    async fn token(&mut self) -> Result<(Mode, Secret, Option<String>)> {
+        if !self.d.role.is_server() || self.st.mode == Some(Mode::Join) {
+            return self.join_live_server().await;
         }
-    }
-    let current_token = params.get(&names.token).map(|p| p.value.clone());
-    let mode = plan::decide_mode(role, existing_config.as_deref(), current_token.as_ref().map_or("", |t| t.expose()), &id.instance_id);
-    st.mode = Some(mode);
-
-    let (config_token, server_url) = match mode {
-        Mode::ClusterInit => {
-            let t = current_token.expect("a cluster-init server holds the token it created");
-            (Secret::new(token::password_of(t.expose())), None)
-        }
-        Mode::Join => {
-            let (t, url) = wait_for_server(cfg, fx, &spec, &names, &id, &mut params, existing_config.as_deref()).await?;
-            (t, Some(url))
-        }
-    };
-    st.server_url = server_url.clone();
-    st.step(&fx.fs, "token")?;
-
-    // Render and write.
-    let config = render::render_config(&ConfigInputs {
-        role,
-        mode,
-        instance_id: &id.instance_id,
-        node_ip: &id.local_ipv4,
-        region: &id.region,
-        zone: &id.zone,
-        token: config_token.expose(),
-        server_url: server_url.as_deref(),
-        spec: &spec,
-    });
-    let config_changed = fx.fs.write_if_changed(render::CONFIG_PATH, &config, 0o600)?;
-    let unit = render::unit_name(role);
-    let unit_path = render::unit_path(role);
-    let unit_written = if fx.fs.exists(&unit_path) { false } else { fx.fs.write_if_changed(&unit_path, &render::render_unit(role), 0o644)? };
-    if role.is_server() {
-        fx.fs.write_if_changed(render::DRAIN_MANIFEST_PATH, &render::render_drain_manifest(), 0o600)?;
-    }
-    let drain_kubeconfig = match (role, params.get(&names.drain)) {
-        (Role::Node, Some(p)) => {
-            fx.fs.write_if_changed(render::DRAIN_KUBECONFIG_PATH, p.value.expose(), 0o600)?;
-            Some(fx.fs.path(render::DRAIN_KUBECONFIG_PATH))
-        }
-        _ => None,
-    };
-    st.step(&fx.fs, "render")?;
-
-    // Start k3s through systemd.
-    if unit_written {
-        fx.services.daemon_reload().await?;
-    }
-    let active = fx.services.is_active(unit).await?;
-    if active && config_changed {
-        tracing::info!(unit, "configuration changed; restarting k3s");
-        fx.services.restart(unit).await?;
-    } else if !active {
-        fx.services.enable_start(unit).await?;
-    }
-    st.step(&fx.fs, "start")?;
-
-    // Wait for k3s and every readiness probe.
-    let mut w = Waiter::new("k3s and the readiness probes", cfg.ready_timeout);
-    loop {
-        let reason = if !fx.services.is_active(unit).await? {
-            format!("systemd unit {unit} is not active")
-        } else if (role.is_server() || drain_kubeconfig.is_some()) && !fx.k3s.node_ready(&id.instance_id, drain_kubeconfig.as_deref()).await? {
-            format!("node {} is not Ready", id.instance_id)
-        } else {
-            let mut failed = None;
-            for (i, probe) in spec.readiness.iter().enumerate() {
-                let url = probe.http.replace("{node_ip}", &id.local_ipv4);
-                if let Err(why) = fx.probes.http(&url, probe.expect_status).await {
-                    failed = Some(format!("readiness[{i}] {url} {why}"));
-                    break;
+        let names = self.d.names.clone();
+        let mut w = Waiter::new("the first-server election", self.cfg.join_timeout);
+        let mut first = true;
+        loop {
+            if !first {
+                match self.fx.parameters.get(std::slice::from_ref(&names.token)).await?.remove(&names.token) {
+                    Some(p) => self.d.params.insert(names.token.clone(), p),
+                    None => self.d.params.remove(&names.token),
+                };
+            }
+            first = false;
+            let observed = self.observe_election().await?;
+            if self.st.mode == Some(Mode::ClusterInit) && observed.token == election::TokenKind::Secure {
+                // The initialiser, restarted after it secured the token.
+                return Ok((Mode::ClusterInit, self.init_token()?, None));
+            }
+            let decision = election::decide(&observed, self.me(), self.cfg.election_lease, &names.token);
+            if self.st.mode == Some(Mode::ClusterInit) && !matches!(decision, Decision::Lead { .. }) {
+                self.demote(&observed).await?;
+                continue;
+            }
+            match decision {
+                Decision::Join => return self.join_live_server().await,
+                Decision::Lead { epoch } => {
+                    if self.lead(epoch, &observed).await? {
+                        self.st.waiting_for = None;
+                        return Ok((Mode::ClusterInit, self.init_token()?, None));
+                    }
+                }
+                Decision::Contend { epoch, why } => {
+                    self.contend(epoch, &why).await?;
+                }
+                Decision::Wait(reason) => {
+                    self.st.waiting_for = Some(reason.clone());
+                    self.st.save(&self.fx.fs)?;
+                    w.pending(reason).await.map_err(|why| Error::failed("wait for the first server", &names.token, why))?;
+                }
+                Decision::Refuse(why) => {
+                    self.st.waiting_for = Some(why.clone());
+                    self.st.save(&self.fx.fs)?;
+                    return Err(Error::failed("start the cluster", &names.token, why));
                 }
             }
-            match failed {
-                None => break,
-                Some(f) => f,
-            }
-        };
-        w.pending(reason).await.map_err(|why| Error::failed("wait for readiness", &id.instance_id, why))?;
-    }
-    st.step(&fx.fs, "ready")?;
-
-    if role.is_server() {
-        if mode == Mode::ClusterInit {
-            secure_the_token(fx, &names, &params).await?;
         }
-        publish_kubeconfigs(cfg, fx, &spec, &names, &params).await?;
-        st.step(&fx.fs, "kubeconfigs")?;
-        let address = match spec.api.address {
-            AddressKind::Private => id.local_ipv4.clone(),
+    }
+
+    /// What the election decision needs, reading only what the situation asks for.
+    async fn observe_election(&self) -> Result<election::Observed> {
+        let (fx, d) = (self.fx, &self.d);
+        let token = election::TokenKind::of(d.param(&d.names.token).map(|p| p.value.expose()));
+        let mut observed = election::Observed { token, latest: None, winner: None, live_servers: vec![] };
+        if observed.token == election::TokenKind::Secure {
+            return Ok(observed);
+        }
+        observed.latest = self.latest_election().await?.map(|(epoch, _)| epoch);
+        if let Some(current) = election::current(&observed).filter(|e| e.winner != self.me()) {
+            let found = fx.instances.describe(std::slice::from_ref(&current.winner)).await?;
+            observed.winner = Some(match found.first() {
+                None => election::WinnerHealth::Gone("not known to EC2".into()),
+                Some(i) if !i.is_live() => election::WinnerHealth::Gone(i.state.clone()),
+                Some(i) => {
+                    // Only worth a probe once the lease has lapsed.
+                    let lapsed = current.age.is_some_and(|a| a > self.cfg.election_lease);
+                    let answers = match (&i.private_ip, lapsed) {
+                        (Some(ip), true) => fx.supervisor.ca_hash(ip).await?.is_some(),
+                        _ => false,
+                    };
+                    election::WinnerHealth::Running { answers }
+                }
+            });
+        }
+        if election::needs_live_check(&observed, self.cfg.election_lease) {
+            observed.live_servers = self.live_servers().await?;
+        }
+        Ok(observed)
+    }
+
+    /// The latest election record: its epoch as observed, and the record.
+    async fn latest_election(&self) -> Result<Option<(election::Epoch, election::Record)>> {
+        let folder = self.cfg.prefix.elections(&self.d.cluster);
+        let listed = self.fx.parameters.list(&folder).await?;
+        let Some(latest) = listed.iter().filter_map(|p| Some((election::epoch_of(&p.name)?, p))).max_by_key(|(n, _)| *n) else {
+            return Ok(None);
+        };
+        let (number, p) = latest;
+        let record: election::Record = serde_json::from_str(&p.value).unwrap_or(election::Record {
+            winner: "(unreadable election record)".into(),
+            won_at: 0,
+            renewed_at: 0,
+            took_over: None,
+        });
+        let age = p.last_modified.map(|t| std::time::SystemTime::now().duration_since(t).unwrap_or_default());
+        Ok(Some((election::Epoch { number, winner: record.winner.clone(), age }, record)))
+    }
+
+    /// Other servers of this cluster on which a k3s supervisor answers: the API records' addresses
+    /// and EC2's live control-plane instances of the cluster.
+    async fn live_servers(&self) -> Result<Vec<String>> {
+        let (fx, d, api) = (self.fx, &self.d, &self.d.spec.api);
+        let mut addresses = std::collections::BTreeMap::new();
+        for r in fx.zones.records_named(&api.hosted_zone_id, &api.hostname, "A").await? {
+            if r.set_identifier.as_deref() != Some(self.me()) {
+                for ip in r.values() {
+                    addresses.insert(ip.clone(), r.set_identifier.clone().unwrap_or_default());
+                }
+            }
+        }
+        let tags = [(self.cfg.tag_keys.cluster.clone(), d.cluster.clone()), (self.cfg.tag_keys.role.clone(), Role::ControlPlane.to_string())];
+        for i in fx.instances.live_tagged(&tags).await? {
+            if let (Some(ip), false) = (i.private_ip, i.id == self.me()) {
+                addresses.insert(ip, i.id);
+            }
+        }
+        let mut live = Vec::new();
+        for (ip, id) in addresses {
+            if fx.supervisor.ca_hash(&ip).await?.is_some() {
+                live.push(if id.is_empty() { ip } else { format!("{id}@{ip}") });
+            }
+        }
+        Ok(live)
+    }
+
+    /// Creates the record of election `epoch`; on success this instance is its winner.
+    async fn contend(&mut self, epoch: u64, why: &str) -> Result<()> {
+        let now = unix_now();
+        let record =
+            election::Record { winner: self.me().to_string(), won_at: now, renewed_at: now, took_over: (epoch > 1).then(|| why.to_string()) };
+        let name = format!("{}/{epoch}", self.cfg.prefix.elections(&self.d.cluster));
+        if self.fx.parameters.create_string(&name, &serde_json::to_string(&record).expect("record serialises")).await? {
+            tracing::info!(election = epoch, parameter = %name, reason = why, "won the first-server election: this instance initialises the cluster");
+            self.st.election = Some(format!("won election {epoch}: {why}"));
+        } else {
+            tracing::info!(election = epoch, parameter = %name, "another server won this election first");
+        }
+        Ok(())
+    }
+
+    /// The winner of `epoch` makes sure the token parameter holds its own election token and
+    /// renews its lease; `false` when the token parameter appeared meanwhile (observe again).
+    async fn lead(&mut self, epoch: u64, observed: &election::Observed) -> Result<bool> {
+        let (fx, name) = (self.fx, self.d.names.token.clone());
+        let mine = matches!(&observed.token, election::TokenKind::Election { creator: Some(c) } if c == self.me());
+        if !mine {
+            let t = token::new_election_token(self.me());
+            match observed.token {
+                election::TokenKind::Absent if !fx.parameters.create_secure(&name, &t).await? => {
+                    tracing::info!(parameter = %name, "the join token appeared while this server was writing it; looking again");
+                    return Ok(false);
+                }
+                election::TokenKind::Absent => {}
+                _ => fx.parameters.overwrite_secure(&name, &t).await?,
+            }
+            tracing::info!(parameter = %name, election = epoch, "wrote this server's election token");
+            self.d.params.insert(name.clone(), Param { value: t, secure: true });
+        }
+        self.st.mode = Some(Mode::ClusterInit);
+        self.lease = Some(epoch);
+        self.renew_lease().await?;
+        Ok(true)
+    }
+
+    /// Rewrites this winner's election record (SSM's LastModifiedDate is the lease clock), a
+    /// third of a lease after the last renewal.
+    async fn renew_lease(&mut self) -> Result<()> {
+        if self.renewed.is_some_and(|t| t.elapsed() < self.cfg.election_lease / 3) {
+            return Ok(());
+        }
+        if let Some((name, mut record)) = self.still_winner().await? {
+            record.renewed_at = unix_now();
+            self.fx.parameters.overwrite_string(&name, &serde_json::to_string(&record).expect("record serialises")).await?;
+            self.renewed = Some(std::time::Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Fails when a later election was won by another server while this one was starting (its
+    /// record's name and value otherwise; `None` for a pre-election token, which has no record).
+    async fn still_winner(&self) -> Result<Option<(String, election::Record)>> {
+        let Some(epoch) = self.lease.filter(|e| *e > 0) else {
+            return Ok(None);
+        };
+        let name = format!("{}/{epoch}", self.cfg.prefix.elections(&self.d.cluster));
+        let Some((current, record)) = self.latest_election().await? else {
+            return Ok(None);
+        };
+        if current.number != epoch || record.winner != self.me() {
+            return Err(Error::failed(
+                "renew the election lease",
+                &name,
+                format!("election {} was won by {} while this server was starting; it will join as a server", current.number, current.winner),
+            ));
+        }
+        Ok(Some((name, record)))
+    }
+
+    /// A server that began the cluster but lost the election (its lease lapsed and another
+    /// server took over): stop k3s, wipe its datastore, and go on as a joiner.
+    async fn demote(&mut self, observed: &election::Observed) -> Result<()> {
+        let winner = election::current(observed).map(|e| format!("{} (election {})", e.winner, e.number)).unwrap_or_else(|| "nobody yet".into());
+        tracing::warn!(winner = %winner, "this server began the cluster but is no longer the election's winner: resetting k3s's datastore and joining instead");
+        let unit = render::unit_name(self.d.role);
+        if self.fx.services.is_active(unit).await? {
+            self.fx.services.stop(unit).await?;
+        }
+        self.fx.fs.remove_dir(render::SERVER_DB_PATH)?;
+        self.st.mode = None;
+        self.st.election = Some(format!("lost to {winner}; datastore reset"));
+        self.st.save(&self.fx.fs)
+    }
+
+    /// The token a cluster-init server configures: the password part of what it holds.
+    fn init_token(&self) -> Result<Secret> {
+        let t =
+            self.d.param(&self.d.names.token).ok_or_else(|| Error::failed("read the join token", &self.d.names.token, "the parameter is missing"))?;
+        Ok(Secret::new(token::password_of(t.value.expose())))
+    }
+
+    /// Joins through a verified live server.
+    async fn join_live_server(&mut self) -> Result<(Mode, Secret, Option<String>)> {
+        self.st.mode = Some(Mode::Join);
+        let (t, url) = self.wait_for_server().await?;
+        self.st.waiting_for = None;
+        Ok((Mode::Join, t, Some(url)))
+    }
+
+    /// Waits for the secure join token and a server that proves it holds the cluster CA.
+    async fn wait_for_server(&mut self) -> Result<(Secret, String)> {
+        let (cfg, fx, names) = (self.cfg, self.fx, self.d.names.clone());
+        let api = self.d.spec.api.clone();
+        let configured = self.st.server_url.clone();
+        let mut w = Waiter::new("the join token and a live k3s server", cfg.join_timeout);
+        let mut first = true;
+        loop {
+            if !first {
+                let refresh = [names.token.clone(), names.drain.clone()];
+                self.d.params.extend(fx.parameters.get(&refresh).await?);
+            }
+            first = false;
+            let reason = match self.d.param(&names.token).map(|p| p.value.clone()) {
+                None => format!("parameter {} does not exist yet", names.token),
+                Some(t) => match token::parse_secure(t.expose()) {
+                    None => format!("parameter {} is not yet in k3s's secure form (the first server is starting)", names.token),
+                    Some(secure) => {
+                        let records = fx.zones.records_named(&api.hosted_zone_id, &api.hostname, "A").await?;
+                        let candidates = plan::join_candidates(&records, self.me(), configured.as_deref());
+                        let mut found = None;
+                        for ip in &candidates {
+                            if fx.supervisor.verified_live(ip, &secure.ca_hash).await? {
+                                found = Some(format!("https://{ip}:{}", cfg.supervisor_port));
+                                break;
+                            }
+                        }
+                        match found {
+                            Some(url) => {
+                                tracing::info!(server = %url, "found a live server holding the cluster CA");
+                                return Ok((t, url));
+                            }
+                            None => format!("no live server with the cluster's CA among {} API record(s) of {}", candidates.len(), api.hostname),
+                        }
+                    }
+                },
+            };
+            w.pending(reason).await.map_err(|why| Error::failed("wait for a server to join", &names.token, why))?;
+        }
+    }
+
+    /// Renders and writes k3s's config, its unit, the drain manifest (servers) and the
+    /// drain kubeconfig (nodes).
+    fn render(&mut self, mode: Mode, token: &Secret, server_url: Option<&str>) -> Result<Written> {
+        let (fx, d) = (self.fx, &self.d);
+        let config = render::render_config(&ConfigInputs {
+            role: d.role,
+            mode,
+            instance_id: &d.id.instance_id,
+            node_ip: &d.id.local_ipv4,
+            region: &d.id.region,
+            zone: &d.id.zone,
+            token: token.expose(),
+            server_url,
+            spec: &d.spec,
+        });
+        let config_changed = fx.fs.write_if_changed(render::CONFIG_PATH, &config, 0o600)?;
+        let unit_path = render::unit_path(d.role);
+        let unit_written = if fx.fs.exists(&unit_path) { false } else { fx.fs.write_if_changed(&unit_path, &render::render_unit(d.role), 0o644)? };
+        if d.role.is_server() {
+            fx.fs.write_if_changed(render::DRAIN_MANIFEST_PATH, &render::render_drain_manifest(), 0o600)?;
+        }
+        let drain_kubeconfig = match (d.role, d.param(&d.names.drain)) {
+            (Role::Node, Some(p)) => {
+                fx.fs.write_if_changed(render::DRAIN_KUBECONFIG_PATH, p.value.expose(), 0o600)?;
+                Some(fx.fs.path(render::DRAIN_KUBECONFIG_PATH))
+            }
+            _ => None,
+        };
+        Ok(Written { config_changed, unit_written, drain_kubeconfig })
+    }
+
+    /// Starts k3s through systemd (restarts it when its configuration changed).
+    async fn start(&self, w: &Written) -> Result<()> {
+        let (services, unit) = (&self.fx.services, render::unit_name(self.d.role));
+        if w.unit_written {
+            services.daemon_reload().await?;
+        }
+        let active = services.is_active(unit).await?;
+        if active && w.config_changed {
+            tracing::info!(unit, "configuration changed; restarting k3s");
+            services.restart(unit).await?;
+        } else if !active {
+            services.enable_start(unit).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for k3s (the unit, the Node Ready) and every readiness probe.
+    async fn ready(&mut self, drain_kubeconfig: Option<&std::path::Path>) -> Result<()> {
+        let (fx, role) = (self.fx, self.d.role);
+        let unit = render::unit_name(role);
+        let mut w = Waiter::new("k3s and the readiness probes", self.cfg.ready_timeout);
+        loop {
+            self.renew_lease().await?;
+            let reason = if !fx.services.is_active(unit).await? {
+                format!("systemd unit {unit} is not active")
+            } else if (role.is_server() || drain_kubeconfig.is_some()) && !fx.k3s.node_ready(self.me(), drain_kubeconfig).await? {
+                format!("node {} is not Ready", self.me())
+            } else {
+                match self.failing_probe().await {
+                    None => return Ok(()),
+                    Some(f) => f,
+                }
+            };
+            w.pending(reason).await.map_err(|why| Error::failed("wait for readiness", self.me(), why))?;
+        }
+    }
+
+    /// The first readiness probe that fails, and how.
+    async fn failing_probe(&self) -> Option<String> {
+        for (i, probe) in self.d.spec.readiness.iter().enumerate() {
+            let url = probe.http.replace("{node_ip}", &self.d.id.local_ipv4);
+            if let Err(why) = self.fx.probes.http(&url, probe.expect_status).await {
+                return Some(format!("readiness[{i}] {url} {why}"));
+            }
+        }
+        None
+    }
+
+    /// The creator replaces its election token with k3s's secure form.
+    async fn secure_the_token(&self) -> Result<()> {
+        let name = &self.d.names.token;
+        let Some(current) = self.d.param(name) else {
+            return Ok(());
+        };
+        if token::parse_secure(current.value.expose()).is_some() {
+            return Ok(());
+        }
+        // Never secure a token for a cluster that lost its election meanwhile.
+        self.still_winner().await?;
+        let path = render::SERVER_TOKEN_PATH;
+        let file = self.fx.fs.read(path)?.ok_or_else(|| Error::failed("secure the join token", path, "k3s has not written its token file"))?;
+        let secure = Secret::new(file.trim());
+        match token::parse_secure(secure.expose()) {
+            Some(s) if s.password == token::password_of(current.value.expose()) => {}
+            _ => return Err(Error::failed("secure the join token", path, "the token file does not hold the cluster's token in K10 form")),
+        }
+        self.fx.parameters.overwrite_secure(name, &secure).await?;
+        tracing::info!(parameter = %name, "replaced the election token with k3s's secure form");
+        Ok(())
+    }
+
+    /// Publishes the admin and drain kubeconfigs where they are absent.
+    async fn publish_kubeconfigs(&self) -> Result<()> {
+        let (fx, names, spec) = (self.fx, &self.d.names, &self.d.spec);
+        let have_admin = self.d.params.contains_key(&names.admin);
+        let have_drain = self.d.params.contains_key(&names.drain);
+        if have_admin && have_drain {
+            return Ok(());
+        }
+        let k3s_yaml = fx
+            .fs
+            .read(render::KUBECONFIG_PATH)?
+            .ok_or_else(|| Error::failed("publish kubeconfigs", render::KUBECONFIG_PATH, "k3s has not written its kubeconfig"))?;
+        if !have_admin {
+            let admin = Secret::new(render::admin_kubeconfig(&k3s_yaml, &spec.api.hostname));
+            if fx.parameters.create_secure(&names.admin, &admin).await? {
+                tracing::info!(parameter = %names.admin, "published the admin kubeconfig");
+            }
+        }
+        if !have_drain {
+            let mut w = Waiter::new("the drain service account token", self.cfg.ready_timeout);
+            let token = loop {
+                if let Some(t) = fx.k3s.account_token(render::DRAIN_ACCOUNT).await? {
+                    break t;
+                }
+                w.pending(format!("secret kube-system/{} has no token yet", render::DRAIN_ACCOUNT))
+                    .await
+                    .map_err(|why| Error::failed("publish kubeconfigs", &names.drain, why))?;
+            };
+            let kc = render::drain_kubeconfig(&k3s_yaml, &spec.api.hostname, token.expose())
+                .ok_or_else(|| Error::failed("publish kubeconfigs", render::KUBECONFIG_PATH, "no certificate-authority-data in k3s's kubeconfig"))?;
+            if fx.parameters.create_secure(&names.drain, &Secret::new(kc)).await? {
+                tracing::info!(parameter = %names.drain, "published the drain kubeconfig");
+            }
+        }
+        Ok(())
+    }
+
+    /// Upserts this server's own API record and removes those of instances that no longer run.
+    async fn publish_api_record(&mut self) -> Result<()> {
+        let (fx, api) = (self.fx, &self.d.spec.api);
+        let address = match api.address {
+            AddressKind::Private => self.d.id.local_ipv4.clone(),
             AddressKind::Public => fx.metadata.get("public-ipv4").await?.ok_or_else(|| {
                 Error::bad_input(
                     "publish API record",
@@ -220,150 +506,40 @@ pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
                 )
             })?,
         };
-        upsert_api_record(fx, &spec, &id.instance_id, &address).await?;
-        st.api_record = Some(format!("{} A {} (set {})", spec.api.hostname, address, id.instance_id));
-        st.step(&fx.fs, "api-record")?;
-    }
-
-    // Register only now that the node can serve.
-    let mut registered = Vec::new();
-    for tg in spec.target_groups_for(role) {
-        let members = fx.target_groups.members(&tg.arn).await?;
-        let missing = plan::missing_registrations(&spec, role, &id.instance_id, |arn| (arn == tg.arn).then_some(members.as_slice()));
-        if missing.iter().any(|m| m.arn == tg.arn) {
-            fx.target_groups.register(&tg.arn, &id.instance_id, tg.port).await?;
-            tracing::info!(target_group = %tg.arn, port = tg.port, "registered");
+        let observed = fx.zones.records_named(&api.hosted_zone_id, &api.hostname, "A").await?;
+        let mine = RecordSet::api(&api.hosted_zone_id, &api.hostname, self.me(), &address, api.ttl);
+        let others = plan::other_instances(&observed, self.me());
+        let live = if others.is_empty() { Default::default() } else { fx.instances.live(&others).await? };
+        let changes = plan::api_record_changes(&observed, &mine, &live);
+        for c in &changes {
+            tracing::info!(record = %c.record().label(), action = c.action(), purpose = c.purpose(), "API record change");
         }
-        registered.push(format!("{}:{}", tg.arn, tg.port));
-    }
-    st.target_groups = registered;
-    st.step(&fx.fs, "registered")?;
-    st.phase = "ready".into();
-    st.save(&fx.fs)?;
-    if std::env::var_os("NOTIFY_SOCKET").is_some() {
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    }
-    Ok(st)
-}
-
-/// Waits for the secure join token and a server that proves it holds the cluster CA.
-async fn wait_for_server(
-    cfg: &AgentConfig,
-    fx: &Effects,
-    spec: &ClusterSpec,
-    names: &Names,
-    id: &Identity,
-    params: &mut BTreeMap<String, Param>,
-    existing_config: Option<&str>,
-) -> Result<(Secret, String)> {
-    let configured = plan::existing_server(existing_config);
-    let mut w = Waiter::new("the join token and a live k3s server", cfg.join_timeout);
-    let mut first = true;
-    loop {
-        if !first {
-            let refresh = [names.token.clone(), names.drain.clone()];
-            params.extend(fx.parameters.get(&refresh).await?);
+        if !changes.is_empty() {
+            fx.zones.change(&api.hosted_zone_id, &changes).await?;
         }
-        first = false;
-        let reason = match params.get(&names.token).map(|p| p.value.clone()) {
-            None => format!("parameter {} does not exist yet", names.token),
-            Some(t) => match token::parse_secure(t.expose()) {
-                None => format!("parameter {} is not yet in k3s's secure form (the first server is starting)", names.token),
-                Some(secure) => {
-                    let records = fx.dns.a_records(&spec.api.hosted_zone_id, &spec.api.hostname).await?;
-                    let candidates = plan::join_candidates(&records, &id.instance_id, configured.as_deref());
-                    let mut found = None;
-                    for ip in &candidates {
-                        if fx.supervisor.verified_live(ip, &secure.ca_hash).await? {
-                            found = Some(format!("https://{ip}:{}", cfg.supervisor_port));
-                            break;
-                        }
-                    }
-                    match found {
-                        Some(url) => {
-                            tracing::info!(server = %url, "found a live server holding the cluster CA");
-                            return Ok((t, url));
-                        }
-                        None => format!("no live server with the cluster's CA among {} API record(s) of {}", candidates.len(), spec.api.hostname),
-                    }
-                }
-            },
-        };
-        w.pending(reason).await.map_err(|why| Error::failed("wait for a server to join", &names.token, why))?;
+        self.st.api_record = Some(format!("{} A {} (set {})", api.hostname, address, self.me()));
+        Ok(())
     }
-}
 
-/// The creator replaces its election token with k3s's secure form.
-async fn secure_the_token(fx: &Effects, names: &Names, params: &BTreeMap<String, Param>) -> Result<()> {
-    let Some(current) = params.get(&names.token) else {
-        return Ok(());
-    };
-    if token::parse_secure(current.value.expose()).is_some() {
-        return Ok(());
-    }
-    let path = render::SERVER_TOKEN_PATH;
-    let file = fx.fs.read(path)?.ok_or_else(|| Error::failed("secure the join token", path, "k3s has not written its token file"))?;
-    let secure = Secret::new(file.trim());
-    match token::parse_secure(secure.expose()) {
-        Some(s) if s.password == token::password_of(current.value.expose()) => {}
-        _ => return Err(Error::failed("secure the join token", path, "the token file does not hold the cluster's token in K10 form")),
-    }
-    fx.parameters.overwrite_secure(&names.token, &secure).await?;
-    tracing::info!(parameter = %names.token, "replaced the election token with k3s's secure form");
-    Ok(())
-}
-
-async fn publish_kubeconfigs(cfg: &AgentConfig, fx: &Effects, spec: &ClusterSpec, names: &Names, params: &BTreeMap<String, Param>) -> Result<()> {
-    let have_admin = params.contains_key(&names.admin);
-    let have_drain = params.contains_key(&names.drain);
-    if have_admin && have_drain {
-        return Ok(());
-    }
-    let k3s_yaml = fx
-        .fs
-        .read(render::KUBECONFIG_PATH)?
-        .ok_or_else(|| Error::failed("publish kubeconfigs", render::KUBECONFIG_PATH, "k3s has not written its kubeconfig"))?;
-    if !have_admin {
-        let admin = Secret::new(render::admin_kubeconfig(&k3s_yaml, &spec.api.hostname));
-        if fx.parameters.create_secure(&names.admin, &admin).await? {
-            tracing::info!(parameter = %names.admin, "published the admin kubeconfig");
-        }
-    }
-    if !have_drain {
-        let mut w = Waiter::new("the drain service account token", cfg.ready_timeout);
-        let token = loop {
-            if let Some(t) = fx.k3s.drain_account_token().await? {
-                break t;
+    /// Registers into every target group of the role, only now that the node can serve.
+    async fn register(&mut self) -> Result<()> {
+        let (fx, d) = (self.fx, &self.d);
+        let mut registered = Vec::new();
+        for tg in d.spec.target_groups_for(d.role) {
+            let members = fx.target_groups.members(&tg.arn).await?;
+            let missing = plan::missing_registrations(&d.spec, d.role, self.me(), |arn| (arn == tg.arn).then_some(members.as_slice()));
+            if missing.iter().any(|m| m.arn == tg.arn) {
+                fx.target_groups.register(&tg.arn, self.me(), tg.port).await?;
+                tracing::info!(target_group = %tg.arn, port = tg.port, "registered");
             }
-            w.pending(format!("secret kube-system/{} has no token yet", render::DRAIN_ACCOUNT))
-                .await
-                .map_err(|why| Error::failed("publish kubeconfigs", &names.drain, why))?;
-        };
-        let kc = render::drain_kubeconfig(&k3s_yaml, &spec.api.hostname, token.expose())
-            .ok_or_else(|| Error::failed("publish kubeconfigs", render::KUBECONFIG_PATH, "no certificate-authority-data in k3s's kubeconfig"))?;
-        if fx.parameters.create_secure(&names.drain, &Secret::new(kc)).await? {
-            tracing::info!(parameter = %names.drain, "published the drain kubeconfig");
+            registered.push(format!("{}:{}", tg.arn, tg.port));
         }
+        self.st.target_groups = registered;
+        Ok(())
     }
-    Ok(())
 }
 
-async fn upsert_api_record(fx: &Effects, spec: &ClusterSpec, instance_id: &str, address: &str) -> Result<()> {
-    let zone = &spec.api.hosted_zone_id;
-    let observed = fx.dns.a_records(zone, &spec.api.hostname).await?;
-    let mine = plan::own_record(instance_id, address, spec.api.ttl);
-    let others = plan::other_instances(&observed, instance_id);
-    let live = if others.is_empty() { Default::default() } else { fx.instances.live(&others).await? };
-    let changes = plan::api_record_changes(&spec.api.hostname, &observed, &mine, &live);
-    for c in &changes {
-        match c {
-            plan::RecordChange::Upsert { record, .. } => {
-                tracing::info!(record = %spec.api.hostname, set = %record.set_identifier, "upserting own API record")
-            }
-            plan::RecordChange::Delete { record, .. } => {
-                tracing::info!(record = %spec.api.hostname, set = %record.set_identifier, "removing API record of an instance that is not running")
-            }
-        }
-    }
-    fx.dns.change(zone, &changes).await
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
 }

@@ -1,12 +1,17 @@
 //! `k3s-asg-agent`: joins an EC2 instance to its k3s cluster, makes it routable
 //! once it can serve, and (later) leaves in order.
 //!
-//! Shape: `plan` and `render` are pure; `effects` holds one narrow trait per
-//! outside system with its real implementation; `join` sequences the steps.
+//! Shape: `discover` finds who and where the instance is (once, for join,
+//! leave and run); `plan` and `render` are pure; `effects` holds one narrow
+//! trait per outside system with its real implementation (Route53, EC2 and
+//! ELBv2 come from the shared crate); `join` and `leave` are short sequences
+//! of named steps over a typed `state`.
 
 pub mod cli;
 pub mod config;
+pub mod discover;
 pub mod effects;
+pub mod election;
 pub mod error;
 pub mod failpoint;
 pub mod join;

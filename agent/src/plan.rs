@@ -1,10 +1,13 @@
-//! Pure decisions of the join path: given what was observed, what to do.
+//! Pure decisions of join and leave: given what was observed, what to do.
+//! Imports nothing effectful: the values it decides over are the shared
+//! crate's plain models (`records`, `targets`) and the agent's own state.
 
-use crate::effects::target_groups::Member;
 use crate::token;
 use k3s_asg_aws::names::is_instance_id;
+use k3s_asg_aws::records::{RecordChange, RecordSet};
 use k3s_asg_aws::spec::{ClusterSpec, TargetGroupSpec};
 use k3s_asg_aws::tags::Role;
+use k3s_asg_aws::targets::Member;
 use std::collections::BTreeSet;
 
 /// How this server starts: the one that created the token initialises the
@@ -16,20 +19,15 @@ pub enum Mode {
     Join,
 }
 
-/// Decides the mode. A config already on disk wins (a restarted agent never
+/// Decides the mode. What the state file recorded wins (a restarted agent never
 /// flips an initialised server into a joiner or back); otherwise the election
 /// token names the creator.
-pub fn decide_mode(role: Role, existing_config: Option<&str>, token: &str, instance_id: &str) -> Mode {
+pub fn decide_mode(role: Role, recorded: Option<Mode>, token: &str, instance_id: &str) -> Mode {
     if !role.is_server() {
         return Mode::Join;
     }
-    if let Some(cfg) = existing_config {
-        if cfg.lines().any(|l| l.trim() == "cluster-init: true") {
-            return Mode::ClusterInit;
-        }
-        if cfg.lines().any(|l| l.starts_with("server:")) {
-            return Mode::Join;
-        }
+    if let Some(mode) = recorded {
+        return mode;
     }
     if token::election_creator(token).as_deref() == Some(instance_id) {
         Mode::ClusterInit
@@ -38,55 +36,52 @@ pub fn decide_mode(role: Role, existing_config: Option<&str>, token: &str, insta
     }
 }
 
-/// The `server:` URL of an existing config, if any.
-pub fn existing_server(existing_config: Option<&str>) -> Option<String> {
-    existing_config?.lines().find_map(|l| l.strip_prefix("server:")).map(|v| v.trim().trim_matches('"').to_string())
-}
-
-/// One A record set under the API hostname.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiRecord {
-    pub set_identifier: String,
-    pub values: Vec<String>,
-    pub ttl: u32,
-    pub multivalue: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RecordChange {
-    Upsert { name: String, record: ApiRecord },
-    Delete { name: String, record: ApiRecord },
-}
-
-/// The record this instance should own.
-pub fn own_record(instance_id: &str, address: &str, ttl: u32) -> ApiRecord {
-    ApiRecord { set_identifier: instance_id.to_string(), values: vec![address.to_string()], ttl, multivalue: true }
-}
-
 /// Instance ids named by the records, other than `me`: the ones to check for liveness.
-pub fn other_instances(observed: &[ApiRecord], me: &str) -> Vec<String> {
-    observed.iter().map(|r| r.set_identifier.clone()).filter(|id| id != me && is_instance_id(id)).collect::<BTreeSet<_>>().into_iter().collect()
+pub fn other_instances(observed: &[RecordSet], me: &str) -> Vec<String> {
+    observed
+        .iter()
+        .filter_map(|r| r.set_identifier.as_deref())
+        .filter(|id| *id != me && is_instance_id(id))
+        .map(str::to_string)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// Upsert our own record when it differs; delete records of instances that are
 /// not live. Records whose identifier is not an instance id are not ours to touch.
-pub fn api_record_changes(hostname: &str, observed: &[ApiRecord], mine: &ApiRecord, live: &BTreeSet<String>) -> Vec<RecordChange> {
+pub fn api_record_changes(observed: &[RecordSet], mine: &RecordSet, live: &BTreeSet<String>) -> Vec<RecordChange> {
     let mut changes = Vec::new();
     if !observed.iter().any(|r| r == mine) {
-        changes.push(RecordChange::Upsert { name: hostname.to_string(), record: mine.clone() });
+        changes.push(RecordChange::Upsert { purpose: "own API record".into(), record: mine.clone() });
     }
     for r in observed {
-        if r.set_identifier != mine.set_identifier && is_instance_id(&r.set_identifier) && !live.contains(&r.set_identifier) {
-            changes.push(RecordChange::Delete { name: hostname.to_string(), record: r.clone() });
+        let Some(id) = r.set_identifier.as_deref() else { continue };
+        if r.set_identifier != mine.set_identifier && is_instance_id(id) && !live.contains(id) {
+            changes.push(RecordChange::Delete { purpose: "API record of an instance that is not running".into(), record: r.clone() });
         }
     }
     changes
 }
 
+/// Deletes of this instance's own API records (leave).
+pub fn own_record_deletes(observed: &[RecordSet], me: &str) -> Vec<RecordChange> {
+    observed
+        .iter()
+        .filter(|r| r.set_identifier.as_deref() == Some(me))
+        .map(|r| RecordChange::Delete { purpose: "own API record (leaving)".into(), record: r.clone() })
+        .collect()
+}
+
 /// Addresses of servers to try joining, the one already configured first.
-pub fn join_candidates(observed: &[ApiRecord], me: &str, configured: Option<&str>) -> Vec<String> {
-    let mut ips: Vec<String> =
-        observed.iter().filter(|r| r.set_identifier != me).flat_map(|r| r.values.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
+pub fn join_candidates(observed: &[RecordSet], me: &str, configured: Option<&str>) -> Vec<String> {
+    let mut ips: Vec<String> = observed
+        .iter()
+        .filter(|r| r.set_identifier.as_deref() != Some(me))
+        .flat_map(|r| r.values().iter().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     if let Some(conf) = configured {
         if let Some(pos) = ips.iter().position(|ip| conf.contains(&format!("//{ip}:"))) {
             let ip = ips.remove(pos);
@@ -107,18 +102,7 @@ pub fn missing_registrations<'a>(
     spec.target_groups_for(role)
         .filter(|tg| {
             let members = members_of(&tg.arn).unwrap_or(&[]);
-            !members.iter().any(|m| m.id == instance_id && m.port == tg.port && m.state != "draining")
-        })
-        .collect()
-}
-
-/// Parses `name Ready-status` lines.
-pub fn parse_node_readiness(text: &str) -> Vec<(String, bool)> {
-    text.lines()
-        .filter_map(|l| {
-            let mut parts = l.split_whitespace();
-            let name = parts.next()?;
-            Some((name.to_string(), parts.next() == Some("True")))
+            !members.iter().any(|m| m.id == instance_id && m.port == tg.port && !m.state.is_draining())
         })
         .collect()
 }
@@ -142,6 +126,10 @@ pub fn may_remove_member(members: &[(String, bool)], me: &str) -> Result<(), Str
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use k3s_asg_aws::records::RecordData;
+    use k3s_asg_aws::targets::TargetState;
+
     #[test]
     fn quorum_guard() {
         let m = |v: &[(&str, bool)]| v.iter().map(|(n, r)| (n.to_string(), *r)).collect::<Vec<_>>();
@@ -152,54 +140,55 @@ mod tests {
         assert!(may_remove_member(&m(&[("a", true)]), "a").is_ok(), "the last server may go");
         assert!(may_remove_member(&m(&[("a", true), ("b", true)]), "a").is_ok());
         assert!(may_remove_member(&m(&[("a", true), ("b", true), ("c", true), ("d", false), ("e", true)]), "a").is_ok());
-        assert_eq!(parse_node_readiness("i-1 True\ni-2 False\n\ni-3\n"), m(&[("i-1", true), ("i-2", false), ("i-3", false)]));
     }
-
-    use super::*;
 
     const ME: &str = "i-0000000000000000a";
     const OTHER: &str = "i-0000000000000000b";
     const DEAD: &str = "i-0000000000000000c";
 
     #[test]
-    fn mode_from_token_and_disk() {
+    fn mode_from_token_and_state() {
         let mine = token::new_election_token(ME);
         let theirs = token::new_election_token(OTHER);
         assert_eq!(decide_mode(Role::ControlPlane, None, mine.expose(), ME), Mode::ClusterInit);
         assert_eq!(decide_mode(Role::ControlPlane, None, theirs.expose(), ME), Mode::Join);
         assert_eq!(decide_mode(Role::Node, None, mine.expose(), ME), Mode::Join);
-        // After the token became secure, the disk remembers.
+        // After the token became secure, the state file remembers.
         let secure = format!("K10{}::server:pw", "a".repeat(64));
-        assert_eq!(decide_mode(Role::ControlPlane, Some("cluster-init: true\n"), &secure, ME), Mode::ClusterInit);
-        assert_eq!(decide_mode(Role::ControlPlane, Some("server: \"https://1.2.3.4:6443\"\n"), mine.expose(), ME), Mode::Join);
-        assert_eq!(existing_server(Some("a: 1\nserver: \"https://1.2.3.4:6443\"\n")).as_deref(), Some("https://1.2.3.4:6443"));
+        assert_eq!(decide_mode(Role::ControlPlane, Some(Mode::ClusterInit), &secure, ME), Mode::ClusterInit);
+        assert_eq!(decide_mode(Role::ControlPlane, Some(Mode::Join), mine.expose(), ME), Mode::Join);
+        assert_eq!(decide_mode(Role::Node, Some(Mode::ClusterInit), mine.expose(), ME), Mode::Join);
     }
 
-    fn rec(id: &str, ip: &str) -> ApiRecord {
-        own_record(id, ip, 30)
+    fn rec(id: &str, ip: &str) -> RecordSet {
+        RecordSet::api("Z1", "api.example.com", id, ip, 30)
     }
 
     #[test]
     fn records_upsert_self_and_prune_dead_only() {
-        let foreign = ApiRecord { set_identifier: "manual".into(), values: vec!["9.9.9.9".into()], ttl: 60, multivalue: true };
+        let mut foreign = rec("manual", "9.9.9.9");
+        foreign.data = RecordData::Values { ttl: 60, values: vec!["9.9.9.9".into()], multivalue: true };
         let observed = vec![rec(OTHER, "127.0.0.2"), rec(DEAD, "127.0.0.3"), foreign];
         let live: BTreeSet<String> = [OTHER.to_string()].into();
         let mine = rec(ME, "127.0.0.1");
-        let changes = api_record_changes("api.example.com", &observed, &mine, &live);
+        let changes = api_record_changes(&observed, &mine, &live);
         assert_eq!(
             changes,
             vec![
-                RecordChange::Upsert { name: "api.example.com".into(), record: mine.clone() },
-                RecordChange::Delete { name: "api.example.com".into(), record: rec(DEAD, "127.0.0.3") },
+                RecordChange::Upsert { purpose: "own API record".into(), record: mine.clone() },
+                RecordChange::Delete { purpose: "API record of an instance that is not running".into(), record: rec(DEAD, "127.0.0.3") },
             ]
         );
         assert_eq!(other_instances(&observed, ME), vec![OTHER.to_string(), DEAD.to_string()]);
         // Converged: nothing to do.
         let observed = vec![rec(OTHER, "127.0.0.2"), mine.clone()];
-        assert!(api_record_changes("api.example.com", &observed, &mine, &live).is_empty());
+        assert!(api_record_changes(&observed, &mine, &live).is_empty());
         // A stale value of our own is upserted.
         let observed = vec![rec(ME, "127.0.0.9")];
-        assert_eq!(api_record_changes("api.example.com", &observed, &mine, &live).len(), 1);
+        assert_eq!(api_record_changes(&observed, &mine, &live).len(), 1);
+        // Leaving deletes exactly our own.
+        let observed = vec![rec(OTHER, "127.0.0.2"), rec(ME, "127.0.0.1")];
+        assert_eq!(own_record_deletes(&observed, ME).iter().map(|c| c.record().clone()).collect::<Vec<_>>(), vec![rec(ME, "127.0.0.1")]);
     }
 
     #[test]
@@ -219,7 +208,7 @@ mod tests {
                   {"arn":"arn:aws:elasticloadbalancing:r:1:targetgroup/b/2","port":6443,"roles":["control-plane"]}]}"#,
         )
         .unwrap();
-        let a = vec![Member { id: ME.into(), port: 80, state: "healthy".into() }];
+        let a = vec![Member { id: ME.into(), port: 80, state: TargetState::Healthy }];
         let members = |arn: &str| {
             if arn.ends_with("a/1") {
                 Some(a.as_slice())
@@ -231,7 +220,7 @@ mod tests {
         assert_eq!(missing.len(), 1);
         assert!(missing[0].arn.ends_with("b/2"));
         assert!(missing_registrations(&spec, Role::Node, ME, members).is_empty());
-        let draining = vec![Member { id: ME.into(), port: 80, state: "draining".into() }];
+        let draining = vec![Member { id: ME.into(), port: 80, state: TargetState::Draining }];
         assert_eq!(missing_registrations(&spec, Role::Node, ME, |_| Some(draining.as_slice())).len(), 1);
     }
 }

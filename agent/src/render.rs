@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 pub const CONFIG_PATH: &str = "/etc/rancher/k3s/config.yaml";
 pub const KUBECONFIG_PATH: &str = "/etc/rancher/k3s/k3s.yaml";
 pub const SERVER_TOKEN_PATH: &str = "/var/lib/rancher/k3s/server/token";
+/// k3s's embedded etcd datastore: wiped when a server must join instead of the cluster it began.
+pub const SERVER_DB_PATH: &str = "/var/lib/rancher/k3s/server/db";
 pub const DRAIN_MANIFEST_PATH: &str = "/var/lib/rancher/k3s/server/manifests/k3s-asg-drain.yaml";
 pub const DRAIN_KUBECONFIG_PATH: &str = "/var/lib/k3s-asg/drain.kubeconfig";
 pub const DRAIN_ACCOUNT: &str = "k3s-asg-drain";

@@ -8,7 +8,8 @@
 use crate::config::AgentConfig;
 use crate::effects::Effects;
 use crate::error::{Error, Result};
-use crate::state::State;
+pub use crate::state::Trigger;
+use crate::state::{Phase, State};
 use crate::wait::Hurry;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,16 +17,6 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
 pub const POLL: Duration = Duration::from_secs(1);
-
-/// Why the agent is leaving.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trigger {
-    Sigterm,
-    LifecycleTerminated,
-    SpotInterruption(String),
-    Rebalance,
-    Resume,
-}
 
 /// Reads IMDS once: a reason to leave, if any.
 pub async fn notice(cfg: &AgentConfig, fx: &Effects) -> Result<Option<Trigger>> {
@@ -45,7 +36,7 @@ pub async fn notice(cfg: &AgentConfig, fx: &Effects) -> Result<Option<Trigger>> 
 
 pub async fn run(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| Error::failed("install SIGTERM handler", "", e.to_string()))?;
-    let resuming = State::load(&fx.fs)?.is_some_and(|s| s.phase == "leaving");
+    let resuming = State::load(&fx.fs)?.is_some_and(|s| s.phase == Phase::Leaving);
     let trigger = if resuming {
         tracing::info!("a previous leave did not finish; finishing it");
         Trigger::Resume
@@ -70,7 +61,7 @@ pub async fn run(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
         std::future::pending::<()>().await
     };
     tokio::select! {
-        r = crate::leave::leave(cfg, fx, &hurry) => r,
+        r = crate::leave::leave(cfg, fx, &hurry, trigger.clone()) => r,
         _ = second => unreachable!("waits forever"),
     }
 }

@@ -1,34 +1,163 @@
 //! What the agent did, kept under `{root}/var/lib/k3s-asg/state.json` for
-//! `status` and for a restarted agent. Holds no secrets.
+//! `status` and for a restarted agent. Holds no secrets. Typed: the phase, the
+//! join mode and the step names are enums (the failpoints and the tests use the
+//! same [`StepName`]), serialised as the kebab-case words earlier agents wrote.
 
 use crate::effects::hostfs::HostFs;
 use crate::error::Result;
 use crate::plan::Mode;
 use k3s_asg_aws::tags::Role;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 pub const STATE_PATH: &str = "/var/lib/k3s-asg/state.json";
+
+/// Where the agent stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    #[default]
+    Joining,
+    Ready,
+    Failed,
+    /// A leave began and has not finished: `run` finishes it when started again.
+    Leaving,
+    Left,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Joining => "joining",
+            Phase::Ready => "ready",
+            Phase::Failed => "failed",
+            Phase::Leaving => "leaving",
+            Phase::Left => "left",
+        })
+    }
+}
+
+/// The named steps of join and leave, in their normative order (DESIGN.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepName {
+    // join
+    Identity,
+    Token,
+    Render,
+    Start,
+    Ready,
+    Kubeconfigs,
+    ApiRecord,
+    Registered,
+    // leave
+    Deregistered,
+    ApiRecordRemoved,
+    Drained,
+    NodeDeleted,
+    K3sStopped,
+    LifecycleCompleted,
+}
+
+impl StepName {
+    /// Every join step, in order (`kubeconfigs` and `api-record` are the control plane's).
+    pub const JOIN: &'static [StepName] = &[
+        StepName::Identity,
+        StepName::Token,
+        StepName::Render,
+        StepName::Start,
+        StepName::Ready,
+        StepName::Kubeconfigs,
+        StepName::ApiRecord,
+        StepName::Registered,
+    ];
+    /// Every leave step, in order (`api-record-removed` is the control plane's; `lifecycle-completed`
+    /// happens where a hook waits).
+    pub const LEAVE: &'static [StepName] = &[
+        StepName::Deregistered,
+        StepName::ApiRecordRemoved,
+        StepName::Drained,
+        StepName::NodeDeleted,
+        StepName::K3sStopped,
+        StepName::LifecycleCompleted,
+    ];
+
+    /// The join steps an instance of `role` goes through.
+    pub fn join_steps(role: Role) -> Vec<StepName> {
+        Self::JOIN.iter().copied().filter(|s| role.is_server() || !matches!(s, StepName::Kubeconfigs | StepName::ApiRecord)).collect()
+    }
+
+    /// The name in the state file, the logs and `K3S_ASG_FAILPOINT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepName::Identity => "identity",
+            StepName::Token => "token",
+            StepName::Render => "render",
+            StepName::Start => "start",
+            StepName::Ready => "ready",
+            StepName::Kubeconfigs => "kubeconfigs",
+            StepName::ApiRecord => "api-record",
+            StepName::Registered => "registered",
+            StepName::Deregistered => "deregistered",
+            StepName::ApiRecordRemoved => "api-record-removed",
+            StepName::Drained => "drained",
+            StepName::NodeDeleted => "node-deleted",
+            StepName::K3sStopped => "k3s-stopped",
+            StepName::LifecycleCompleted => "lifecycle-completed",
+        }
+    }
+}
+
+impl fmt::Display for StepName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why the agent is leaving.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    Sigterm,
+    LifecycleTerminated,
+    /// A spot `instance-action` notice (its JSON text).
+    SpotInterruption(String),
+    Rebalance,
+    /// The `leave` command.
+    Command,
+    /// `run` found a leave that had not finished.
+    Resume,
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct State {
     pub instance_id: String,
     pub cluster: String,
     pub role: Option<Role>,
+    /// How k3s was configured here; decides the mode of the next join on this host.
     pub mode: Option<Mode>,
     pub server_url: Option<String>,
-    /// `joining`, `ready`, `failed`.
-    pub phase: String,
+    pub phase: Phase,
     pub api_hostname: Option<String>,
     pub api_record: Option<String>,
     pub target_groups: Vec<String>,
     /// Steps completed, in order, with the Unix time (ms) each finished.
     pub steps: Vec<Step>,
     pub last_error: Option<String>,
+    /// Why the last leave began.
+    #[serde(default)]
+    pub trigger: Option<Trigger>,
+    /// The first-server election this instance won, and why it was held (no secret).
+    #[serde(default)]
+    pub election: Option<String>,
+    /// What a join is waiting for right now, and why.
+    #[serde(default)]
+    pub waiting_for: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Step {
-    pub name: String,
+    pub name: StepName,
     pub at_ms: u128,
 }
 
@@ -37,13 +166,13 @@ impl State {
         Ok(fs.read(STATE_PATH)?.and_then(|s| serde_json::from_str(&s).ok()))
     }
 
-    /// Loads the state and starts a new phase (`joining`, `leaving`) with no steps done yet.
-    pub fn begin(fs: &HostFs, instance_id: &str, cluster: &str, role: Role, phase: &str) -> Result<State> {
+    /// Loads the state and starts a new phase (joining, leaving) with no steps done yet.
+    pub fn begin(fs: &HostFs, instance_id: &str, cluster: &str, role: Role, phase: Phase) -> Result<State> {
         let mut st = State::load(fs)?.unwrap_or_default();
         st.instance_id = instance_id.to_string();
         st.cluster = cluster.to_string();
         st.role = Some(role);
-        st.phase = phase.to_string();
+        st.phase = phase;
         st.steps.clear();
         st.last_error = None;
         st.save(fs)?;
@@ -57,11 +186,34 @@ impl State {
     }
 
     /// Records a finished step (after its effect: see `failpoint`).
-    pub fn step(&mut self, fs: &HostFs, name: &str) -> Result<()> {
+    pub fn step(&mut self, fs: &HostFs, name: StepName) -> Result<()> {
         crate::failpoint::hit(name);
         let at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
-        self.steps.push(Step { name: name.to_string(), at_ms });
-        tracing::info!(step = name, "done");
+        self.steps.push(Step { name, at_ms });
+        tracing::info!(step = name.as_str(), "done");
         self.save(fs)
+    }
+
+    pub fn did(&self, name: StepName) -> bool {
+        self.steps.iter().any(|s| s.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_words_earlier_agents_wrote() {
+        for s in StepName::JOIN.iter().chain(StepName::LEAVE) {
+            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::Value::String(s.as_str().into()));
+        }
+        assert_eq!(serde_json::to_value(Phase::Leaving).unwrap(), "leaving");
+        let old = r#"{"instance_id":"i-1","cluster":"a","role":"control-plane","mode":"cluster-init","server_url":null,"phase":"ready",
+            "api_hostname":null,"api_record":null,"target_groups":[],"steps":[{"name":"api-record","at_ms":1}],"last_error":null}"#;
+        let st: State = serde_json::from_str(old).unwrap();
+        assert_eq!((st.phase, st.mode, st.steps[0].name), (Phase::Ready, Some(Mode::ClusterInit), StepName::ApiRecord));
+        assert_eq!(StepName::join_steps(Role::Node).len(), 6);
+        assert_eq!(StepName::join_steps(Role::ControlPlane), StepName::JOIN);
     }
 }

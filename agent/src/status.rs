@@ -20,6 +20,12 @@ pub fn human(state: Option<&State>) -> String {
         };
         out.push_str(&format!("k3s:        {how}\n"));
     }
+    if let Some(e) = &s.election {
+        out.push_str(&format!("election:   {e}\n"));
+    }
+    if let Some(w) = &s.waiting_for {
+        out.push_str(&format!("waiting:    {w}\n"));
+    }
     if let Some(r) = &s.api_record {
         out.push_str(&format!("api record: {r}\n"));
     }

@@ -1,8 +1,12 @@
 //! The one error type of both programs: it names the step and the resource
-//! (instance id, ARN, record, parameter, path), and its kind sets the exit code
-//! of DESIGN.md: 2 for bad input (nothing was changed), 1 for anything else.
+//! (instance id, ARN, record, parameter, path), keeps the underlying error as
+//! its source, and its kind sets the exit code of DESIGN.md: 2 for bad input
+//! (nothing was changed), 1 for anything else. Whether it is worth retrying at
+//! once is decided where it is made ([`Error::retry_if`]).
 
 use std::fmt;
+
+type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 #[derive(Debug)]
 pub struct Error {
@@ -13,21 +17,48 @@ pub struct Error {
     pub step: &'static str,
     pub resource: String,
     pub detail: String,
+    source: Option<Cause>,
 }
 
 impl Error {
     pub fn failed(step: &'static str, resource: impl Into<String>, detail: impl Into<String>) -> Self {
-        Error { bad_input: false, retry: false, step, resource: resource.into(), detail: detail.into() }
+        Error { bad_input: false, retry: false, step, resource: resource.into(), detail: detail.into(), source: None }
     }
 
     pub fn bad_input(step: &'static str, resource: impl Into<String>, detail: impl Into<String>) -> Self {
         Error { bad_input: true, ..Self::failed(step, resource, detail) }
     }
 
-    /// An SDK error, printed with its whole chain of causes.
+    /// An SDK (or any other library) error: printed with its whole chain of causes, and
+    /// kept as the source.
     #[cfg(feature = "sdk")]
-    pub fn sdk<E: std::error::Error>(step: &'static str, resource: impl Into<String>, err: &E) -> Self {
-        Self::failed(step, resource, crate::sdk_error_text(err))
+    pub fn sdk<E: std::error::Error + Send + Sync + 'static>(step: &'static str, resource: impl Into<String>, err: E) -> Self {
+        Self::failed(step, resource, crate::sdk_error_text(&err)).caused_by(err)
+    }
+
+    /// A failure with an underlying error (I/O, a spawned program): its text is the detail, and it
+    /// is kept as the source.
+    pub fn from_cause<E: std::error::Error + Send + Sync + 'static>(step: &'static str, resource: impl Into<String>, err: E) -> Self {
+        Self::failed(step, resource, err.to_string()).caused_by(err)
+    }
+
+    /// Keeps `cause` as this error's source.
+    pub fn caused_by<E: std::error::Error + Send + Sync + 'static>(mut self, cause: E) -> Self {
+        self.source = Some(Box::new(cause));
+        self
+    }
+
+    /// Marks the error worth an immediate retry when `cond` holds (decided where it is made).
+    pub fn retry_if(mut self, cond: bool) -> Self {
+        self.retry = cond;
+        self
+    }
+
+    /// Makes the error bad input (exit 2): the caller knows the cause is the operator's.
+    pub fn into_bad_input(mut self, detail: impl Into<String>) -> Self {
+        self.bad_input = true;
+        self.detail = detail.into();
+        self
     }
 
     /// A spec that does not parse: bad input naming the parameter and the field.
@@ -54,11 +85,16 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::error::Error as _;
 
     #[test]
     fn exit_codes_and_text() {
@@ -68,5 +104,16 @@ mod tests {
         let e = Error::failed("install SIGTERM handler", "", "no");
         assert_eq!(e.exit_code(), 1);
         assert_eq!(e.to_string(), "install SIGTERM handler: no");
+        assert!(!e.retry);
+    }
+
+    #[test]
+    fn keeps_its_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let e = Error::failed("write file", "/etc/x", "denied").caused_by(io).retry_if(true);
+        assert!(e.retry);
+        let cause = e.source().expect("source kept");
+        assert_eq!(cause.downcast_ref::<std::io::Error>().map(|io| io.kind()), Some(std::io::ErrorKind::PermissionDenied));
+        assert_eq!(e.to_string(), "write file (/etc/x): denied");
     }
 }

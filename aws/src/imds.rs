@@ -35,8 +35,7 @@ pub fn check_identity(values: Vec<Option<String>>) -> Result<Identity, MetadataE
         }
     };
     let (bad, instance_id) = next(IDENTITY_PATHS[0])?;
-    let hex = instance_id.strip_prefix("i-").unwrap_or_default();
-    if !(hex.len() == 8 || hex.len() == 17) || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if !crate::names::is_instance_id(&instance_id) {
         return Err(bad(format!("{instance_id:?} is not an instance id (i- and 8 or 17 hex digits)")));
     }
     let (bad, region) = next(IDENTITY_PATHS[1])?;

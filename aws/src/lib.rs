@@ -1,19 +1,25 @@
 //! The AWS-side schema of k3s-asg, shared by the agent and the coordinator:
 //! instance tags, SSM parameter names, the cluster spec, naming rules, and
-//! how SDK clients are configured.
+//! how SDK clients are configured, and the one place each of Route53, EC2
+//! and ELBv2 is spoken to (`route53`, `ec2`, `elbv2`, over the plain values of
+//! `records` and `targets`).
 
 #[cfg(feature = "sdk")]
 pub mod clients;
+#[cfg(feature = "sdk")]
+pub mod ec2;
+#[cfg(feature = "sdk")]
+pub mod elbv2;
 pub mod error;
 pub mod imds;
-#[cfg(feature = "sdk")]
-pub mod instances;
 pub mod names;
 pub mod params;
+pub mod records;
+#[cfg(feature = "sdk")]
+pub mod route53;
 pub mod spec;
 pub mod tags;
-#[cfg(feature = "sdk")]
-pub mod target_health;
+pub mod targets;
 
 #[cfg(feature = "sdk")]
 /// Renders an SDK error with its whole chain of causes, for messages read by operators.

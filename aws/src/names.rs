@@ -48,10 +48,11 @@ pub fn fqdn(name: &str) -> String {
     }
 }
 
-/// `i-` followed by 8 or 17 hex digits.
+/// `i-` followed by 8 or 17 lower-case hex digits, as EC2 writes them (the one rule of
+/// both programs: IMDS answers, API record set identifiers).
 pub fn is_instance_id(s: &str) -> bool {
     match s.strip_prefix("i-") {
-        Some(rest) => (rest.len() == 8 || rest.len() == 17) && rest.bytes().all(|b| b.is_ascii_hexdigit()),
+        Some(rest) => (rest.len() == 8 || rest.len() == 17) && rest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
         None => false,
     }
 }
@@ -86,6 +87,7 @@ mod tests {
         assert!(is_instance_id("i-0123456789abcdef0"));
         assert!(is_instance_id("i-01234567"));
         assert!(!is_instance_id("i-xyz"));
+        assert!(!is_instance_id("i-0123456789ABCDEF0"), "EC2 writes ids in lower case");
         assert!(!is_instance_id("us-east-1/blog.example.com"));
     }
 }

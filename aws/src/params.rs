@@ -41,6 +41,12 @@ impl Prefix {
     pub fn drain_kubeconfig(&self, cluster: &str) -> String {
         format!("{}/clusters/{cluster}/kubeconfig/drain", self.0)
     }
+    /// The folder of the cluster's first-server elections: one String parameter per epoch,
+    /// `{prefix}/clusters/{cluster}/election/{epoch}`, created with `Overwrite=false`.
+    pub fn elections(&self, cluster: &str) -> String {
+        format!("{}/clusters/{cluster}/election", self.as_str())
+    }
+
     pub fn endpoint(&self, name: &str) -> String {
         format!("{}/endpoints/{name}", self.0)
     }

@@ -99,7 +99,7 @@ impl LoadBalancer for Elbv2 {
     async fn alias_target(&self, alb_arn: &str) -> Result<AliasTarget, Error> {
         let resp = self.0.describe_load_balancers().load_balancer_arns(alb_arn).send().await.map_err(|e| match e.as_service_error() {
             Some(s) if s.is_load_balancer_not_found_exception() => not_found(alb_arn),
-            _ => Error::sdk("read load balancer (elasticloadbalancing:DescribeLoadBalancers)", alb_arn, &e),
+            _ => Error::sdk("read load balancer (elasticloadbalancing:DescribeLoadBalancers)", alb_arn, e),
         })?;
         let lb = resp.load_balancers().first().ok_or_else(|| not_found(alb_arn))?;
         Ok(AliasTarget {
@@ -115,7 +115,7 @@ impl LoadBalancer for Elbv2 {
             .load_balancer_arn(alb_arn)
             .send()
             .await
-            .map_err(|e| Error::sdk("read listeners (elasticloadbalancing:DescribeListeners)", alb_arn, &e))?;
+            .map_err(|e| Error::sdk("read listeners (elasticloadbalancing:DescribeListeners)", alb_arn, e))?;
         Ok(resp.listeners().iter().filter_map(|l| Some((l.listener_arn()?.to_string(), l.port().unwrap_or_default() as u16))).collect())
     }
 
@@ -131,7 +131,7 @@ impl LoadBalancer for Elbv2 {
                 .set_marker(marker.clone())
                 .send()
                 .await
-                .map_err(|e| Error::sdk("read rules (elasticloadbalancing:DescribeRules)", listener, &e))?;
+                .map_err(|e| Error::sdk("read rules (elasticloadbalancing:DescribeRules)", listener, e))?;
             rules.extend(resp.rules().iter().filter(|r| r.is_default() != Some(true)).cloned());
             marker = resp.next_marker().map(str::to_string);
             if marker.is_none() {
@@ -175,7 +175,7 @@ impl LoadBalancer for Elbv2 {
                 .set_resource_arns(Some(chunk.to_vec()))
                 .send()
                 .await
-                .map_err(|e| Error::sdk("read rule tags (elasticloadbalancing:DescribeTags)", chunk[0].as_str(), &e))?;
+                .map_err(|e| Error::sdk("read rule tags (elasticloadbalancing:DescribeTags)", chunk[0].as_str(), e))?;
             for d in resp.tag_descriptions() {
                 if let Some(t) = d.tags().iter().find(|t| t.key() == Some(OWNER_TAG)) {
                     owners.insert(d.resource_arn().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string());
@@ -198,10 +198,8 @@ impl LoadBalancer for Elbv2 {
             .await
             .map_err(|e| {
                 let priority_taken = e.as_service_error().is_some_and(|s| s.is_priority_in_use_exception());
-                let mut err =
-                    Error::sdk("create rule (elasticloadbalancing:CreateRule)", format!("{listener} priority {priority} host {}", spec.host), &e);
-                err.retry = priority_taken;
-                err
+                Error::sdk("create rule (elasticloadbalancing:CreateRule)", format!("{listener} priority {priority} host {}", spec.host), e)
+                    .retry_if(priority_taken)
             })?;
         Ok(resp.rules().first().and_then(|r| r.rule_arn()).unwrap_or_default().to_string())
     }
@@ -214,7 +212,7 @@ impl LoadBalancer for Elbv2 {
             .actions(forward(spec))
             .send()
             .await
-            .map_err(|e| Error::sdk("modify rule (elasticloadbalancing:ModifyRule)", arn, &e))?;
+            .map_err(|e| Error::sdk("modify rule (elasticloadbalancing:ModifyRule)", arn, e))?;
         Ok(())
     }
 
@@ -223,7 +221,7 @@ impl LoadBalancer for Elbv2 {
     }
 
     async fn delete_rule(&self, arn: &str) -> Result<(), Error> {
-        self.0.delete_rule().rule_arn(arn).send().await.map_err(|e| Error::sdk("delete rule (elasticloadbalancing:DeleteRule)", arn, &e))?;
+        self.0.delete_rule().rule_arn(arn).send().await.map_err(|e| Error::sdk("delete rule (elasticloadbalancing:DeleteRule)", arn, e))?;
         Ok(())
     }
 }
@@ -235,20 +233,9 @@ impl Elbv2 {
             priorities.iter().map(|(arn, p)| RulePriorityPair::builder().rule_arn(arn).priority(*p as i32).build()).collect();
         self.0.set_rule_priorities().set_rule_priorities(Some(pairs)).send().await.map_err(|e| {
             let what: Vec<String> = priorities.iter().map(|(a, p)| format!("{a}={p}")).collect();
-            let mut err = Error::sdk("reorder rules (elasticloadbalancing:SetRulePriorities)", what.join(", "), &e);
-            err.retry = e.as_service_error().is_some_and(|s| s.is_priority_in_use_exception());
-            err
+            let priority_taken = e.as_service_error().is_some_and(|s| s.is_priority_in_use_exception());
+            Error::sdk("reorder rules (elasticloadbalancing:SetRulePriorities)", what.join(", "), e).retry_if(priority_taken)
         })?;
         Ok(())
-    }
-}
-
-#[async_trait]
-impl crate::health::Targets for Elbv2 {
-    async fn healthy(&self, target_group: &str) -> Result<Vec<(String, u16)>, Error> {
-        let members = k3s_asg_aws::target_health::members(&self.0, target_group)
-            .await
-            .map_err(|why| Error::failed("read target health (elasticloadbalancing:DescribeTargetHealth)", target_group, why))?;
-        Ok(members.into_iter().filter(|m| m.state == "healthy").map(|m| (m.id, m.port)).collect())
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::reconcile::{self, Effects, Settings};
 use crate::warm::Warm;
-use crate::{alb, source, zones, Error};
+use crate::{alb, source, Error};
 use clap::{Parser, Subcommand};
 use k3s_asg_aws::params::Prefix;
 use std::process::ExitCode;
@@ -102,11 +102,11 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
     }
     let fx = Effects {
         specs: Box::new(source::Ssm(aws_sdk_ssm::Client::new(&sdk))),
-        targets: Box::new(alb::Elbv2(aws_sdk_elasticloadbalancingv2::Client::new(&sdk))),
+        targets: Box::new(k3s_asg_aws::elbv2::Elbv2(aws_sdk_elasticloadbalancingv2::Client::new(&sdk))),
         probe: Box::new(crate::health::HttpHostProbe),
-        instances: Box::new(crate::instances::Ec2(aws_sdk_ec2::Client::new(&sdk))),
+        instances: Box::new(k3s_asg_aws::ec2::Ec2(aws_sdk_ec2::Client::new(&sdk))),
         alb: Box::new(alb::Elbv2(aws_sdk_elasticloadbalancingv2::Client::new(&sdk))),
-        zones: Box::new(zones::Route53(aws_sdk_route53::Client::new(&sdk))),
+        zones: Box::new(k3s_asg_aws::route53::Route53(aws_sdk_route53::Client::new(&sdk))),
     };
     let warm = Warm::new(Duration::from_secs(cli.refresh));
     match cli.command {
@@ -149,7 +149,7 @@ async fn print_kubeconfig(ssm: &aws_sdk_ssm::Client, prefix: &Prefix, cluster: &
         Some(s) if s.is_parameter_not_found() => {
             Error::bad_input("read kubeconfig", &name, "the parameter does not exist (has a control-plane instance of this cluster joined?)")
         }
-        _ => Error::sdk("read kubeconfig (ssm:GetParameter)", &name, &e),
+        _ => Error::sdk("read kubeconfig (ssm:GetParameter)", &name, e),
     })?;
     print!("{}", resp.parameter().and_then(|p| p.value()).unwrap_or_default());
     Ok(())

@@ -122,7 +122,145 @@ pub fn desired(i: &Inputs<'_>) -> Result<Desired, Vec<String>> {
 
 #[cfg(test)]
 mod tests {
-    use super::in_zone;
+    use super::*;
+
+    const L443: &str = "arn:aws:elasticloadbalancing:us-east-1:1:listener/app/shared/1/443";
+    const L80: &str = "arn:aws:elasticloadbalancing:us-east-1:1:listener/app/shared/1/80";
+
+    fn tg(name: &str) -> String {
+        format!("arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/{name}/1")
+    }
+
+    fn cluster(name: &str, ingress: bool) -> ClusterSpec {
+        let json = serde_json::json!({
+            "api": { "hostname": format!("api.{name}.us-east-1.example.com"), "hosted_zone_id": "ZAPI" },
+            "target_groups": [ { "arn": tg(name), "port": 80, "ingress": ingress } ]
+        });
+        ClusterSpec::parse(&format!("/k3s-asg/clusters/{name}/config"), &json.to_string()).unwrap()
+    }
+
+    fn endpoint(json: serde_json::Value) -> EndpointSpec {
+        EndpointSpec::parse("/k3s-asg/endpoints/x", &json.to_string()).unwrap()
+    }
+
+    struct Fixture {
+        region: RegionSpec,
+        listeners: BTreeMap<String, u16>,
+        clusters: BTreeMap<String, ClusterSpec>,
+        endpoints: BTreeMap<String, EndpointSpec>,
+        zones: BTreeMap<String, Option<String>>,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let region = RegionSpec::parse(
+                "/k3s-asg/regions/us-east-1",
+                &serde_json::json!({ "alb_arn": "arn:aws:elasticloadbalancing:us-east-1:1:loadbalancer/app/shared/1",
+                                     "listener_arns": [L443, L80], "zone": "example.com" })
+                .to_string(),
+            )
+            .unwrap();
+            Fixture {
+                region,
+                listeners: [(L443.to_string(), 443), (L80.to_string(), 80)].into(),
+                clusters: [("alpha".to_string(), cluster("alpha", true)), ("bravo".to_string(), cluster("bravo", true))].into(),
+                endpoints: BTreeMap::new(),
+                zones: [("ZEP".to_string(), Some("example.com".to_string())), ("ZNONE".to_string(), None)].into(),
+            }
+        }
+
+        fn desired(&self) -> Result<Desired, Vec<String>> {
+            desired(&Inputs {
+                prefix: "/k3s-asg",
+                region: "us-east-1",
+                owner: "k3s-asg",
+                region_spec: &self.region,
+                listeners: &self.listeners,
+                alb: AliasTarget { dns_name: "shared-1.us-east-1.elb.amazonaws.com.".into(), hosted_zone_id: "ZALB".into() },
+                clusters: &self.clusters,
+                endpoints: &self.endpoints,
+                zone_names: &self.zones,
+            })
+        }
+    }
+
+    #[test]
+    fn a_wildcard_rule_per_cluster_and_listener() {
+        let mut f = Fixture::new();
+        f.clusters.insert("charlie".into(), cluster("charlie", false));
+        let d = f.desired().unwrap();
+        let hosts: Vec<(&str, &str, bool)> = d.rules.iter().map(|r| (r.listener.as_str(), r.spec.host.as_str(), r.specific)).collect();
+        assert_eq!(
+            hosts,
+            vec![
+                (L443, "*--alpha.us-east-1.example.com", false),
+                (L80, "*--alpha.us-east-1.example.com", false),
+                (L443, "*--bravo.us-east-1.example.com", false),
+                (L80, "*--bravo.us-east-1.example.com", false),
+            ],
+            "a cluster without an ingress target group gets no rule"
+        );
+        assert_eq!(d.rules[0].spec.forward, vec![(tg("alpha"), 1)]);
+        assert!(d.records.is_empty());
+        assert_eq!(d.api_names.len(), 3, "every cluster's API name is collected, ingress or not");
+        assert!(d.api_names.contains(&("ZAPI".to_string(), "api.charlie.us-east-1.example.com.".to_string())));
+    }
+
+    #[test]
+    fn an_endpoint_forwards_by_weight_on_its_listener_port() {
+        let mut f = Fixture::new();
+        f.endpoints.insert(
+            "blog".into(),
+            endpoint(serde_json::json!({ "hostname": "blog.example.com.", "hosted_zone_id": "ZEP", "clusters": { "alpha": 1, "bravo": 3 },
+                                          "listener_port": 443, "restricted_cidrs": ["10.0.0.0/8"], "stickiness_s": 60 })),
+        );
+        let d = f.desired().unwrap();
+        let ep: Vec<&DesiredRule> = d.rules.iter().filter(|r| r.specific).collect();
+        assert_eq!(ep.len(), 1, "only the 443 listener");
+        assert_eq!(
+            ep[0],
+            &DesiredRule {
+                purpose: "endpoint blog".into(),
+                listener: L443.into(),
+                specific: true,
+                spec: RuleSpec {
+                    host: "blog.example.com".into(),
+                    source_ips: vec!["10.0.0.0/8".into()],
+                    forward: vec![(tg("alpha"), 1), (tg("bravo"), 3)],
+                    stickiness_s: 60
+                },
+            }
+        );
+        assert_eq!(
+            d.records,
+            vec![DesiredEndpointRecord { purpose: "endpoint blog".into(), zone_id: "ZEP".into(), hostname: "blog.example.com".into() }]
+        );
+    }
+
+    #[test]
+    fn every_bad_endpoint_is_named_with_its_field() {
+        let mut f = Fixture::new();
+        let ep = |host: &str, zone: &str, clusters: serde_json::Value, port: u16| {
+            endpoint(serde_json::json!({ "hostname": host, "hosted_zone_id": zone, "clusters": clusters, "listener_port": port }))
+        };
+        f.endpoints.insert("a-dup".into(), ep("dup.example.com", "ZEP", serde_json::json!({ "alpha": 1 }), 443));
+        f.endpoints.insert("b-dup".into(), ep("dup.example.com.", "ZEP", serde_json::json!({ "alpha": 1 }), 443));
+        f.endpoints.insert("c-outside".into(), ep("blog.example.org", "ZEP", serde_json::json!({ "alpha": 1 }), 443));
+        f.endpoints.insert("d-nozone".into(), ep("x.example.com", "ZNONE", serde_json::json!({ "alpha": 1 }), 443));
+        f.endpoints.insert("e-nocluster".into(), ep("y.example.com", "ZEP", serde_json::json!({ "zulu": 1 }), 443));
+        f.endpoints.insert("f-noport".into(), ep("z.example.com", "ZEP", serde_json::json!({ "alpha": 1 }), 8443));
+        let errors = f.desired().unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "/k3s-asg/endpoints/b-dup field `hostname`: dup.example.com is also the hostname of /k3s-asg/endpoints/a-dup",
+                "/k3s-asg/endpoints/c-outside field `hostname`: blog.example.org is not in hosted zone ZEP (example.com)",
+                "/k3s-asg/endpoints/d-nozone field `hosted_zone_id`: no hosted zone ZNONE in this account",
+                "/k3s-asg/endpoints/e-nocluster field `clusters.zulu`: cluster zulu has no spec in this region or no target group marked ingress",
+                "/k3s-asg/endpoints/f-noport field `listener_port`: no listener of the region spec on port 8443",
+            ]
+        );
+    }
 
     #[test]
     fn zone_membership_is_by_label() {

@@ -3,7 +3,6 @@
 //! cluster that fails gets weight 0 until it passes again; if every cluster
 //! fails, the configured weights stay (fail open) and the plan says so.
 
-use crate::Error;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,12 +26,6 @@ impl HostProbe for HttpHostProbe {
             Err(_) => false,
         }
     }
-}
-
-#[async_trait]
-pub trait Targets: Send + Sync {
-    /// `(instance id, port)` of the group's targets the ALB reports healthy.
-    async fn healthy(&self, target_group: &str) -> Result<Vec<(String, u16)>, Error>;
 }
 
 /// Weights after health: failing clusters get 0, unless all fail (fail open).

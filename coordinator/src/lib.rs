@@ -1,14 +1,13 @@
 //! `k3s-asg-coordinator`: one per region. Reconciles the shared ALB's listener
 //! rules and the Route53 latency records from the desired state in SSM.
 //!
-//! Shape: `desired` and `planner` are pure; `alb`, `zones` and `source` are
+//! Shape: `desired` and `planner` are pure; `alb` and `source` (and the shared crate's `route53`, `ec2`, `elbv2`) are
 //! the effects, each behind one trait; `reconcile` observes, plans, applies.
 
 pub mod alb;
 pub mod cli;
 pub mod desired;
 pub mod health;
-pub mod instances;
 pub mod lambda;
 pub mod model;
 pub mod planner;
@@ -16,7 +15,6 @@ pub mod reconcile;
 pub mod render;
 pub mod source;
 pub mod warm;
-pub mod zones;
 
 /// The shared error type: names the step and the resource; `bad_input` exits 2.
 pub use k3s_asg_aws::error::Error;

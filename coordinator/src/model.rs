@@ -37,39 +37,8 @@ pub struct DesiredRule {
     pub spec: RuleSpec,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AliasTarget {
-    pub dns_name: String,
-    pub hosted_zone_id: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub enum RecordData {
-    Alias(AliasTarget),
-    Txt {
-        ttl: u32,
-        values: Vec<String>,
-    },
-    /// Plain A records (the agents' MultiValueAnswer API records).
-    Values {
-        ttl: u32,
-        values: Vec<String>,
-        multivalue: bool,
-    },
-    Other,
-}
-
-/// One latency record set (A alias or TXT) in a zone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RecordSet {
-    pub zone_id: String,
-    /// Fully qualified, lower case, trailing dot.
-    pub name: String,
-    pub rtype: String,
-    pub set_identifier: Option<String>,
-    pub region: Option<String>,
-    pub data: RecordData,
-}
+/// Route53 record sets and changes: the one model of both programs.
+pub use k3s_asg_aws::records::{AliasTarget, RecordChange, RecordData, RecordSet};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DesiredEndpointRecord {
@@ -129,21 +98,6 @@ pub enum RuleChange {
         from: u32,
         to: u32,
     },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum RecordChange {
-    Upsert { purpose: String, record: RecordSet },
-    Delete { purpose: String, record: RecordSet },
-}
-
-impl RecordChange {
-    pub fn record(&self) -> &RecordSet {
-        match self {
-            RecordChange::Upsert { record, .. } | RecordChange::Delete { record, .. } => record,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

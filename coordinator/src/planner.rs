@@ -80,7 +80,7 @@ fn plan_rules(d: &Desired, o: &Observed, p: &mut Plan) -> Result<BTreeSet<String
         let mut matched: BTreeSet<&str> = BTreeSet::new();
         let mut creates = Vec::new();
         for want in d.rules.iter().filter(|r| &r.listener == listener) {
-            let existing = observed.iter().find(|r| r.hosts.iter().any(|h| *h == want.spec.host));
+            let existing = observed.iter().find(|r| r.hosts.contains(&want.spec.host));
             match existing {
                 Some(rule) if rule.owner.as_deref() == Some(&d.owner) => {
                     matched.insert(&rule.arn);

@@ -7,18 +7,17 @@ use crate::model::{Observed, ObservedRule, Plan, RecordChange, RuleChange};
 use crate::planner::plan;
 use crate::source::SpecSource;
 use crate::warm::{Loaded, Warm};
-use crate::zones::Zones;
 use crate::Error;
 use k3s_asg_aws::params::Prefix;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub struct Effects {
     pub specs: Box<dyn SpecSource>,
-    pub targets: Box<dyn crate::health::Targets>,
+    pub targets: Box<dyn k3s_asg_aws::elbv2::TargetGroups>,
     pub probe: Box<dyn crate::health::HostProbe>,
-    pub instances: Box<dyn crate::instances::Instances>,
+    pub instances: Box<dyn k3s_asg_aws::ec2::Instances>,
     pub alb: Box<dyn LoadBalancer>,
-    pub zones: Box<dyn Zones>,
+    pub zones: Box<dyn k3s_asg_aws::route53::Zones>,
 }
 
 pub struct Settings {
@@ -119,7 +118,14 @@ async fn apply_health(specs: &mut crate::source::Specs, fx: &Effects) -> Result<
             let Some(tg) = clusters.get(cluster).and_then(|c| c.ingress()) else {
                 continue;
             };
-            let targets = fx.targets.healthy(&tg.arn).await?;
+            let targets: Vec<(String, u16)> = fx
+                .targets
+                .members(&tg.arn)
+                .await?
+                .into_iter()
+                .filter(|m| m.state == k3s_asg_aws::targets::TargetState::Healthy)
+                .map(|m| (m.id, m.port))
+                .collect();
             let ids: Vec<String> = targets.iter().map(|(id, _)| id.clone()).collect();
             let addresses = if ids.is_empty() { BTreeMap::new() } else { fx.instances.addresses(&ids).await? };
             let mut ok = false;

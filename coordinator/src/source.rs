@@ -26,7 +26,7 @@ impl Ssm {
         let mut out = BTreeMap::new();
         let mut pages = self.0.get_parameters_by_path().path(path).recursive(true).with_decryption(false).into_paginator().send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| Error::sdk("read specs (ssm:GetParametersByPath)", path, &e))?;
+            let page = page.map_err(|e| Error::sdk("read specs (ssm:GetParametersByPath)", path, e))?;
             for p in page.parameters() {
                 if let (Some(n), Some(v)) = (p.name(), p.value()) {
                     out.insert(n.to_string(), v.to_string());
@@ -49,7 +49,7 @@ impl SpecSource for Ssm {
             .await
             .map_err(|e| match e.as_service_error() {
                 Some(s) if s.is_parameter_not_found() => Error::bad_input("read region spec", &region_name, "the parameter does not exist"),
-                _ => Error::sdk("read region spec (ssm:GetParameter)", &region_name, &e),
+                _ => Error::sdk("read region spec (ssm:GetParameter)", &region_name, e),
             })?
             .parameter()
             .and_then(|p| p.value())

@@ -13,6 +13,7 @@
 //!
 //! Every address used is on 127.0.0.0/8.
 
+pub mod check;
 pub mod http;
 pub mod imds;
 pub mod lambda_api;

@@ -564,7 +564,8 @@ impl World {
     }
 }
 
-fn rule_hosts(rule: &aws_sdk_elasticloadbalancingv2::types::Rule) -> Vec<String> {
+/// Every host-header value of the rule.
+pub fn rule_hosts(rule: &aws_sdk_elasticloadbalancingv2::types::Rule) -> Vec<String> {
     rule.conditions().iter().filter_map(|c| c.host_header_config()).flat_map(|h| h.values().to_vec()).collect()
 }
 

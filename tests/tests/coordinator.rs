@@ -3,11 +3,8 @@
 
 use aws_sdk_elasticloadbalancingv2::types::{Action, ActionTypeEnum, HostHeaderConditionConfig, RuleCondition};
 use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType};
-use k3s_asg_testbed::world::{rule_for_host, AgentRun, World};
-
-fn ok(run: &AgentRun) {
-    assert_eq!(run.code, 0, "coordinator failed:\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
-}
+use k3s_asg_testbed::check::ok;
+use k3s_asg_testbed::world::{rule_for_host, World};
 
 async fn foreign_rule(w: &World, listener: &str, host: &str, priority: i32, tg: &str) {
     w.elb
@@ -23,8 +20,22 @@ async fn foreign_rule(w: &World, listener: &str, host: &str, priority: i32, tg: 
         .unwrap();
 }
 
-async fn rules_text(w: &World, listener: &str) -> String {
-    format!("{:?}", w.elb.describe_rules().listener_arn(listener).send().await.unwrap().rules())
+/// The listener's rules for hosts other than ours (as the ALB returns them, to compare whole).
+async fn foreign_rules(w: &World, listener: &str) -> Vec<aws_sdk_elasticloadbalancingv2::types::Rule> {
+    let foreign = |r: &aws_sdk_elasticloadbalancingv2::types::Rule| {
+        k3s_asg_testbed::world::rule_hosts(r).iter().any(|h| h == "manual.example.com" || h == "taken.example.com")
+    };
+    w.rules(listener).await.unwrap().into_iter().filter(foreign).collect()
+}
+
+/// Every host-header value of the listener's rules.
+async fn hosts(w: &World, listener: &str) -> Vec<String> {
+    w.rules(listener).await.unwrap().iter().flat_map(k3s_asg_testbed::world::rule_hosts).collect()
+}
+
+/// The zone's record sets under `manual.example.com` (someone else's), to compare whole.
+async fn manual_records(w: &World) -> Vec<ResourceRecordSet> {
+    records(w).await.into_iter().filter(|r| r.name().ends_with("manual.example.com.")).collect()
 }
 
 async fn records(w: &World) -> Vec<ResourceRecordSet> {
@@ -80,8 +91,10 @@ async fn plan_apply_converge_and_leave_foreign_things_alone() {
         .send()
         .await
         .unwrap();
-    let foreign_rules_before = rules_text(&w, &listener).await;
-    let foreign_records_before = format!("{:?}", records(&w).await);
+    let foreign_rules_before = foreign_rules(&w, &listener).await;
+    let foreign_records_before = manual_records(&w).await;
+    assert_eq!(foreign_rules_before.len(), 2, "the manual and the taken rule");
+    assert!(!foreign_records_before.is_empty());
 
     // plan: a readable listing, no writes.
     w.recorder.clear();
@@ -126,15 +139,8 @@ async fn plan_apply_converge_and_leave_foreign_things_alone() {
     assert!(!plan.stdout.contains("+ ") && !plan.stdout.contains("~ ") && !plan.stdout.contains("- "), "{}", plan.stdout);
 
     // Foreign rules and records are byte-identical.
-    let after = rules_text(&w, &listener).await;
-    for line in foreign_rules_before.split("Rule {").filter(|r| r.contains("manual.example.com") || r.contains("taken.example.com")) {
-        assert!(after.contains(line.trim_end_matches(", ").trim_end_matches(']')), "foreign rule changed: {line}");
-    }
-    let recs_after = format!("{:?}", records(&w).await);
-    let manual_before: Vec<&str> = foreign_records_before.split("ResourceRecordSet {").filter(|r| r.contains("manual.example.com")).collect();
-    for m in manual_before {
-        assert!(recs_after.contains(m.trim_end_matches(", ").trim_end_matches(']')), "foreign record changed");
-    }
+    assert_eq!(foreign_rules(&w, &listener).await, foreign_rules_before, "foreign rules changed");
+    assert_eq!(manual_records(&w).await, foreign_records_before, "foreign records changed");
 
     // Weight change → modified in place; endpoint gone → its rule and records are collected.
     w.put_param(
@@ -151,8 +157,8 @@ async fn plan_apply_converge_and_leave_foreign_things_alone() {
     ok(&w.coordinator(&["apply"]).await.unwrap());
     let recs = records(&w).await;
     assert!(!recs.iter().any(|r| r.name().contains("blog.example.com")), "endpoint records collected");
-    assert!(!rules_text(&w, &listener).await.contains("blog.example.com"));
-    assert!(rules_text(&w, &listener).await.contains("manual.example.com"));
+    assert!(!hosts(&w, &listener).await.contains(&"blog.example.com".to_string()));
+    assert!(hosts(&w, &listener).await.contains(&"manual.example.com".to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,7 +229,7 @@ async fn lambda_mode_answers_each_event_with_one_reconcile() {
     let v: serde_json::Value = serde_json::from_str(&answers[0].2).unwrap();
     assert_eq!(v["event"], "schedule");
     assert_eq!(v["rule_changes"], 1, "created the cluster rule: {v}");
-    assert!(rules_text(&w, &listener).await.contains("*--alpha.us-east-1.example.com"));
+    assert!(hosts(&w, &listener).await.contains(&"*--alpha.us-east-1.example.com".to_string()));
 
     // An ASG lifecycle event is answered with one more (now empty) reconcile.
     w.recorder.clear();
@@ -255,7 +261,7 @@ async fn lambda_mode_answers_each_event_with_one_reconcile() {
     let v: serde_json::Value = serde_json::from_str(&answers[2].2).unwrap();
     assert!(v["event"].as_str().unwrap().starts_with("ssm: Parameter Store Change"), "{v}");
     assert_eq!(v["rule_changes"], 1, "{v}");
-    assert!(rules_text(&w, &listener).await.contains("blog.example.com"));
+    assert!(hosts(&w, &listener).await.contains(&"blog.example.com".to_string()));
     let ops: Vec<String> = w.recorder.calls().into_iter().map(|c| c.operation).collect();
     assert!(ops.iter().any(|o| o == "GetParametersByPath"), "{ops:?}");
     drop(function);

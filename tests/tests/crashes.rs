@@ -4,18 +4,14 @@
 //! systemd would. It must converge and leave nothing behind: no orphan record
 //! or registration, no half-written file, no second lifecycle completion.
 
-use k3s_asg_testbed::world::{AgentRun, Instance, World};
+use k3s_asg_agent::failpoint::ENV as FAILPOINT;
+use k3s_asg_agent::state::{Phase, StepName};
+use k3s_asg_aws::tags::Role;
+use k3s_asg_testbed::check::{ok, state};
+use k3s_asg_testbed::world::{AgentRun, World};
 use std::path::Path;
 
-const FAILPOINT: &str = "K3S_ASG_FAILPOINT";
-const JOIN_STEPS: &[&str] = &["identity", "token", "render", "start", "ready", "kubeconfigs", "api-record", "registered"];
-const LEAVE_STEPS: &[&str] = &["deregistered", "api-record-removed", "drained", "node-deleted", "k3s-stopped", "lifecycle-completed"];
-
-fn ok(run: &AgentRun) {
-    assert_eq!(run.code, 0, "agent failed:\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
-}
-
-fn killed_at(run: &AgentRun, step: &str) {
+fn killed_at(run: &AgentRun, step: StepName) {
     assert_eq!(run.code, -1, "the agent was to die by SIGKILL after {step}:\n{}", run.stderr);
     assert!(run.stderr.contains(&format!("failpoint {step}")), "{}", run.stderr);
 }
@@ -37,21 +33,16 @@ fn leftovers(root: &Path) -> Vec<String> {
     out
 }
 
-fn phase(inst: &Instance) -> String {
-    let state = inst.file("/var/lib/k3s-asg/state.json").expect("state file");
-    serde_json::from_str::<serde_json::Value>(&state).expect("state file is whole JSON")["phase"].as_str().unwrap_or_default().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_after_each_join_step_the_next_join_converges() {
     let mut w = World::new().await.unwrap();
-    for step in JOIN_STEPS {
+    for &step in StepName::JOIN {
         // A fresh cluster per step, so the crashed server is the one that initialises it.
         let cluster = format!("j-{step}");
         w.create_cluster(&cluster).await.unwrap();
         let tg = w.clusters[&cluster].target_group_arn.clone();
         let cp = w.launch(&cluster, "control-plane").await.unwrap();
-        w.agent_env.insert(FAILPOINT.into(), step.to_string());
+        w.agent_env.insert(FAILPOINT.into(), step.as_str().into());
         killed_at(&w.agent(&cp, &["join"]).await.unwrap(), step);
         w.agent_env.remove(FAILPOINT);
 
@@ -63,7 +54,7 @@ async fn killed_after_each_join_step_the_next_join_converges() {
         let config = cp.file("/etc/rancher/k3s/config.yaml").expect("config.yaml");
         assert!(config.contains("cluster-init: true\n"), "after {step}: {config}");
         assert!(leftovers(&cp.root).is_empty(), "after {step}: {:?}", leftovers(&cp.root));
-        assert_eq!(phase(&cp), "ready", "after {step}");
+        assert_eq!(state(&cp).phase, Phase::Ready, "after {step}");
         // Converged: a third join changes nothing.
         w.recorder.clear();
         ok(&w.agent(&cp, &["join"]).await.unwrap());
@@ -86,9 +77,9 @@ async fn a_node_killed_after_each_join_step_converges() {
     let cp = w.launch("alpha", "control-plane").await.unwrap();
     ok(&w.agent(&cp, &["join"]).await.unwrap());
     let mut expected = vec![cp.id.clone()];
-    for step in ["identity", "token", "render", "start", "ready", "registered"] {
+    for step in StepName::join_steps(Role::Node) {
         let node = w.launch("alpha", "node").await.unwrap();
-        w.agent_env.insert(FAILPOINT.into(), step.to_string());
+        w.agent_env.insert(FAILPOINT.into(), step.as_str().into());
         killed_at(&w.agent(&node, &["join"]).await.unwrap(), step);
         w.agent_env.remove(FAILPOINT);
         ok(&w.agent(&node, &["join"]).await.unwrap());
@@ -96,7 +87,7 @@ async fn a_node_killed_after_each_join_step_converges() {
         expected.sort();
         assert_eq!(w.members(&tg).await.unwrap(), expected, "after {step}");
         assert!(leftovers(&node.root).is_empty(), "after {step}");
-        assert_eq!(phase(&node), "ready");
+        assert_eq!(state(&node).phase, Phase::Ready, "after {step}");
         k3s_asg_testbed::reliability::held(
             "Crashes",
             &format!("kill -9 right after join step `{step}` (a node), then join again"),
@@ -114,12 +105,12 @@ async fn killed_after_each_leave_step_run_finishes_the_leave() {
     let tg = w.clusters["alpha"].target_group_arn.clone();
     let cp = w.launch("alpha", "control-plane").await.unwrap();
     ok(&w.agent(&cp, &["join"]).await.unwrap());
-    for step in LEAVE_STEPS {
+    for &step in StepName::LEAVE {
         // A second server (so the first keeps quorum), terminating behind a lifecycle hook.
         let s = w.launch("alpha", "control-plane").await.unwrap();
         ok(&w.agent(&s, &["join"]).await.unwrap());
         w.asg.add(&s.id, "alpha-control-plane", "Terminating:Wait", 30);
-        w.agent_env.insert(FAILPOINT.into(), step.to_string());
+        w.agent_env.insert(FAILPOINT.into(), step.as_str().into());
         killed_at(&w.agent(&s, &["leave"]).await.unwrap(), step);
         w.agent_env.remove(FAILPOINT);
 
@@ -134,7 +125,7 @@ async fn killed_after_each_leave_step_run_finishes_the_leave() {
         let completions: Vec<_> = w.asg.actions().into_iter().filter(|a| a.0 == "CompleteLifecycleAction" && a.1 == s.id).collect();
         assert_eq!(completions.len(), 1, "after {step}: exactly one CONTINUE: {completions:?}");
         assert!(leftovers(&s.root).is_empty(), "after {step}");
-        assert_eq!(phase(&s), "left", "after {step}");
+        assert_eq!(state(&s).phase, Phase::Left, "after {step}");
         k3s_asg_testbed::reliability::held(
             "Crashes",
             &format!("kill -9 right after leave step `{step}` (a server behind a lifecycle hook), then `run`"),

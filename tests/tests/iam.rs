@@ -12,12 +12,9 @@
 //! unenforced moto here, and its calls are checked against the policies'
 //! actions from the recording proxy's log instead.
 
-use k3s_asg_testbed::world::{AgentRun, World};
+use k3s_asg_testbed::check::ok;
+use k3s_asg_testbed::world::World;
 use std::collections::BTreeSet;
-
-fn ok(run: &AgentRun) {
-    assert_eq!(run.code, 0, "failed:\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
-}
 
 /// Every action an Allow statement of a policy file grants.
 fn actions_of(policy_file: &str) -> BTreeSet<String> {

@@ -1,16 +1,13 @@
 //! End-to-end: `k3s-asg-agent join` against moto, the IMDS and supervisor
 //! doubles, and the stub systemctl/k3s.
 
+use k3s_asg_testbed::check::ok;
 use k3s_asg_testbed::world::{secrets_of, World};
 use std::os::unix::fs::PermissionsExt;
 
 const TOKEN: &str = "/k3s-asg/clusters/alpha/token";
 const ADMIN: &str = "/k3s-asg/clusters/alpha/kubeconfig/admin";
 const DRAIN: &str = "/k3s-asg/clusters/alpha/kubeconfig/drain";
-
-fn ok(run: &k3s_asg_testbed::world::AgentRun) {
-    assert_eq!(run.code, 0, "agent failed:\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_server_initialises_then_node_joins() {
@@ -91,9 +88,8 @@ async fn first_server_initialises_then_node_joins() {
     ok(&status);
     assert!(status.stdout.contains("initialised the cluster"), "{}", status.stdout);
     let status_json = w.agent(&node, &["status", "--json"]).await.unwrap();
-    let v: serde_json::Value = serde_json::from_str(&status_json.stdout).unwrap();
-    assert_eq!(v["phase"], "ready");
-    assert_eq!(v["role"], "node");
+    let st: k3s_asg_agent::state::State = serde_json::from_str(&status_json.stdout).unwrap();
+    assert_eq!((st.phase, st.role), (k3s_asg_agent::state::Phase::Ready, Some(k3s_asg_aws::tags::Role::Node)));
     let secrets = secrets_of(&[Some(token.clone()), Some(admin), Some(drain)], &[cp.root.as_path(), node.root.as_path()]);
     assert!(!secrets.is_empty());
     for out in [&run.stdout, &run.stderr, &status.stdout, &status_json.stdout] {

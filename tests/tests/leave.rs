@@ -1,12 +1,10 @@
 //! End-to-end: `leave` and `run` — ordered exit on every kind of termination,
 //! asserted from one timeline of AWS calls and stub systemctl/k3s calls.
 
-use k3s_asg_testbed::world::{AgentRun, Instance, World};
+use k3s_asg_agent::state::{Phase, Trigger};
+use k3s_asg_testbed::check::{ok, state, wait_for_phase};
+use k3s_asg_testbed::world::{Instance, World};
 use std::time::Duration;
-
-fn ok(run: &AgentRun) {
-    assert_eq!(run.code, 0, "agent failed:\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
-}
 
 /// One timeline: `(ms, what)` for the instance's AWS calls and stub calls.
 fn timeline(w: &World, inst: &Instance) -> Vec<(u128, String)> {
@@ -81,8 +79,8 @@ async fn node_leaves_in_order_and_completes_the_lifecycle_action() {
     assert_eq!(w.members(&tg).await.unwrap(), vec![cp.id.clone()], "node deregistered, server untouched");
     assert!(!node.path("/run/k3s-stub/active-k3s-agent").exists(), "k3s stopped");
     let status = w.agent(&node, &["status", "--json"]).await.unwrap();
-    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
-    assert_eq!(v["phase"], "left");
+    let st: k3s_asg_agent::state::State = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!((st.phase, st.trigger), (Phase::Left, Some(Trigger::Command)));
 
     // Leave is idempotent: again, it changes nothing.
     w.recorder.clear();
@@ -120,29 +118,17 @@ async fn leave_on_a_node_that_never_joined_does_nothing_harmful() {
     assert_eq!(w.members(&tg).await.unwrap(), vec![cp.id.clone()]);
 }
 
-async fn wait_for_phase(inst: &Instance, phase: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let state = inst.file("/var/lib/k3s-asg/state.json").unwrap_or_default();
-        if state.contains(&format!("\"phase\": \"{phase}\"")) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "agent never reached phase {phase}: {state}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_leaves_on_sigterm() {
     let (w, cp, tg) = cluster().await;
     let node = w.launch("alpha", "node").await.unwrap();
     let agent = w.spawn_agent(&node, &["run"]).unwrap();
-    wait_for_phase(&node, "ready").await;
+    wait_for_phase(&node, Phase::Ready).await;
     assert!(w.members(&tg).await.unwrap().contains(&node.id));
     agent.sigterm();
     let run = agent.wait(Duration::from_secs(30)).await.unwrap();
     ok(&run);
-    assert!(run.stderr.contains("Sigterm"), "{}", run.stderr);
+    assert_eq!(state(&node).trigger, Some(Trigger::Sigterm));
     assert_eq!(w.members(&tg).await.unwrap(), vec![cp.id.clone()]);
     assert!(node.stub_calls().iter().any(|l| l.contains("systemctl\tstop k3s-agent")));
 }
@@ -150,19 +136,20 @@ async fn run_leaves_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_leaves_on_lifecycle_and_spot_notices() {
     let (w, cp, tg) = cluster().await;
+    let spot = r#"{"action": "terminate", "time": "2026-11-24T18:00:00Z"}"#;
     for (path, value, trigger) in [
-        ("autoscaling/target-lifecycle-state", "Terminated", "LifecycleTerminated"),
-        ("spot/instance-action", r#"{"action": "terminate", "time": "2026-11-24T18:00:00Z"}"#, "SpotInterruption"),
+        ("autoscaling/target-lifecycle-state", "Terminated", Trigger::LifecycleTerminated),
+        ("spot/instance-action", spot, Trigger::SpotInterruption(spot.into())),
     ] {
         let node = w.launch("alpha", "node").await.unwrap();
         node.imds.set("autoscaling/target-lifecycle-state", Some("InService"));
         let agent = w.spawn_agent(&node, &["run"]).unwrap();
-        wait_for_phase(&node, "ready").await;
+        wait_for_phase(&node, Phase::Ready).await;
         node.imds.set(path, Some(value));
         let run = agent.wait(Duration::from_secs(30)).await.unwrap();
         ok(&run);
-        assert!(run.stderr.contains(trigger), "{trigger}: {}", run.stderr);
-        assert_eq!(w.members(&tg).await.unwrap(), vec![cp.id.clone()], "{trigger}");
+        assert_eq!(state(&node).trigger, Some(trigger.clone()));
+        assert_eq!(w.members(&tg).await.unwrap(), vec![cp.id.clone()], "{trigger:?}");
     }
 }
 
@@ -179,7 +166,7 @@ async fn warm_pool_instance_joins_only_when_in_service() {
     }
     assert!(!w.members(&tg).await.unwrap().contains(&node.id));
     node.imds.set("autoscaling/target-lifecycle-state", Some("InService"));
-    wait_for_phase(&node, "ready").await;
+    wait_for_phase(&node, Phase::Ready).await;
     assert!(w.members(&tg).await.unwrap().contains(&node.id));
     agent.sigterm();
     ok(&agent.wait(Duration::from_secs(30)).await.unwrap());
@@ -256,7 +243,7 @@ async fn second_sigterm_skips_waits_but_still_cleans_up() {
     w.agent_env.insert("K3S_STUB_DRAIN_SECONDS".into(), "120".into());
     let node = w.launch("alpha", "node").await.unwrap();
     let agent = w.spawn_agent(&node, &["run"]).unwrap();
-    wait_for_phase(&node, "ready").await;
+    wait_for_phase(&node, Phase::Ready).await;
     agent.sigterm();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !node.stub_calls().iter().any(|l| l.contains(" drain ")) {
@@ -279,7 +266,7 @@ async fn rebalance_recommendation_is_ignored_unless_configured() {
     // Default: ignore. The agent keeps serving through several poll rounds.
     let node = w.launch("alpha", "node").await.unwrap();
     let agent = w.spawn_agent(&node, &["run"]).unwrap();
-    wait_for_phase(&node, "ready").await;
+    wait_for_phase(&node, Phase::Ready).await;
     node.imds.set("events/recommendations/rebalance", Some(rebalance));
     for _ in 0..25 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -292,10 +279,10 @@ async fn rebalance_recommendation_is_ignored_unless_configured() {
     w.agent_env.insert("K3S_ASG_ON_REBALANCE".into(), "leave".into());
     let node = w.launch("alpha", "node").await.unwrap();
     let agent = w.spawn_agent(&node, &["run"]).unwrap();
-    wait_for_phase(&node, "ready").await;
+    wait_for_phase(&node, Phase::Ready).await;
     node.imds.set("events/recommendations/rebalance", Some(rebalance));
     let run = agent.wait(Duration::from_secs(30)).await.unwrap();
     ok(&run);
-    assert!(run.stderr.contains("Rebalance"), "{}", run.stderr);
+    assert_eq!(state(&node).trigger, Some(Trigger::Rebalance));
     assert!(!w.members(&tg).await.unwrap().contains(&node.id));
 }

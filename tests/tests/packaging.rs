@@ -45,16 +45,21 @@ fn parliament_catches_a_bad_policy() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("Unknown action"));
 }
 
-/// Every AWS operation the programs call appears in their policy.
+/// Every AWS operation the programs call appears in their policy: each program's own sources
+/// against its policy, the shared crate's AWS modules (which serve both) against either. The IAM
+/// tests (tests/iam.rs) prove the same at run time, under moto's IAM enforcement.
 #[test]
 fn policies_cover_every_operation_the_code_calls() {
     let root = k3s_asg_testbed::repo_root();
-    let cases = [
-        ("agent-policy.json", vec!["agent/src", "aws/src/instances.rs"]),
-        ("coordinator-policy.json", vec!["coordinator/src", "aws/src/instances.rs"]),
+    let policy = |name: &str| std::fs::read_to_string(root.join("packaging/iam").join(name)).unwrap();
+    let (agent, coordinator) = (policy("agent-policy.json"), policy("coordinator-policy.json"));
+    let shared = ["aws/src/ec2.rs", "aws/src/elbv2.rs", "aws/src/route53.rs"];
+    let cases: [(&str, Vec<&str>, Vec<&str>); 3] = [
+        ("agent-policy.json", vec!["agent/src"], vec![&agent]),
+        ("coordinator-policy.json", vec!["coordinator/src"], vec![&coordinator]),
+        ("either policy (shared crate)", shared.to_vec(), vec![&agent, &coordinator]),
     ];
-    for (policy, dirs) in cases {
-        let text = std::fs::read_to_string(root.join("packaging/iam").join(policy)).unwrap();
+    for (label, dirs, policies) in cases {
         let mut sources = String::new();
         for d in dirs {
             let p = root.join(d);
@@ -77,12 +82,12 @@ fn policies_cover_every_operation_the_code_calls() {
                 continue;
             }
             checked += 1;
-            if !text.contains(&format!("\"{svc}:{op}\"")) {
+            if !policies.iter().any(|text| text.contains(&format!("\"{svc}:{op}\""))) {
                 missing.push(format!("{svc}:{op}"));
             }
         }
-        assert!(missing.is_empty(), "{policy} lacks {missing:?}");
-        assert!(checked >= 10, "{policy}: only {checked} calls found in the sources");
+        assert!(missing.is_empty(), "{label} lacks {missing:?}");
+        assert!(checked >= 7, "{label}: only {checked} calls found in the sources");
     }
 }
 

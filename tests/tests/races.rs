@@ -1,11 +1,8 @@
 //! Races: many servers electing at once, repeatedly; a join while the
 //! coordinator collects garbage. (Two coordinators at once: coordinator.rs.)
 
-use k3s_asg_testbed::world::{AgentRun, World};
-
-fn ok(run: &AgentRun) {
-    assert_eq!(run.code, 0, "failed:\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
-}
+use k3s_asg_testbed::check::ok;
+use k3s_asg_testbed::world::World;
 
 const SERVERS: usize = 10;
 const REPETITIONS: usize = 20;

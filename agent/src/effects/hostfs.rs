@@ -26,7 +26,7 @@ impl HostFs {
         match std::fs::read_to_string(&p) {
             Ok(s) => Ok(Some(s)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::failed("read file", p.display().to_string(), e.to_string())),
+            Err(e) => Err(Error::from_cause("read file", p.display().to_string(), e)),
         }
     }
 
@@ -39,8 +39,18 @@ impl HostFs {
                 return Ok(false);
             }
         }
-        write_atomic(&p, content.as_bytes(), mode).map_err(|e| Error::failed("write file", p.display().to_string(), e.to_string()))?;
+        write_atomic(&p, content.as_bytes(), mode).map_err(|e| Error::from_cause("write file", p.display().to_string(), e))?;
         Ok(true)
+    }
+
+    /// Removes a directory and everything in it; absent is fine.
+    pub fn remove_dir(&self, host_path: &str) -> Result<()> {
+        let p = self.path(host_path);
+        match std::fs::remove_dir_all(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::from_cause("remove directory", p.display().to_string(), e)),
+        }
     }
 
     pub fn exists(&self, host_path: &str) -> bool {

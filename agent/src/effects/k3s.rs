@@ -11,8 +11,8 @@ pub trait K3s: Send + Sync {
     /// Whether the Node object `node` reports Ready. `kubeconfig` is needed where
     /// there is no local API server (worker nodes).
     async fn node_ready(&self, node: &str, kubeconfig: Option<&Path>) -> Result<bool>;
-    /// The bearer token of the drain service account, once k3s has created it.
-    async fn drain_account_token(&self) -> Result<Option<Secret>>;
+    /// The bearer token of the service account `account` (kube-system), once k3s has created it.
+    async fn account_token(&self, account: &str) -> Result<Option<Secret>>;
     /// `kubectl drain` (which cordons first); `Err` with kubectl's message when it fails.
     async fn drain(&self, node: &str, kubeconfig: Option<&Path>, timeout_s: u64, grace_period_s: u64) -> Result<()>;
     /// Control-plane Node objects: `(name, Ready)`.
@@ -34,7 +34,7 @@ impl K3sCli {
             .kill_on_drop(true)
             .output()
             .await
-            .map_err(|e| Error::failed("run k3s kubectl", args.join(" "), e.to_string()))
+            .map_err(|e| Error::from_cause("run k3s kubectl", args.join(" "), e))
     }
 }
 
@@ -52,14 +52,13 @@ impl K3s for K3sCli {
         Ok(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "True")
     }
 
-    async fn drain_account_token(&self) -> Result<Option<Secret>> {
-        let out = self.kubectl(&["-n", "kube-system", "get", "secret", crate::render::DRAIN_ACCOUNT, "-o", "jsonpath={.data.token}"]).await?;
+    async fn account_token(&self, account: &str) -> Result<Option<Secret>> {
+        let out = self.kubectl(&["-n", "kube-system", "get", "secret", account, "-o", "jsonpath={.data.token}"]).await?;
         let b64 = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() || b64.is_empty() {
             return Ok(None);
         }
-        let decoded =
-            base64_decode(&b64).ok_or_else(|| Error::failed("read drain account token", crate::render::DRAIN_ACCOUNT, "token is not base64"))?;
+        let decoded = base64_decode(&b64).ok_or_else(|| Error::failed("read service account token", account, "token is not base64"))?;
         Ok(Some(Secret::new(decoded)))
     }
 
@@ -96,7 +95,7 @@ impl K3s for K3sCli {
         if !out.status.success() {
             return Err(Error::failed("list control-plane nodes", "", String::from_utf8_lossy(&out.stderr).trim().to_string()));
         }
-        Ok(crate::plan::parse_node_readiness(&String::from_utf8_lossy(&out.stdout)))
+        Ok(parse_node_readiness(&String::from_utf8_lossy(&out.stdout)))
     }
 
     async fn delete_node(&self, node: &str, kubeconfig: Option<&Path>) -> Result<()> {
@@ -113,6 +112,17 @@ impl K3s for K3sCli {
 
 fn kubeconfig_args(kubeconfig: Option<&Path>) -> Vec<String> {
     kubeconfig.map(|p| vec!["--kubeconfig".to_string(), p.to_string_lossy().into_owned()]).unwrap_or_default()
+}
+
+/// Parses kubectl's `name Ready-status` lines.
+fn parse_node_readiness(text: &str) -> Vec<(String, bool)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let name = parts.next()?;
+            Some((name.to_string(), parts.next() == Some("True")))
+        })
+        .collect()
 }
 
 fn base64_decode(s: &str) -> Option<String> {
@@ -138,5 +148,11 @@ mod tests {
     fn base64() {
         assert_eq!(super::base64_decode("aGVsbG8gd29ybGQ=").as_deref(), Some("hello world"));
         assert_eq!(super::base64_decode("!!").as_deref(), None);
+    }
+
+    #[test]
+    fn node_readiness() {
+        let parsed = super::parse_node_readiness("i-1 True\ni-2 False\n\ni-3\n");
+        assert_eq!(parsed, vec![("i-1".to_string(), true), ("i-2".to_string(), false), ("i-3".to_string(), false)]);
     }
 }

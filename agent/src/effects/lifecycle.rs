@@ -33,7 +33,7 @@ impl Lifecycle for AutoScaling {
             .instance_ids(instance_id)
             .send()
             .await
-            .map_err(|e| Error::sdk("find the instance's group (autoscaling:DescribeAutoScalingInstances)", instance_id, &e))?;
+            .map_err(|e| Error::sdk("find the instance's group (autoscaling:DescribeAutoScalingInstances)", instance_id, e))?;
         let Some(inst) = resp.auto_scaling_instances().first() else {
             return Ok(None);
         };
@@ -47,7 +47,7 @@ impl Lifecycle for AutoScaling {
             .auto_scaling_group_name(&group)
             .send()
             .await
-            .map_err(|e| Error::sdk("find the terminating hook (autoscaling:DescribeLifecycleHooks)", &group, &e))?;
+            .map_err(|e| Error::sdk("find the terminating hook (autoscaling:DescribeLifecycleHooks)", &group, e))?;
         Ok(hooks.lifecycle_hooks().iter().find(|h| h.lifecycle_transition() == Some(TERMINATING)).map(|h| WaitingHook {
             group: group.clone(),
             hook: h.lifecycle_hook_name().unwrap_or_default().to_string(),
@@ -63,7 +63,7 @@ impl Lifecycle for AutoScaling {
             .instance_id(instance_id)
             .send()
             .await
-            .map_err(|e| Error::sdk("heartbeat (autoscaling:RecordLifecycleActionHeartbeat)", format!("{}/{}", hook.group, hook.hook), &e))?;
+            .map_err(|e| Error::sdk("heartbeat (autoscaling:RecordLifecycleActionHeartbeat)", format!("{}/{}", hook.group, hook.hook), e))?;
         Ok(())
     }
 
@@ -76,9 +76,7 @@ impl Lifecycle for AutoScaling {
             .lifecycle_action_result("CONTINUE")
             .send()
             .await
-            .map_err(|e| {
-                Error::sdk("complete lifecycle action (autoscaling:CompleteLifecycleAction)", format!("{}/{}", hook.group, hook.hook), &e)
-            })?;
+            .map_err(|e| Error::sdk("complete lifecycle action (autoscaling:CompleteLifecycleAction)", format!("{}/{}", hook.group, hook.hook), e))?;
         Ok(())
     }
 }

@@ -40,7 +40,7 @@ impl Metadata for Imds {
         match self.client.get(full.clone()).await {
             Ok(value) => Ok(Some(value.as_ref().to_string())),
             Err(ImdsError::ErrorResponse(resp)) if resp.response().status().as_u16() == 404 => Ok(None),
-            Err(e) => Err(Error::failed("read instance metadata", full, k3s_asg_aws::sdk_error_text(&e))),
+            Err(e) => Err(Error::sdk("read instance metadata", full, e)),
         }
     }
 }

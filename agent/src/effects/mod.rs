@@ -1,10 +1,11 @@
 //! One narrow trait per outside system, each with its real implementation in
-//! its own module. Tests drive the real implementations against moto, the IMDS
-//! double and the stub programs; pure logic needs none of them.
+//! its own module. Route53, EC2 and ELBv2 are the shared crate's
+//! (`k3s_asg_aws::{route53, ec2, elbv2}`), the same the coordinator uses.
+//! Tests drive the real implementations against moto, the IMDS double and the
+//! stub programs; pure logic needs none of them. No adapter imports `plan` or
+//! `render`.
 
-pub mod dns;
 pub mod hostfs;
-pub mod instances;
 pub mod k3s;
 pub mod lifecycle;
 pub mod metadata;
@@ -12,15 +13,18 @@ pub mod parameters;
 pub mod probes;
 pub mod services;
 pub mod supervisor;
-pub mod target_groups;
 
-/// Every effect the join path uses.
+use k3s_asg_aws::ec2::Instances;
+use k3s_asg_aws::elbv2::TargetGroups;
+use k3s_asg_aws::route53::Zones;
+
+/// Every effect join, leave and run use.
 pub struct Effects {
     pub metadata: Box<dyn metadata::Metadata>,
-    pub instances: Box<dyn instances::Instances>,
+    pub instances: Box<dyn Instances>,
     pub parameters: Box<dyn parameters::Parameters>,
-    pub dns: Box<dyn dns::Dns>,
-    pub target_groups: Box<dyn target_groups::TargetGroups>,
+    pub zones: Box<dyn Zones>,
+    pub target_groups: Box<dyn TargetGroups>,
     pub services: Box<dyn services::Services>,
     pub k3s: Box<dyn k3s::K3s>,
     pub lifecycle: Box<dyn lifecycle::Lifecycle>,

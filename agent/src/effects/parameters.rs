@@ -20,6 +20,21 @@ pub trait Parameters: Send + Sync {
     async fn create_secure(&self, name: &str, value: &Secret) -> Result<bool>;
     /// Overwrites an existing SecureString.
     async fn overwrite_secure(&self, name: &str, value: &Secret) -> Result<()>;
+    /// Every String parameter directly under `path` (not secrets): name, value, and when it
+    /// was last written (SSM's clock).
+    async fn list(&self, path: &str) -> Result<Vec<Listed>>;
+    /// Creates a String with `Overwrite=false`; `false` when it already existed.
+    async fn create_string(&self, name: &str, value: &str) -> Result<bool>;
+    /// Overwrites a String.
+    async fn overwrite_string(&self, name: &str, value: &str) -> Result<()>;
+}
+
+/// A plain parameter as listed by path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    pub value: String,
+    pub last_modified: Option<std::time::SystemTime>,
 }
 
 pub struct Ssm(pub aws_sdk_ssm::Client);
@@ -41,7 +56,7 @@ impl Parameters for Ssm {
                             e.message().unwrap_or("no message")
                         ),
                     ),
-                    _ => Error::sdk("read parameters (ssm:GetParameters)", chunk.join(","), &e),
+                    _ => Error::sdk("read parameters (ssm:GetParameters)", chunk.join(","), e),
                 }
             })?;
             for p in resp.parameters() {
@@ -59,8 +74,44 @@ impl Parameters for Ssm {
         match res {
             Ok(_) => Ok(true),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_already_exists()) => Ok(false),
-            Err(e) => Err(Error::sdk("create parameter (ssm:PutParameter)", name, &e)),
+            Err(e) => Err(Error::sdk("create parameter (ssm:PutParameter)", name, e)),
         }
+    }
+
+    async fn list(&self, path: &str) -> Result<Vec<Listed>> {
+        let mut out = Vec::new();
+        let mut pages = self.0.get_parameters_by_path().path(path).recursive(false).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| Error::sdk("list parameters (ssm:GetParametersByPath)", path, e))?;
+            for p in page.parameters() {
+                if let (Some(name), Some(value)) = (p.name(), p.value()) {
+                    let last_modified = p.last_modified_date().and_then(|d| std::time::SystemTime::try_from(*d).ok());
+                    out.push(Listed { name: name.to_string(), value: value.to_string(), last_modified });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create_string(&self, name: &str, value: &str) -> Result<bool> {
+        match self.0.put_parameter().name(name).value(value).r#type(ParameterType::String).overwrite(false).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_already_exists()) => Ok(false),
+            Err(e) => Err(Error::sdk("create parameter (ssm:PutParameter)", name, e)),
+        }
+    }
+
+    async fn overwrite_string(&self, name: &str, value: &str) -> Result<()> {
+        self.0
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .map_err(|e| Error::sdk("update parameter (ssm:PutParameter)", name, e))?;
+        Ok(())
     }
 
     async fn overwrite_secure(&self, name: &str, value: &Secret) -> Result<()> {
@@ -72,7 +123,7 @@ impl Parameters for Ssm {
             .overwrite(true)
             .send()
             .await
-            .map_err(|e| Error::sdk("update parameter (ssm:PutParameter)", name, &e))?;
+            .map_err(|e| Error::sdk("update parameter (ssm:PutParameter)", name, e))?;
         Ok(())
     }
 }

@@ -27,7 +27,7 @@ impl Systemctl {
             .env("K3S_ASG_ROOT", &self.root)
             .output()
             .await
-            .map_err(|e| Error::failed("run systemctl", args.join(" "), e.to_string()))
+            .map_err(|e| Error::from_cause("run systemctl", args.join(" "), e))
     }
 
     async fn run_ok(&self, args: &[&str]) -> Result<()> {
