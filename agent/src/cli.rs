@@ -49,6 +49,10 @@ pub struct Cli {
     /// Keep it well above a slow k3s start.
     #[arg(long, env = "K3S_ASG_ELECTION_LEASE", default_value_t = 300, global = true)]
     election_lease: u64,
+    /// Seconds between a server's checks (in `run`) that the token parameter still holds its
+    /// cluster's secure token; a missing or replaced token is republished.
+    #[arg(long, env = "K3S_ASG_TOKEN_CHECK", default_value_t = 60, global = true)]
+    token_check: u64,
     /// What to do on an EC2 rebalance recommendation: `ignore` or `leave`.
     #[arg(long, env = "K3S_ASG_ON_REBALANCE", default_value = "ignore", global = true, value_parser = ["ignore", "leave"])]
     on_rebalance: String,
@@ -113,6 +117,7 @@ fn config(cli: &Cli) -> Result<AgentConfig> {
         leave_on_rebalance: cli.on_rebalance == "leave",
         quorum_timeout: Duration::from_secs(cli.quorum_timeout),
         election_lease: Duration::from_secs(cli.election_lease),
+        token_check: Duration::from_secs(cli.token_check.max(1)),
         ..AgentConfig::default()
     })
 }

@@ -40,6 +40,9 @@ pub struct Record {
     /// Why this epoch was held, when it replaced an earlier winner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub took_over: Option<String>,
+    /// When the winner secured the token: from then on the lease no longer matters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secured_at: Option<u64>,
 }
 
 /// The latest election, as observed.
@@ -51,6 +54,8 @@ pub struct Epoch {
     pub winner: String,
     /// Since the record was last written (SSM's clock against ours); `None` for epoch 0.
     pub age: Option<Duration>,
+    /// The winner secured the token (its cluster formed).
+    pub secured: bool,
 }
 
 /// What the token parameter holds.
@@ -112,7 +117,7 @@ pub enum Decision {
 /// The current winner: the latest epoch's, or the creator named by a pre-election token.
 pub fn current(o: &Observed) -> Option<Epoch> {
     o.latest.clone().or_else(|| match &o.token {
-        TokenKind::Election { creator: Some(c) } => Some(Epoch { number: 0, winner: c.clone(), age: None }),
+        TokenKind::Election { creator: Some(c) } => Some(Epoch { number: 0, winner: c.clone(), age: None, secured: false }),
         _ => None,
     })
 }
@@ -168,7 +173,7 @@ pub fn decide(o: &Observed, me: &str, lease: Duration, token_name: &str) -> Deci
 /// Whether the current winner is running with a lease renewed within `lease`: it just won (or
 /// is starting), and what answers on the supervisor port may be its own k3s.
 pub fn fresh_winner(o: &Observed, lease: Duration) -> bool {
-    let fresh = current(o).is_some_and(|e| e.age.is_some_and(|a| a <= lease));
+    let fresh = current(o).is_some_and(|e| !e.secured && e.age.is_some_and(|a| a <= lease));
     fresh && matches!(o.winner, Some(WinnerHealth::Running { .. }))
 }
 
@@ -195,7 +200,7 @@ mod tests {
     fn obs(token: TokenKind, latest: Option<(u64, &str, u64)>, winner: Option<WinnerHealth>, live: &[&str]) -> Observed {
         Observed {
             token,
-            latest: latest.map(|(n, w, age)| Epoch { number: n, winner: w.into(), age: Some(Duration::from_secs(age)) }),
+            latest: latest.map(|(n, w, age)| Epoch { number: n, winner: w.into(), age: Some(Duration::from_secs(age)), secured: false }),
             winner,
             live_servers: live.iter().map(|s| s.to_string()).collect(),
         }
@@ -268,11 +273,16 @@ mod tests {
         let o = obs(TokenKind::Absent, Some((3, A, 1)), Some(WinnerHealth::Running { answers: false }), &["127.0.0.5"]);
         assert!(!needs_live_check(&o, LEASE));
         assert!(matches!(decide(&o, ME, LEASE, T), Decision::Wait(_)));
+        // A winner that secured the token long since explains nothing: refuse at once.
+        let mut o = o;
+        o.latest.as_mut().unwrap().secured = true;
+        assert!(needs_live_check(&o, LEASE));
+        assert!(matches!(decide(&o, ME, LEASE, T), Decision::Refuse(_)));
     }
 
     #[test]
     fn records_and_names() {
-        let r = Record { winner: A.into(), won_at: 1, renewed_at: 2, took_over: None };
+        let r = Record { winner: A.into(), won_at: 1, renewed_at: 2, took_over: None, secured_at: None };
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(json, r#"{"winner":"i-0000000000000000b","won_at":1,"renewed_at":2}"#);
         assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), r);

@@ -89,6 +89,9 @@ impl Joining<'_> {
             return self.join_live_server().await;
         }
         let names = self.d.names.clone();
+        if let Some(own) = self.restarted_initialiser()? {
+            return Ok((Mode::ClusterInit, own, None));
+        }
         let mut w = Waiter::new("the first-server election", self.cfg.join_timeout);
         let mut first = true;
         loop {
@@ -178,9 +181,10 @@ impl Joining<'_> {
             won_at: 0,
             renewed_at: 0,
             took_over: None,
+            secured_at: None,
         });
         let age = p.last_modified.map(|t| std::time::SystemTime::now().duration_since(t).unwrap_or_default());
-        Ok(Some((election::Epoch { number, winner: record.winner.clone(), age }, record)))
+        Ok(Some((election::Epoch { number, winner: record.winner.clone(), age, secured: record.secured_at.is_some() }, record)))
     }
 
     /// Other servers of this cluster on which a k3s supervisor answers: the API records' addresses
@@ -213,12 +217,18 @@ impl Joining<'_> {
     /// Creates the record of election `epoch`; on success this instance is its winner.
     async fn contend(&mut self, epoch: u64, why: &str) -> Result<()> {
         let now = unix_now();
-        let record =
-            election::Record { winner: self.me().to_string(), won_at: now, renewed_at: now, took_over: (epoch > 1).then(|| why.to_string()) };
+        let record = election::Record {
+            winner: self.me().to_string(),
+            won_at: now,
+            renewed_at: now,
+            took_over: (epoch > 1).then(|| why.to_string()),
+            secured_at: None,
+        };
         let name = format!("{}/{epoch}", self.cfg.prefix.elections(&self.d.cluster));
         if self.fx.parameters.create_string(&name, &serde_json::to_string(&record).expect("record serialises")).await? {
             tracing::info!(election = epoch, parameter = %name, reason = why, "won the first-server election: this instance initialises the cluster");
             self.st.election = Some(format!("won election {epoch}: {why}"));
+            self.st.step(&self.fx.fs, StepName::ElectionWon)?;
         } else {
             tracing::info!(election = epoch, parameter = %name, "another server won this election first");
         }
@@ -242,6 +252,7 @@ impl Joining<'_> {
             }
             tracing::info!(parameter = %name, election = epoch, "wrote this server's election token");
             self.d.params.insert(name.clone(), Param { value: t, secure: true });
+            self.st.step(&fx.fs, StepName::TokenWritten)?;
         }
         self.st.mode = Some(Mode::ClusterInit);
         self.lease = Some(epoch);
@@ -296,6 +307,27 @@ impl Joining<'_> {
         self.st.mode = None;
         self.st.election = Some(format!("lost to {winner}; datastore reset"));
         self.st.save(&self.fx.fs)
+    }
+
+    /// A server that initialised the cluster and whose k3s wrote its secure token keeps it,
+    /// whatever the token parameter holds now, unless the parameter holds an election token
+    /// (someone else may have taken over: the election decides). A missing or replaced
+    /// parameter is the guard's (`guard`) to put back.
+    fn restarted_initialiser(&self) -> Result<Option<Secret>> {
+        if self.st.mode != Some(Mode::ClusterInit) {
+            return Ok(None);
+        }
+        let Some(file) = self.fx.fs.read(render::SERVER_TOKEN_PATH)? else {
+            return Ok(None);
+        };
+        if token::parse_secure(file.trim()).is_none() {
+            return Ok(None);
+        }
+        let param = self.d.param(&self.d.names.token).map(|p| p.value.expose().to_string());
+        if param.as_deref().is_some_and(|p| token::parse_secure(p).is_none()) {
+            return Ok(None);
+        }
+        Ok(Some(Secret::new(token::password_of(file.trim()))))
     }
 
     /// The token a cluster-init server configures: the password part of what it holds.
@@ -406,6 +438,10 @@ impl Joining<'_> {
         let (fx, role) = (self.fx, self.d.role);
         let unit = render::unit_name(role);
         let mut w = Waiter::new("k3s and the readiness probes", self.cfg.ready_timeout);
+        if self.lease.is_some() {
+            // Look often enough to renew the election lease in time.
+            w = w.max_delay((self.cfg.election_lease / 3).clamp(std::time::Duration::from_millis(200), std::time::Duration::from_secs(5)));
+        }
         loop {
             self.renew_lease().await?;
             let reason = if !fx.services.is_active(unit).await? {
@@ -453,6 +489,10 @@ impl Joining<'_> {
         }
         self.fx.parameters.overwrite_secure(name, &secure).await?;
         tracing::info!(parameter = %name, "replaced the election token with k3s's secure form");
+        if let Some((record_name, mut record)) = self.still_winner().await? {
+            record.secured_at = Some(unix_now());
+            self.fx.parameters.overwrite_string(&record_name, &serde_json::to_string(&record).expect("record serialises")).await?;
+        }
         Ok(())
     }
 

@@ -14,6 +14,7 @@ pub mod effects;
 pub mod election;
 pub mod error;
 pub mod failpoint;
+pub mod guard;
 pub mod join;
 pub mod leave;
 pub mod plan;

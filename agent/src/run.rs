@@ -85,10 +85,18 @@ async fn join_when_in_service(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
 
 async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::Signal) -> Result<Trigger> {
     tracing::info!("joined; watching for SIGTERM, lifecycle and spot notices");
+    let server = State::load(&fx.fs)?.and_then(|s| s.role).is_some_and(|r| r.is_server());
+    let mut last_guard = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(Trigger::Sigterm),
             _ = tokio::time::sleep(POLL) => {
+                if server && last_guard.elapsed() >= cfg.token_check {
+                    last_guard = std::time::Instant::now();
+                    if let Err(e) = crate::guard::check_token(cfg, fx).await {
+                        tracing::warn!(error = %e, "could not check the cluster's join token; will retry");
+                    }
+                }
                 match notice(cfg, fx).await {
                     Ok(Some(t)) => return Ok(t),
                     Ok(None) => {}

@@ -43,6 +43,10 @@ impl fmt::Display for Phase {
 pub enum StepName {
     // join
     Identity,
+    /// This server created the latest election's record (it initialises the cluster).
+    ElectionWon,
+    /// The election's winner wrote its election token into the token parameter.
+    TokenWritten,
     Token,
     Render,
     Start,
@@ -60,9 +64,12 @@ pub enum StepName {
 }
 
 impl StepName {
-    /// Every join step, in order (`kubeconfigs` and `api-record` are the control plane's).
+    /// Every join step, in order (`election-won`, `token-written`, `kubeconfigs` and `api-record`
+    /// are the control plane's; the first two only the election winner's).
     pub const JOIN: &'static [StepName] = &[
         StepName::Identity,
+        StepName::ElectionWon,
+        StepName::TokenWritten,
         StepName::Token,
         StepName::Render,
         StepName::Start,
@@ -84,13 +91,16 @@ impl StepName {
 
     /// The join steps an instance of `role` goes through.
     pub fn join_steps(role: Role) -> Vec<StepName> {
-        Self::JOIN.iter().copied().filter(|s| role.is_server() || !matches!(s, StepName::Kubeconfigs | StepName::ApiRecord)).collect()
+        let server_only = |s: &StepName| matches!(s, StepName::ElectionWon | StepName::TokenWritten | StepName::Kubeconfigs | StepName::ApiRecord);
+        Self::JOIN.iter().copied().filter(|s| role.is_server() || !server_only(s)).collect()
     }
 
     /// The name in the state file, the logs and `K3S_ASG_FAILPOINT`.
     pub fn as_str(self) -> &'static str {
         match self {
             StepName::Identity => "identity",
+            StepName::ElectionWon => "election-won",
+            StepName::TokenWritten => "token-written",
             StepName::Token => "token",
             StepName::Render => "render",
             StepName::Start => "start",

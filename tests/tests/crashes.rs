@@ -49,6 +49,10 @@ async fn killed_after_each_join_step_the_next_join_converges() {
         ok(&w.agent(&cp, &["join"]).await.unwrap());
         let token = w.param(&format!("/k3s-asg/clusters/{cluster}/token")).await.unwrap().expect("token");
         assert!(token.starts_with("K10"), "after {step}: token secured");
+        let election = |n: u64| format!("/k3s-asg/clusters/{cluster}/election/{n}");
+        let won = w.param(&election(1)).await.unwrap().expect("election 1 held");
+        assert!(won.contains(&cp.id) && won.contains("secured_at"), "after {step}: {won}");
+        assert_eq!(w.param(&election(2)).await.unwrap(), None, "after {step}: one election");
         assert_eq!(w.api_records(&cluster).await.unwrap(), vec![(cp.id.clone(), vec![cp.ip.clone()])], "after {step}");
         assert_eq!(w.members(&tg).await.unwrap(), vec![cp.id.clone()], "after {step}");
         let config = cp.file("/etc/rancher/k3s/config.yaml").expect("config.yaml");
