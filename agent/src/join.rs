@@ -129,6 +129,14 @@ impl Joining<'_> {
                     w.pending(reason).await.map_err(|why| Error::failed("wait for the first server", &names.token, why))?;
                 }
                 Decision::Refuse(why) => {
+                    // The probes ran after the reads: refuse only if no election and no token
+                    // appeared meanwhile (a server that just won starts k3s only after both).
+                    let latest_now = self.latest_election().await?.map(|(e, _)| e.number);
+                    let token_now = self.fx.parameters.get(std::slice::from_ref(&names.token)).await?;
+                    if token_now.contains_key(&names.token) || latest_now != observed.latest.as_ref().map(|e| e.number) {
+                        tracing::info!("an election was held while this server looked for live servers; looking again");
+                        continue;
+                    }
                     self.st.waiting_for = Some(why.clone());
                     self.st.save(&self.fx.fs)?;
                     return Err(Error::failed("start the cluster", &names.token, why));

@@ -21,7 +21,7 @@ async fn record(w: &World, cluster: &str, epoch: u64) -> Option<Record> {
     w.param(&election_name(cluster, epoch)).await.unwrap().map(|v| serde_json::from_str(&v).expect("an election record is JSON"))
 }
 
-fn initialisers<'a>(servers: &'a [Instance]) -> Vec<&'a Instance> {
+fn initialisers(servers: &[Instance]) -> Vec<&Instance> {
     servers.iter().filter(|s| s.file("/etc/rancher/k3s/config.yaml").is_some_and(|c| c.contains("cluster-init: true"))).collect()
 }
 
