@@ -487,7 +487,7 @@ impl Joining<'_> {
             return Ok(());
         }
         // Never secure a token for a cluster that lost its election meanwhile.
-        self.still_winner().await?;
+        let won = self.still_winner().await?;
         let path = render::SERVER_TOKEN_PATH;
         let file = self.fx.fs.read(path)?.ok_or_else(|| Error::failed("secure the join token", path, "k3s has not written its token file"))?;
         let secure = Secret::new(file.trim());
@@ -497,7 +497,7 @@ impl Joining<'_> {
         }
         self.fx.parameters.overwrite_secure(name, &secure).await?;
         tracing::info!(parameter = %name, "replaced the election token with k3s's secure form");
-        if let Some((record_name, mut record)) = self.still_winner().await? {
+        if let Some((record_name, mut record)) = won {
             record.secured_at = Some(unix_now());
             self.fx.parameters.overwrite_string(&record_name, &serde_json::to_string(&record).expect("record serialises")).await?;
         }

@@ -203,10 +203,6 @@ impl State {
         tracing::info!(step = name.as_str(), "done");
         self.save(fs)
     }
-
-    pub fn did(&self, name: StepName) -> bool {
-        self.steps.iter().any(|s| s.name == name)
-    }
 }
 
 #[cfg(test)]

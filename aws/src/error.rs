@@ -54,13 +54,6 @@ impl Error {
         self
     }
 
-    /// Makes the error bad input (exit 2): the caller knows the cause is the operator's.
-    pub fn into_bad_input(mut self, detail: impl Into<String>) -> Self {
-        self.bad_input = true;
-        self.detail = detail.into();
-        self
-    }
-
     /// A spec that does not parse: bad input naming the parameter and the field.
     pub fn spec(e: crate::spec::SpecError) -> Self {
         Self::bad_input("read spec", e.parameter, format!("field `{}`: {}", e.field, e.problem))

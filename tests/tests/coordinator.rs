@@ -28,11 +28,6 @@ async fn foreign_rules(w: &World, listener: &str) -> Vec<aws_sdk_elasticloadbala
     w.rules(listener).await.unwrap().into_iter().filter(foreign).collect()
 }
 
-/// Every host-header value of the listener's rules.
-async fn hosts(w: &World, listener: &str) -> Vec<String> {
-    w.rules(listener).await.unwrap().iter().flat_map(k3s_asg_testbed::world::rule_hosts).collect()
-}
-
 /// The zone's record sets under `manual.example.com` (someone else's), to compare whole.
 async fn manual_records(w: &World) -> Vec<ResourceRecordSet> {
     records(w).await.into_iter().filter(|r| r.name().ends_with("manual.example.com.")).collect()
@@ -157,8 +152,8 @@ async fn plan_apply_converge_and_leave_foreign_things_alone() {
     ok(&w.coordinator(&["apply"]).await.unwrap());
     let recs = records(&w).await;
     assert!(!recs.iter().any(|r| r.name().contains("blog.example.com")), "endpoint records collected");
-    assert!(!hosts(&w, &listener).await.contains(&"blog.example.com".to_string()));
-    assert!(hosts(&w, &listener).await.contains(&"manual.example.com".to_string()));
+    assert!(!w.rule_hosts(&listener).await.unwrap().contains(&"blog.example.com".to_string()));
+    assert!(w.rule_hosts(&listener).await.unwrap().contains(&"manual.example.com".to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,7 +224,7 @@ async fn lambda_mode_answers_each_event_with_one_reconcile() {
     let v: serde_json::Value = serde_json::from_str(&answers[0].2).unwrap();
     assert_eq!(v["event"], "schedule");
     assert_eq!(v["rule_changes"], 1, "created the cluster rule: {v}");
-    assert!(hosts(&w, &listener).await.contains(&"*--alpha.us-east-1.example.com".to_string()));
+    assert!(w.rule_hosts(&listener).await.unwrap().contains(&"*--alpha.us-east-1.example.com".to_string()));
 
     // An ASG lifecycle event is answered with one more (now empty) reconcile.
     w.recorder.clear();
@@ -261,7 +256,7 @@ async fn lambda_mode_answers_each_event_with_one_reconcile() {
     let v: serde_json::Value = serde_json::from_str(&answers[2].2).unwrap();
     assert!(v["event"].as_str().unwrap().starts_with("ssm: Parameter Store Change"), "{v}");
     assert_eq!(v["rule_changes"], 1, "{v}");
-    assert!(hosts(&w, &listener).await.contains(&"blog.example.com".to_string()));
+    assert!(w.rule_hosts(&listener).await.unwrap().contains(&"blog.example.com".to_string()));
     let ops: Vec<String> = w.recorder.calls().into_iter().map(|c| c.operation).collect();
     assert!(ops.iter().any(|o| o == "GetParametersByPath"), "{ops:?}");
     drop(function);
