@@ -41,7 +41,8 @@ pub struct Cli {
     /// Seconds to wait for k3s and the spec's readiness probes.
     #[arg(long, env = "K3S_ASG_READY_TIMEOUT", default_value_t = 600, global = true)]
     ready_timeout: u64,
-    /// Seconds a leaving server waits for quorum before keeping its etcd member.
+    /// Seconds a leaving server waits for quorum before keeping its etcd member, when no
+    /// lifecycle hook holds it (with a hook it waits as long as the hook's global timeout allows).
     #[arg(long, env = "K3S_ASG_QUORUM_TIMEOUT", default_value_t = 600, global = true)]
     quorum_timeout: u64,
     /// Seconds of the first-server election's lease: a winner that has not secured the join
@@ -53,6 +54,11 @@ pub struct Cli {
     /// cluster's secure token; a missing or replaced token is republished.
     #[arg(long, env = "K3S_ASG_TOKEN_CHECK", default_value_t = 60, global = true)]
     token_check: u64,
+    /// Seconds a server that holds its cluster's token waits, with no server of the cluster
+    /// answering and none that could still come up, before it takes part in a recovery
+    /// election (restore the newest etcd snapshot, or start a new cluster without one).
+    #[arg(long, env = "K3S_ASG_RECOVERY_GRACE", default_value_t = 180, global = true)]
+    recovery_grace: u64,
     /// What to do on an EC2 rebalance recommendation: `ignore` or `leave`.
     #[arg(long, env = "K3S_ASG_ON_REBALANCE", default_value = "ignore", global = true, value_parser = ["ignore", "leave"])]
     on_rebalance: String,
@@ -117,6 +123,7 @@ fn config(cli: &Cli) -> Result<AgentConfig> {
         leave_on_rebalance: cli.on_rebalance == "leave",
         quorum_timeout: Duration::from_secs(cli.quorum_timeout),
         election_lease: Duration::from_secs(cli.election_lease),
+        recovery_grace: Duration::from_secs(cli.recovery_grace),
         token_check: Duration::from_secs(cli.token_check.max(1)),
         ..AgentConfig::default()
     })
@@ -186,6 +193,7 @@ pub async fn real_effects(cfg: &AgentConfig) -> Result<Effects> {
         lifecycle: Box::new(effects::lifecycle::AutoScaling(aws_sdk_autoscaling::Client::new(&sdk))),
         supervisor: Box::new(effects::supervisor::HttpsSupervisor { port: cfg.supervisor_port }),
         probes: Box::new(effects::probes::HttpProbes),
+        snapshots: Box::new(effects::snapshots::S3 { sdk: sdk.clone() }),
         fs: effects::hostfs::HostFs::new(&cfg.root),
     })
 }

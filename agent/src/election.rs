@@ -43,6 +43,9 @@ pub struct Record {
     /// When the winner secured the token: from then on the lease no longer matters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secured_at: Option<u64>,
+    /// A recovery election (the cluster's token was secure and no server was left).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recovery: bool,
 }
 
 /// The latest election, as observed.
@@ -282,7 +285,7 @@ mod tests {
 
     #[test]
     fn records_and_names() {
-        let r = Record { winner: A.into(), won_at: 1, renewed_at: 2, took_over: None, secured_at: None };
+        let r = Record { winner: A.into(), won_at: 1, renewed_at: 2, took_over: None, secured_at: None, recovery: false };
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(json, r#"{"winner":"i-0000000000000000b","won_at":1,"renewed_at":2}"#);
         assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), r);

@@ -1,7 +1,14 @@
+//! Guards of a joined instance in `run`.
+//!
 //! The control plane's guard of its join token (issue: a safe first-server
-//! election): a server in `run` that finds its cluster's token parameter
-//! missing or replaced republishes its own cluster's secure token, unless a
-//! server of another cluster (another CA) answers behind the API name.
+//! election): a server that finds its cluster's token parameter missing or
+//! replaced republishes its own cluster's secure token, unless a server of
+//! another cluster (another CA) answers behind the API name.
+//!
+//! A node's guard (issue: the cluster survives its control plane): a node whose
+//! cluster was brought back without it (the token changed: a new cluster; or the
+//! server it joined through is gone and another proves the cluster's CA) joins
+//! again, by itself.
 
 use crate::config::AgentConfig;
 use crate::discover::{discover, Purpose};
@@ -68,4 +75,43 @@ pub async fn check_token(cfg: &AgentConfig, fx: &Effects) -> Result<Outcome> {
     }
     tracing::warn!(parameter = %name, was, "republished this cluster's secure join token from the server's token file");
     Ok(Outcome::Republished { was })
+}
+
+/// Why this node should join again, if it should: its cluster's secure token is not the one
+/// it configured, or the server it joined through no longer proves the CA while another does.
+pub async fn node_rejoin_reason(cfg: &AgentConfig, fx: &Effects) -> Result<Option<String>> {
+    let (Some(config), Some(st)) = (fx.fs.read(render::CONFIG_PATH)?, crate::state::State::load(&fx.fs)?) else {
+        return Ok(None);
+    };
+    let Some(configured) = render::configured(&config, "token") else {
+        return Ok(None);
+    };
+    let name = cfg.prefix.cluster_token(&st.cluster);
+    let Some(current) = fx.parameters.get(std::slice::from_ref(&name)).await?.remove(&name) else {
+        return Ok(None);
+    };
+    let Some(secure) = token::parse_secure(current.value.expose()) else {
+        return Ok(None);
+    };
+    if token::password_of(&configured) != secure.password {
+        return Ok(Some(format!("parameter {name} holds another token than this node joined with: its cluster was started anew")));
+    }
+    let server = render::configured(&config, "server").or(st.server_url.clone());
+    let ip = server.as_deref().and_then(|u| u.strip_prefix("https://")).and_then(|h| h.split(':').next()).map(str::to_string);
+    let Some(ip) = ip else {
+        return Ok(None);
+    };
+    if fx.supervisor.verified_live(&ip, &secure.ca_hash).await? {
+        return Ok(None);
+    }
+    // Worth a join only once another server proves the CA (join would otherwise wait for one).
+    let d = discover(cfg, fx, Purpose::Leave).await?;
+    let api = &d.spec.api;
+    let records = fx.zones.records_named(&api.hosted_zone_id, &api.hostname, "A").await?;
+    for other in crate::plan::join_candidates(&records, &d.id.instance_id, None) {
+        if other != ip && fx.supervisor.verified_live(&other, &secure.ca_hash).await? {
+            return Ok(Some(format!("the server this node joined through ({ip}) no longer proves the cluster's CA; {other} does")));
+        }
+    }
+    Ok(None)
 }

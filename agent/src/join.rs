@@ -5,10 +5,12 @@
 use crate::config::AgentConfig;
 use crate::discover::{discover, Discovery, Purpose};
 use crate::effects::parameters::Param;
+use crate::effects::snapshots::SnapshotStore;
 use crate::effects::Effects;
 use crate::election::{self, Decision};
 use crate::error::{Error, Result};
 use crate::plan::{self, Mode};
+use crate::recovery;
 use crate::render::{self, ConfigInputs};
 use crate::secret::Secret;
 use crate::state::{Phase, State, StepName};
@@ -33,6 +35,10 @@ pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
     j.st.step(&fx.fs, StepName::Token)?;
     let written = j.render(mode, &token, server_url.as_deref())?;
     j.st.step(&fx.fs, StepName::Render)?;
+    if let Some(name) = j.st.recovery.as_ref().filter(|r| !r.restored).and_then(|r| r.snapshot.clone()) {
+        j.restore(&name).await?;
+        j.st.step(&fx.fs, StepName::Restored)?;
+    }
     j.start(&written).await?;
     j.st.step(&fx.fs, StepName::Start)?;
     j.ready(written.drain_kubeconfig.as_deref()).await?;
@@ -51,11 +57,36 @@ pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
 
     let mut st = j.st;
     st.phase = Phase::Ready;
+    st.quiet_since = None;
     st.save(&fx.fs)?;
     if std::env::var_os("NOTIFY_SOCKET").is_some() {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     }
     Ok(st)
+}
+
+/// Where a cluster's snapshots are, if its spec has them (the bucket's region defaults to the
+/// instance's).
+pub fn snapshot_store(d: &Discovery) -> Option<SnapshotStore> {
+    d.spec.snapshots.as_ref().map(|s| SnapshotStore {
+        bucket: s.bucket.clone(),
+        folder: s.folder.clone(),
+        region: s.region.clone().unwrap_or_else(|| d.id.region.clone()),
+    })
+}
+
+/// What waiting for a server found.
+enum Found {
+    Server(Secret, String),
+    /// This server won recovery election N.
+    Recover(u64),
+}
+
+/// One look at recovery.
+enum RecoveryStep {
+    Join(String),
+    Recover(u64),
+    Wait(String),
 }
 
 /// What `render` wrote, for `start` and `ready`.
@@ -121,7 +152,7 @@ impl Joining<'_> {
                     }
                 }
                 Decision::Contend { epoch, why } => {
-                    self.contend(epoch, &why).await?;
+                    self.contend(epoch, &why, false).await?;
                 }
                 Decision::Wait(reason) => {
                     self.st.waiting_for = Some(reason.clone());
@@ -190,6 +221,7 @@ impl Joining<'_> {
             renewed_at: 0,
             took_over: None,
             secured_at: None,
+            recovery: false,
         });
         let age = p.last_modified.map(|t| std::time::SystemTime::now().duration_since(t).unwrap_or_default());
         Ok(Some((election::Epoch { number, winner: record.winner.clone(), age, secured: record.secured_at.is_some() }, record)))
@@ -223,7 +255,7 @@ impl Joining<'_> {
     }
 
     /// Creates the record of election `epoch`; on success this instance is its winner.
-    async fn contend(&mut self, epoch: u64, why: &str) -> Result<()> {
+    async fn contend(&mut self, epoch: u64, why: &str, recovery: bool) -> Result<bool> {
         let now = unix_now();
         let record = election::Record {
             winner: self.me().to_string(),
@@ -231,16 +263,23 @@ impl Joining<'_> {
             renewed_at: now,
             took_over: (epoch > 1).then(|| why.to_string()),
             secured_at: None,
+            recovery,
         };
         let name = format!("{}/{epoch}", self.cfg.prefix.elections(&self.d.cluster));
         if self.fx.parameters.create_string(&name, &serde_json::to_string(&record).expect("record serialises")).await? {
-            tracing::info!(election = epoch, parameter = %name, reason = why, "won the first-server election: this instance initialises the cluster");
             self.st.election = Some(format!("won election {epoch}: {why}"));
-            self.st.step(&self.fx.fs, StepName::ElectionWon)?;
+            if recovery {
+                tracing::warn!(election = epoch, parameter = %name, reason = why, "won the recovery election: this instance brings the cluster back");
+                self.st.step(&self.fx.fs, StepName::RecoveryWon)?;
+            } else {
+                tracing::info!(election = epoch, parameter = %name, reason = why, "won the first-server election: this instance initialises the cluster");
+                self.st.step(&self.fx.fs, StepName::ElectionWon)?;
+            }
+            Ok(true)
         } else {
             tracing::info!(election = epoch, parameter = %name, "another server won this election first");
+            Ok(false)
         }
-        Ok(())
     }
 
     /// The winner of `epoch` makes sure the token parameter holds its own election token and
@@ -345,16 +384,24 @@ impl Joining<'_> {
         Ok(Secret::new(token::password_of(t.value.expose())))
     }
 
-    /// Joins through a verified live server.
+    /// Joins through a verified live server; a server that finds none, and none that could come
+    /// up, may win a recovery instead (`recovery`).
     async fn join_live_server(&mut self) -> Result<(Mode, Secret, Option<String>)> {
+        let previous = self.st.mode;
         self.st.mode = Some(Mode::Join);
-        let (t, url) = self.wait_for_server().await?;
+        let found = self.wait_for_server().await?;
         self.st.waiting_for = None;
-        Ok((Mode::Join, t, Some(url)))
+        match found {
+            Found::Server(t, url) => Ok((Mode::Join, t, Some(url))),
+            Found::Recover(epoch) => {
+                self.st.mode = previous;
+                self.recover(epoch).await
+            }
+        }
     }
 
     /// Waits for the secure join token and a server that proves it holds the cluster CA.
-    async fn wait_for_server(&mut self) -> Result<(Secret, String)> {
+    async fn wait_for_server(&mut self) -> Result<Found> {
         let (cfg, fx, names) = (self.cfg, self.fx, self.d.names.clone());
         let api = self.d.spec.api.clone();
         let configured = self.st.server_url.clone();
@@ -380,18 +427,157 @@ impl Joining<'_> {
                                 break;
                             }
                         }
+                        let none = || format!("no live server with the cluster's CA among {} API record(s) of {}", candidates.len(), api.hostname);
                         match found {
                             Some(url) => {
                                 tracing::info!(server = %url, "found a live server holding the cluster CA");
-                                return Ok((t, url));
+                                return Ok(Found::Server(t, url));
                             }
-                            None => format!("no live server with the cluster's CA among {} API record(s) of {}", candidates.len(), api.hostname),
+                            None if self.d.role.is_server() => match self.recovery_step(&secure, &records).await? {
+                                RecoveryStep::Join(url) => {
+                                    tracing::info!(server = %url, "found a live server holding the cluster CA (not in the API records)");
+                                    return Ok(Found::Server(t, url));
+                                }
+                                RecoveryStep::Recover(epoch) => return Ok(Found::Recover(epoch)),
+                                RecoveryStep::Wait(why) => format!("{}; {why}", none()),
+                            },
+                            None => none(),
                         }
                     }
                 },
             };
+            if self.d.role.is_server() {
+                self.st.waiting_for = Some(reason.clone());
+                self.st.save(&fx.fs)?;
+            }
             w.pending(reason).await.map_err(|why| Error::failed("wait for a server to join", &names.token, why))?;
         }
+    }
+
+    /// One look at whether this server should recover its cluster (`recovery`): the servers EC2
+    /// shows for the cluster, probed; the latest election; how long all has been quiet.
+    async fn recovery_step(&mut self, secure: &token::SecureToken, records: &[RecordSet]) -> Result<RecoveryStep> {
+        let (fx, cfg) = (self.fx, self.cfg);
+        let recorded: std::collections::BTreeSet<&str> = records.iter().filter_map(|r| r.set_identifier.as_deref()).collect();
+        let latest = self.latest_election().await?;
+        let tags = [(cfg.tag_keys.cluster.clone(), self.d.cluster.clone()), (cfg.tag_keys.role.clone(), Role::ControlPlane.to_string())];
+        let servers: Vec<_> = fx.instances.live_tagged(&tags).await?.into_iter().filter(|i| i.id != self.me()).collect();
+        let mut o = recovery::Observed {
+            live_servers: vec![],
+            could_come_up: vec![],
+            latest: latest.as_ref().map(|(e, _)| e.clone()),
+            latest_is_recovery: latest.as_ref().is_some_and(|(_, r)| r.recovery),
+            winner: None,
+            quiet_for: std::time::Duration::ZERO,
+        };
+        let mut live_url = None;
+        for i in &servers {
+            let Some(ip) = &i.private_ip else {
+                o.could_come_up.push(format!("{} ({}, no address yet)", i.id, i.state));
+                continue;
+            };
+            if fx.supervisor.verified_live(ip, &secure.ca_hash).await? {
+                o.live_servers.push(format!("{}@{ip}", i.id));
+                live_url.get_or_insert_with(|| format!("https://{ip}:{}", cfg.supervisor_port));
+            } else if fx.supervisor.ca_hash(ip).await?.is_some() {
+                o.could_come_up.push(format!("{} (answers with another cluster's CA)", i.id));
+            } else if recorded.contains(i.id.as_str()) {
+                o.could_come_up.push(format!("{} ({}, holds an API record)", i.id, i.state));
+            } else if o.latest.as_ref().is_some_and(|e| e.secured && e.winner == i.id) {
+                o.could_come_up.push(format!("{} ({}, formed the cluster in election {})", i.id, i.state, o.latest.as_ref().map_or(0, |e| e.number)));
+            }
+        }
+        if let Some(e) = o.latest.as_ref().filter(|e| e.winner != self.me()) {
+            o.winner = Some(match servers.iter().find(|i| i.id == e.winner) {
+                Some(_) => election::WinnerHealth::Running { answers: false },
+                None => election::WinnerHealth::Gone("not running".into()),
+            });
+        }
+        let now = unix_now();
+        let quiet = o.live_servers.is_empty() && o.could_come_up.is_empty();
+        let since = if quiet { Some(self.st.quiet_since.unwrap_or(now)) } else { None };
+        if since != self.st.quiet_since {
+            self.st.quiet_since = since;
+            self.st.save(&fx.fs)?;
+        }
+        o.quiet_for = std::time::Duration::from_secs(now.saturating_sub(since.unwrap_or(now)));
+        Ok(match recovery::decide(&o, self.me(), cfg.election_lease, cfg.recovery_grace) {
+            recovery::Decision::Join => RecoveryStep::Join(live_url.expect("a live server was found")),
+            recovery::Decision::Lead { epoch } => RecoveryStep::Recover(epoch),
+            recovery::Decision::Wait(why) => RecoveryStep::Wait(why),
+            recovery::Decision::Contend { epoch, why } => {
+                if self.contend(epoch, &why, true).await? {
+                    RecoveryStep::Recover(epoch)
+                } else {
+                    RecoveryStep::Wait(format!("another server won recovery election {epoch}"))
+                }
+            }
+        })
+    }
+
+    /// The winner of recovery election `epoch` brings the cluster back: with the newest
+    /// snapshot (restored after `render`, by k3s, with the cluster's own token, so the CA and the
+    /// token stay the same), or as a new cluster with a new token where there is none.
+    async fn recover(&mut self, epoch: u64) -> Result<(Mode, Secret, Option<String>)> {
+        self.lease = Some(epoch);
+        self.renewed = None;
+        self.renew_lease().await?;
+        let recovery = match self.st.recovery.clone().filter(|r| r.epoch == epoch) {
+            Some(r) => r,
+            None => {
+                let store = self.snapshot_store();
+                let newest = match &store {
+                    Some(s) => self.fx.snapshots.newest(s).await?,
+                    None => None,
+                };
+                let outcome = match (&store, &newest) {
+                    (Some(s), Some(n)) => format!("recovery election {epoch}: restored snapshot {} from {}", n.name, s.url()),
+                    (Some(s), None) => format!(
+                        "recovery election {epoch}: no snapshot in {}: started a NEW cluster with a new token; the old cluster's state is gone",
+                        s.url()
+                    ),
+                    (None, _) => format!(
+                        "recovery election {epoch}: the cluster spec has no `snapshots`: started a NEW cluster with a new token; the old cluster's state is gone"
+                    ),
+                };
+                let r = crate::state::Recovery { epoch, snapshot: newest.map(|n| n.name), restored: false, outcome };
+                self.st.recovery = Some(r.clone());
+                self.st.save(&self.fx.fs)?;
+                r
+            }
+        };
+        if recovery.snapshot.is_some() {
+            tracing::warn!(outcome = %recovery.outcome, "recovering the cluster from its newest snapshot");
+            self.st.mode = Some(Mode::ClusterInit);
+            return Ok((Mode::ClusterInit, self.init_token()?, None));
+        }
+        tracing::error!(outcome = %recovery.outcome, "recovering the cluster without a snapshot");
+        let observed = self.observe_election().await?;
+        if !self.lead(epoch, &observed).await? {
+            return Err(Error::failed("recover the cluster", &self.d.names.token, "the token parameter changed while recovering; starting over"));
+        }
+        Ok((Mode::ClusterInit, self.init_token()?, None))
+    }
+
+    /// Where this cluster's snapshots are, if the spec has them.
+    fn snapshot_store(&self) -> Option<SnapshotStore> {
+        snapshot_store(&self.d)
+    }
+
+    /// Restores snapshot `name` into this server's (stopped) datastore.
+    async fn restore(&mut self, name: &str) -> Result<()> {
+        let unit = render::unit_name(self.d.role);
+        if self.fx.services.is_active(unit).await? {
+            self.fx.services.stop(unit).await?;
+        }
+        self.renew_lease().await?;
+        tracing::warn!(snapshot = name, "restoring the cluster's datastore from its snapshot (k3s server --cluster-reset)");
+        self.fx.k3s.restore_snapshot(name).await?;
+        if let Some(r) = self.st.recovery.as_mut() {
+            r.restored = true;
+        }
+        self.renewed = None;
+        self.renew_lease().await
     }
 
     /// Renders and writes k3s's config, its unit, the drain manifest (servers) and the
@@ -477,13 +663,18 @@ impl Joining<'_> {
         None
     }
 
-    /// The creator replaces its election token with k3s's secure form.
+    /// The creator replaces its election token with k3s's secure form, and marks its election
+    /// finished (a recovery from a snapshot keeps the secure token it had: only the mark).
     async fn secure_the_token(&self) -> Result<()> {
         let name = &self.d.names.token;
         let Some(current) = self.d.param(name) else {
             return Ok(());
         };
         if token::parse_secure(current.value.expose()).is_some() {
+            if let Some((record_name, mut record)) = self.still_winner().await?.filter(|(_, r)| r.secured_at.is_none()) {
+                record.secured_at = Some(unix_now());
+                self.fx.parameters.overwrite_string(&record_name, &serde_json::to_string(&record).expect("record serialises")).await?;
+            }
             return Ok(());
         }
         // Never secure a token for a cluster that lost its election meanwhile.
@@ -504,11 +695,13 @@ impl Joining<'_> {
         Ok(())
     }
 
-    /// Publishes the admin and drain kubeconfigs where they are absent.
+    /// Publishes the admin and drain kubeconfigs where they are absent; the winner of a recovery
+    /// replaces them (a new cluster has a new CA and service-account token).
     async fn publish_kubeconfigs(&self) -> Result<()> {
         let (fx, names, spec) = (self.fx, &self.d.names, &self.d.spec);
-        let have_admin = self.d.params.contains_key(&names.admin);
-        let have_drain = self.d.params.contains_key(&names.drain);
+        let refresh = self.st.recovery.as_ref().is_some_and(|r| Some(r.epoch) == self.lease);
+        let have_admin = self.d.params.contains_key(&names.admin) && !refresh;
+        let have_drain = self.d.params.contains_key(&names.drain) && !refresh;
         if have_admin && have_drain {
             return Ok(());
         }
@@ -518,7 +711,10 @@ impl Joining<'_> {
             .ok_or_else(|| Error::failed("publish kubeconfigs", render::KUBECONFIG_PATH, "k3s has not written its kubeconfig"))?;
         if !have_admin {
             let admin = Secret::new(render::admin_kubeconfig(&k3s_yaml, &spec.api.hostname));
-            if fx.parameters.create_secure(&names.admin, &admin).await? {
+            if refresh {
+                fx.parameters.overwrite_secure(&names.admin, &admin).await?;
+                tracing::info!(parameter = %names.admin, "replaced the admin kubeconfig (recovery)");
+            } else if fx.parameters.create_secure(&names.admin, &admin).await? {
                 tracing::info!(parameter = %names.admin, "published the admin kubeconfig");
             }
         }
@@ -534,7 +730,10 @@ impl Joining<'_> {
             };
             let kc = render::drain_kubeconfig(&k3s_yaml, &spec.api.hostname, token.expose())
                 .ok_or_else(|| Error::failed("publish kubeconfigs", render::KUBECONFIG_PATH, "no certificate-authority-data in k3s's kubeconfig"))?;
-            if fx.parameters.create_secure(&names.drain, &Secret::new(kc)).await? {
+            if refresh {
+                fx.parameters.overwrite_secure(&names.drain, &Secret::new(kc)).await?;
+                tracing::info!(parameter = %names.drain, "replaced the drain kubeconfig (recovery)");
+            } else if fx.parameters.create_secure(&names.drain, &Secret::new(kc)).await? {
                 tracing::info!(parameter = %names.drain, "published the drain kubeconfig");
             }
         }

@@ -6,6 +6,7 @@
 use crate::config::AgentConfig;
 use crate::discover::{discover, Purpose};
 use crate::effects::lifecycle::WaitingHook;
+use crate::effects::snapshots::SnapshotStore;
 use crate::effects::Effects;
 use crate::error::{Error, Result};
 use crate::plan;
@@ -18,6 +19,12 @@ use k3s_asg_aws::tags::Role;
 use k3s_asg_aws::targets::TargetState;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// The name k3s gives the last server's snapshot (before `-<node>-<time>`).
+pub const FINAL_SNAPSHOT: &str = "k3s-asg-final";
+
+/// Seconds kept back from a hook's global timeout for the steps after the quorum wait.
+const LEAVE_MARGIN_S: u64 = 120;
 
 /// Heartbeat often enough for the hook: a third of its timeout, at least every second.
 pub fn heartbeat_interval(hook: &WaitingHook) -> Duration {
@@ -35,6 +42,12 @@ pub async fn leave(cfg: &AgentConfig, fx: &Effects, hurry: &Hurry, trigger: Trig
 
     let me = d.id.instance_id.as_str();
     let hook = fx.lifecycle.waiting_hook(me).await?;
+    // The quorum guard may hold the hook as long as heartbeats can, less a margin for the
+    // steps after it; without a hook, the configured bound.
+    let quorum_timeout = match &hook {
+        Some(h) => Duration::from_secs(h.global_timeout_s.saturating_sub(LEAVE_MARGIN_S + h.heartbeat_timeout_s).max(1)),
+        None => cfg.quorum_timeout,
+    };
     let ctx = Leaving {
         fx,
         spec: &d.spec,
@@ -42,7 +55,8 @@ pub async fn leave(cfg: &AgentConfig, fx: &Effects, hurry: &Hurry, trigger: Trig
         instance_id: me,
         drain_kubeconfig: d.param(&d.names.drain).map(|p| p.value.clone()),
         hurry,
-        quorum_timeout: cfg.quorum_timeout,
+        quorum_timeout,
+        snapshots: crate::join::snapshot_store(&d),
     };
     let work = ctx.steps(&mut st);
     match &hook {
@@ -86,6 +100,7 @@ struct Leaving<'a> {
     drain_kubeconfig: Option<Secret>,
     hurry: &'a Hurry,
     quorum_timeout: Duration,
+    snapshots: Option<SnapshotStore>,
 }
 
 impl Leaving<'_> {
@@ -105,7 +120,10 @@ impl Leaving<'_> {
             if let Some(kubeconfig) = self.api_access()? {
                 self.drain(kubeconfig.as_deref()).await;
                 st.step(fs, StepName::Drained)?;
-                if self.role.is_server() && !self.quorum_allows_removal().await? {
+                if self.role.is_server() && self.final_snapshot(st).await? {
+                    st.step(fs, StepName::FinalSnapshot)?;
+                }
+                if self.role.is_server() && !self.quorum_allows_removal(st).await? {
                     tracing::error!(
                         node = self.instance_id,
                         "not deleting this server's Node (and so its etcd member): quorum would be lost; \
@@ -205,16 +223,57 @@ impl Leaving<'_> {
         }
     }
 
-    /// Waits (bounded, heartbeats continue meanwhile) until removing this server's
-    /// etcd member keeps quorum, e.g. until a replacement has joined.
-    async fn quorum_allows_removal(&self) -> Result<bool> {
-        let mut w = Waiter::new("enough healthy control-plane members to remove this one", self.quorum_timeout).hurry(self.hurry);
+    /// Waits (bounded by the hook's global timeout; heartbeats continue meanwhile) until removing
+    /// this server's etcd member keeps quorum, e.g. until a replacement is a Ready member.
+    async fn quorum_allows_removal(&self, st: &mut State) -> Result<bool> {
+        let mut w =
+            Waiter::new("a Ready replacement control-plane member, so that removing this one keeps quorum", self.quorum_timeout).hurry(self.hurry);
         loop {
             let members = self.fx.k3s.control_plane_nodes().await?;
             match plan::may_remove_member(&members, self.instance_id) {
-                Ok(()) => return Ok(true),
+                Ok(()) => {
+                    if st.waiting_for.take().is_some() {
+                        st.save(&self.fx.fs)?;
+                    }
+                    return Ok(true);
+                }
                 Err(why) => {
+                    let waiting = format!("{why}; waiting up to {} s for a Ready replacement", self.quorum_timeout.as_secs());
+                    if st.waiting_for.as_deref() != Some(waiting.as_str()) {
+                        st.waiting_for = Some(waiting);
+                        st.save(&self.fx.fs)?;
+                    }
                     if w.pending(why).await.is_err() {
+                        st.waiting_for = None;
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The last server of a cluster with snapshots saves one to S3 and waits for it, so that
+    /// scaling the control plane back from zero restores it. `true` when it saved one.
+    async fn final_snapshot(&self, st: &mut State) -> Result<bool> {
+        let Some(store) = &self.snapshots else {
+            return Ok(false);
+        };
+        let members = self.fx.k3s.control_plane_nodes().await?;
+        if members.iter().any(|(n, _)| n != self.instance_id) {
+            return Ok(false);
+        }
+        tracing::info!(store = %store.url(), "the last server of the cluster: saving an etcd snapshot before going");
+        let mut w = Waiter::new("the final etcd snapshot", Duration::from_secs(600)).hurry(self.hurry);
+        loop {
+            match self.fx.k3s.save_snapshot(FINAL_SNAPSHOT, store).await {
+                Ok(()) => {
+                    tracing::info!(store = %store.url(), "saved the final etcd snapshot");
+                    return Ok(true);
+                }
+                Err(e) => {
+                    if w.pending(e.to_string()).await.is_err() {
+                        tracing::error!(error = %e, "could not save the final etcd snapshot; the newest scheduled one is what a recovery will restore");
+                        st.last_error = Some(format!("final snapshot not saved: {e}"));
                         return Ok(false);
                     }
                 }

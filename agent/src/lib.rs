@@ -18,6 +18,7 @@ pub mod guard;
 pub mod join;
 pub mod leave;
 pub mod plan;
+pub mod recovery;
 pub mod render;
 pub mod run;
 pub mod secret;

@@ -1,7 +1,7 @@
 //! Files rendered as values first; `join` writes them. Golden-tested.
 
 use crate::plan::Mode;
-use k3s_asg_aws::spec::{ClusterSpec, LIST_KEYS};
+use k3s_asg_aws::spec::{is_list_key, ClusterSpec, SnapshotSpec};
 use k3s_asg_aws::tags::Role;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -68,7 +68,7 @@ pub fn render_config(i: &ConfigInputs<'_>) -> String {
     }
     let mut scalars: BTreeMap<String, String> = BTreeMap::new();
     for (key, value) in extra {
-        if LIST_KEYS.contains(&key.as_str()) {
+        if is_list_key(key) {
             let entry = lists.entry(key.clone()).or_default();
             let items: Vec<String> = match value {
                 Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
@@ -84,6 +84,11 @@ pub fn render_config(i: &ConfigInputs<'_>) -> String {
             scalars.insert(key.clone(), value.to_string());
         }
     }
+    if let (Role::ControlPlane, Some(snap)) = (i.role, &i.spec.snapshots) {
+        for (key, value) in snapshot_keys(snap, i.region) {
+            scalars.insert(key.into(), value);
+        }
+    }
     let mut keys: Vec<&String> = lists.keys().chain(scalars.keys()).collect();
     keys.sort();
     for key in keys {
@@ -97,6 +102,27 @@ pub fn render_config(i: &ConfigInputs<'_>) -> String {
         }
     }
     out
+}
+
+/// A scalar string key of a rendered config.yaml (`token`, `server`), as `render_config` wrote it.
+pub fn configured(config: &str, key: &str) -> Option<String> {
+    let prefix = format!("{key}: ");
+    config.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| serde_json::from_str(v).ok())
+}
+
+/// k3s's own etcd-snapshot keys for the spec's `snapshots` section (k3s uploads to S3 with the
+/// instance's role and prunes to the retention, locally and in S3), as config.yaml values.
+pub fn snapshot_keys(snap: &SnapshotSpec, instance_region: &str) -> Vec<(&'static str, String)> {
+    let q = |s: &str| serde_json::to_string(s).expect("strings serialise");
+    vec![
+        ("etcd-s3", "true".into()),
+        ("etcd-s3-bucket", q(&snap.bucket)),
+        ("etcd-s3-folder", q(&snap.folder)),
+        ("etcd-s3-region", q(snap.region.as_deref().unwrap_or(instance_region))),
+        ("etcd-s3-retention", snap.retention.to_string()),
+        ("etcd-snapshot-retention", snap.retention.to_string()),
+        ("etcd-snapshot-schedule-cron", q(&snap.schedule)),
+    ]
 }
 
 /// The systemd unit, equivalent to what k3s's installer writes.
@@ -256,8 +282,9 @@ mod tests {
         ClusterSpec::parse(
             "/k3s-asg/clusters/alpha/config",
             r#"{"api":{"hostname":"api.alpha.us-east-1.example.com","hosted_zone_id":"Z0123"},
-                "k3s":{"server":{"disable":["servicelb","traefik"],"tls-san":["k8s.example.com"],"write-kubeconfig-mode":"0600","etcd-snapshot-retention":5},
-                       "agent":{"node-label":["pool=general"],"kubelet-arg":"max-pods=200"}}}"#,
+                "k3s":{"server":{"disable":["servicelb","traefik"],"tls-san":["k8s.example.com"],"write-kubeconfig-mode":"0600","etcd-expose-metrics":true},
+                       "agent":{"node-label":["pool=general"],"kubelet-arg":"max-pods=200"}},
+                "snapshots":{"bucket":"alpha-etcd-snapshots","folder":"clusters/alpha","schedule":"0 */4 * * *","retention":12}}"#,
         )
         .unwrap()
     }
@@ -274,6 +301,15 @@ mod tests {
             server_url: server,
             spec,
         }
+    }
+
+    #[test]
+    fn configured_keys_read_back() {
+        let s = spec();
+        let text = render_config(&inputs(&s, Role::Node, Mode::Join, Some("https://10.0.1.5:6443")));
+        assert_eq!(configured(&text, "token").as_deref(), Some("K10aaaa::server:pw"));
+        assert_eq!(configured(&text, "server").as_deref(), Some("https://10.0.1.5:6443"));
+        assert_eq!(configured(&text, "cluster-init"), None);
     }
 
     #[test]

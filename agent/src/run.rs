@@ -96,6 +96,18 @@ async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::
                     if let Err(e) = crate::guard::check_token(cfg, fx).await {
                         tracing::warn!(error = %e, "could not check the cluster's join token; will retry");
                     }
+                } else if !server && last_guard.elapsed() >= cfg.token_check {
+                    last_guard = std::time::Instant::now();
+                    match crate::guard::node_rejoin_reason(cfg, fx).await {
+                        Ok(Some(why)) => {
+                            tracing::warn!(reason = %why, "joining the cluster again");
+                            if let Err(e) = crate::join::join(cfg, fx).await {
+                                tracing::warn!(error = %e, "joining again failed; will retry");
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "could not check the node's cluster; will retry"),
+                    }
                 }
                 match notice(cfg, fx).await {
                     Ok(Some(t)) => return Ok(t),

@@ -47,8 +47,12 @@ pub enum StepName {
     ElectionWon,
     /// The election's winner wrote its election token into the token parameter.
     TokenWritten,
+    /// This server won a recovery election (it brings the cluster back).
+    RecoveryWon,
     Token,
     Render,
+    /// The recovery's winner restored the newest snapshot into its datastore.
+    Restored,
     Start,
     Ready,
     Kubeconfigs,
@@ -58,6 +62,8 @@ pub enum StepName {
     Deregistered,
     ApiRecordRemoved,
     Drained,
+    /// The last server of a cluster with snapshots saved one to S3 before going.
+    FinalSnapshot,
     NodeDeleted,
     K3sStopped,
     LifecycleCompleted,
@@ -70,8 +76,10 @@ impl StepName {
         StepName::Identity,
         StepName::ElectionWon,
         StepName::TokenWritten,
+        StepName::RecoveryWon,
         StepName::Token,
         StepName::Render,
+        StepName::Restored,
         StepName::Start,
         StepName::Ready,
         StepName::Kubeconfigs,
@@ -84,6 +92,7 @@ impl StepName {
         StepName::Deregistered,
         StepName::ApiRecordRemoved,
         StepName::Drained,
+        StepName::FinalSnapshot,
         StepName::NodeDeleted,
         StepName::K3sStopped,
         StepName::LifecycleCompleted,
@@ -91,7 +100,17 @@ impl StepName {
 
     /// The join steps an instance of `role` goes through.
     pub fn join_steps(role: Role) -> Vec<StepName> {
-        let server_only = |s: &StepName| matches!(s, StepName::ElectionWon | StepName::TokenWritten | StepName::Kubeconfigs | StepName::ApiRecord);
+        let server_only = |s: &StepName| {
+            matches!(
+                s,
+                StepName::ElectionWon
+                    | StepName::TokenWritten
+                    | StepName::RecoveryWon
+                    | StepName::Restored
+                    | StepName::Kubeconfigs
+                    | StepName::ApiRecord
+            )
+        };
         Self::JOIN.iter().copied().filter(|s| role.is_server() || !server_only(s)).collect()
     }
 
@@ -101,6 +120,8 @@ impl StepName {
             StepName::Identity => "identity",
             StepName::ElectionWon => "election-won",
             StepName::TokenWritten => "token-written",
+            StepName::RecoveryWon => "recovery-won",
+            StepName::Restored => "restored",
             StepName::Token => "token",
             StepName::Render => "render",
             StepName::Start => "start",
@@ -111,6 +132,7 @@ impl StepName {
             StepName::Deregistered => "deregistered",
             StepName::ApiRecordRemoved => "api-record-removed",
             StepName::Drained => "drained",
+            StepName::FinalSnapshot => "final-snapshot",
             StepName::NodeDeleted => "node-deleted",
             StepName::K3sStopped => "k3s-stopped",
             StepName::LifecycleCompleted => "lifecycle-completed",
@@ -163,6 +185,24 @@ pub struct State {
     /// What a join is waiting for right now, and why.
     #[serde(default)]
     pub waiting_for: Option<String>,
+    /// The recovery this server won (and leads or led).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Recovery>,
+    /// Unix seconds since when this server has seen no live server of its cluster and none that
+    /// could come up (the recovery grace counts from here, across restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_since: Option<u64>,
+}
+
+/// A recovery this server won.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Recovery {
+    pub epoch: u64,
+    /// The snapshot restored (its name in the snapshot folder); `None`: a new cluster.
+    pub snapshot: Option<String>,
+    pub restored: bool,
+    /// What happened, in words (`status` prints it).
+    pub outcome: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -221,5 +261,6 @@ mod tests {
         assert_eq!((st.phase, st.mode, st.steps[0].name), (Phase::Ready, Some(Mode::ClusterInit), StepName::ApiRecord));
         assert_eq!(StepName::join_steps(Role::Node).len(), 6);
         assert_eq!(StepName::join_steps(Role::ControlPlane), StepName::JOIN);
+        assert!(st.recovery.is_none() && st.quiet_since.is_none());
     }
 }

@@ -23,6 +23,9 @@ pub fn human(state: Option<&State>) -> String {
     if let Some(e) = &s.election {
         out.push_str(&format!("election:   {e}\n"));
     }
+    if let Some(r) = &s.recovery {
+        out.push_str(&format!("recovery:   {}\n", r.outcome));
+    }
     if let Some(w) = &s.waiting_for {
         out.push_str(&format!("waiting:    {w}\n"));
     }

@@ -39,11 +39,7 @@ pub fn check_identity(values: Vec<Option<String>>) -> Result<Identity, MetadataE
         return Err(bad(format!("{instance_id:?} is not an instance id (i- and 8 or 17 hex digits)")));
     }
     let (bad, region) = next(IDENTITY_PATHS[1])?;
-    let parts: Vec<&str> = region.split('-').collect();
-    let region_ok = parts.len() >= 3
-        && parts[..parts.len() - 1].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
-        && parts[parts.len() - 1].parse::<u8>().is_ok();
-    if !region_ok {
+    if !crate::names::is_region(&region) {
         return Err(bad(format!("{region:?} is not a region name")));
     }
     let (bad, zone) = next(IDENTITY_PATHS[2])?;

@@ -12,6 +12,7 @@ pub mod ec2;
 pub mod elbv2;
 pub mod error;
 pub mod imds;
+pub mod k3s_flags;
 pub mod names;
 pub mod params;
 pub mod records;

@@ -48,6 +48,14 @@ pub fn fqdn(name: &str) -> String {
     }
 }
 
+/// An AWS region name: lower-case words and a number (`us-east-1`, `us-gov-west-1`).
+pub fn is_region(region: &str) -> bool {
+    let parts: Vec<&str> = region.split('-').collect();
+    parts.len() >= 3
+        && parts[..parts.len() - 1].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts[parts.len() - 1].parse::<u8>().is_ok()
+}
+
 /// `i-` followed by 8 or 17 lower-case hex digits, as EC2 writes them (the one rule of
 /// both programs: IMDS answers, API record set identifiers).
 pub fn is_instance_id(s: &str) -> bool {

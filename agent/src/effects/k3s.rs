@@ -1,5 +1,6 @@
 //! k3s itself, through `k3s kubectl` found on PATH.
 
+use super::snapshots::SnapshotStore;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 use async_trait::async_trait;
@@ -19,6 +20,13 @@ pub trait K3s: Send + Sync {
     async fn control_plane_nodes(&self) -> Result<Vec<(String, bool)>>;
     /// Deletes the Node object; absent is fine.
     async fn delete_node(&self, node: &str, kubeconfig: Option<&Path>) -> Result<()>;
+    /// `k3s server --cluster-reset --cluster-reset-restore-path=NAME`, with k3s stopped: restores
+    /// snapshot `name` from S3 (config.yaml's etcd-s3 keys say where; its token decrypts it) into
+    /// this server's datastore as a one-member cluster. k3s exits when done.
+    async fn restore_snapshot(&self, name: &str) -> Result<()>;
+    /// `k3s etcd-snapshot save --name NAME --s3 …` through the running local server; waits for
+    /// the upload.
+    async fn save_snapshot(&self, name: &str, store: &SnapshotStore) -> Result<()>;
 }
 
 pub struct K3sCli {
@@ -27,15 +35,26 @@ pub struct K3sCli {
 
 impl K3sCli {
     async fn kubectl(&self, args: &[&str]) -> Result<std::process::Output> {
+        let mut all = vec!["kubectl"];
+        all.extend_from_slice(args);
+        self.k3s(&all).await
+    }
+
+    async fn k3s(&self, args: &[&str]) -> Result<std::process::Output> {
         Command::new("k3s")
-            .arg("kubectl")
             .args(args)
             .env("K3S_ASG_ROOT", &self.root)
             .kill_on_drop(true)
             .output()
             .await
-            .map_err(|e| Error::from_cause("run k3s kubectl", args.join(" "), e))
+            .map_err(|e| Error::from_cause("run k3s", args.join(" "), e))
     }
+}
+
+/// k3s's last stderr line: what went wrong, without its whole log.
+fn last_line(out: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&out.stderr);
+    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_string()
 }
 
 #[async_trait]
@@ -105,6 +124,26 @@ impl K3s for K3sCli {
         let out = self.kubectl(&refs).await?;
         if !out.status.success() {
             return Err(Error::failed("delete node", node, String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        }
+        Ok(())
+    }
+
+    async fn restore_snapshot(&self, name: &str) -> Result<()> {
+        let path = format!("--cluster-reset-restore-path={name}");
+        let out = self.k3s(&["server", "--cluster-reset", &path]).await?;
+        if !out.status.success() {
+            return Err(Error::failed("restore etcd snapshot (k3s server --cluster-reset)", name, last_line(&out)));
+        }
+        Ok(())
+    }
+
+    async fn save_snapshot(&self, name: &str, store: &SnapshotStore) -> Result<()> {
+        let name_arg = format!("--name={name}");
+        let args =
+            ["etcd-snapshot", "save", &name_arg, "--s3", "--s3-bucket", &store.bucket, "--s3-folder", &store.folder, "--s3-region", &store.region];
+        let out = self.k3s(&args).await?;
+        if !out.status.success() {
+            return Err(Error::failed("save etcd snapshot (k3s etcd-snapshot save)", store.url(), last_line(&out)));
         }
         Ok(())
     }

@@ -10,6 +10,15 @@ pub struct WaitingHook {
     pub group: String,
     pub hook: String,
     pub heartbeat_timeout_s: u64,
+    /// How long heartbeats can hold the instance in all: the hook's GlobalTimeout (100 × the
+    /// heartbeat timeout, at most 48 h, when the group does not say).
+    pub global_timeout_s: u64,
+}
+
+/// Auto Scaling's limit on a lifecycle action: 100 × the heartbeat timeout or 48 hours,
+/// whichever is less.
+pub fn global_timeout(heartbeat_timeout_s: u64, reported: Option<u64>) -> u64 {
+    reported.unwrap_or(heartbeat_timeout_s * 100).min(heartbeat_timeout_s * 100).min(172_800)
 }
 
 #[async_trait]
@@ -48,10 +57,14 @@ impl Lifecycle for AutoScaling {
             .send()
             .await
             .map_err(|e| Error::sdk("find the terminating hook (autoscaling:DescribeLifecycleHooks)", &group, e))?;
-        Ok(hooks.lifecycle_hooks().iter().find(|h| h.lifecycle_transition() == Some(TERMINATING)).map(|h| WaitingHook {
-            group: group.clone(),
-            hook: h.lifecycle_hook_name().unwrap_or_default().to_string(),
-            heartbeat_timeout_s: h.heartbeat_timeout().unwrap_or(3600).max(1) as u64,
+        Ok(hooks.lifecycle_hooks().iter().find(|h| h.lifecycle_transition() == Some(TERMINATING)).map(|h| {
+            let heartbeat_timeout_s = h.heartbeat_timeout().unwrap_or(3600).max(1) as u64;
+            WaitingHook {
+                group: group.clone(),
+                hook: h.lifecycle_hook_name().unwrap_or_default().to_string(),
+                heartbeat_timeout_s,
+                global_timeout_s: global_timeout(heartbeat_timeout_s, h.global_timeout().map(|g| g.max(1) as u64)),
+            }
         }))
     }
 
@@ -78,5 +91,16 @@ impl Lifecycle for AutoScaling {
             .await
             .map_err(|e| Error::sdk("complete lifecycle action (autoscaling:CompleteLifecycleAction)", format!("{}/{}", hook.group, hook.hook), e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn global_timeout_is_capped() {
+        assert_eq!(super::global_timeout(300, Some(30_000)), 30_000);
+        assert_eq!(super::global_timeout(300, None), 30_000);
+        assert_eq!(super::global_timeout(7200, Some(720_000)), 172_800, "48 h at most");
+        assert_eq!(super::global_timeout(300, Some(600)), 600, "a shorter reported timeout wins");
     }
 }

@@ -12,6 +12,7 @@ pub mod metadata;
 pub mod parameters;
 pub mod probes;
 pub mod services;
+pub mod snapshots;
 pub mod supervisor;
 
 use k3s_asg_aws::ec2::Instances;
@@ -30,5 +31,6 @@ pub struct Effects {
     pub lifecycle: Box<dyn lifecycle::Lifecycle>,
     pub supervisor: Box<dyn supervisor::Supervisor>,
     pub probes: Box<dyn probes::Probes>,
+    pub snapshots: Box<dyn snapshots::Snapshots>,
     pub fs: hostfs::HostFs,
 }

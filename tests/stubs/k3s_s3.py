@@ -1,0 +1,74 @@
+"""S3 side of the test bed's k3s stub: etcd snapshots as objects in moto's S3.
+
+A snapshot holds what the stub's "cluster" holds (server/db/state, the marker a test
+writes) and a hash of the token's password: like k3s's, a snapshot restores only
+with the cluster's original token (which decrypts its bootstrap data).
+
+usage: k3s_s3.py save NAME | restore NAME | prune PREFIX KEEP
+Bucket, folder and region come from the k3s config (etcd-s3-*), as k3s reads them;
+the endpoint and credentials from the environment (AWS_ENDPOINT_URL, the instance's key).
+"""
+import hashlib
+import json
+import os
+import re
+import sys
+
+import boto3
+
+root = os.environ["K3S_ASG_ROOT"]
+config = open(os.path.join(root, "etc/rancher/k3s/config.yaml")).read()
+
+
+def key(name):
+    m = re.search(r'^%s: "?([^"\n]*)"?$' % re.escape(name), config, re.M)
+    return m.group(1) if m else None
+
+
+def args_or_config(flag, cfg_key):
+    for i, a in enumerate(sys.argv):
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+        if a == flag and i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+    return key(cfg_key)
+
+
+bucket = args_or_config("--s3-bucket", "etcd-s3-bucket")
+folder = args_or_config("--s3-folder", "etcd-s3-folder") or ""
+region = args_or_config("--s3-region", "etcd-s3-region") or "us-east-1"
+if not bucket:
+    sys.exit("k3s: etcd-s3 is not configured (no etcd-s3-bucket)")
+s3 = boto3.client("s3", region_name=region)
+db = os.path.join(root, "var/lib/rancher/k3s/server/db")
+token = key("token") or ""
+password = token.split("::server:")[-1]
+pw_hash = hashlib.sha256(password.encode()).hexdigest()
+prefix = folder + "/" if folder else ""
+
+cmd, arg = sys.argv[1], sys.argv[2]
+if cmd == "save":
+    state = open(os.path.join(db, "state")).read() if os.path.exists(os.path.join(db, "state")) else ""
+    body = json.dumps({"password_sha256": pw_hash, "state": state})
+    s3.put_object(Bucket=bucket, Key=prefix + arg, Body=body.encode())
+    print(f"Snapshot {arg} saved to s3://{bucket}/{prefix}{arg}")
+elif cmd == "restore":
+    try:
+        obj = s3.get_object(Bucket=bucket, Key=prefix + arg)
+    except s3.exceptions.NoSuchKey:
+        sys.exit(f"failed to download snapshot {arg} from S3: NoSuchKey")
+    snap = json.loads(obj["Body"].read())
+    if snap["password_sha256"] != pw_hash:
+        sys.exit("failed to decrypt bootstrap data: the token does not match the snapshot's cluster")
+    os.makedirs(db, exist_ok=True)
+    with open(os.path.join(db, "state"), "w") as f:
+        f.write(snap["state"])
+    with open(os.path.join(db, "restored-from"), "w") as f:
+        f.write(arg)
+elif cmd == "prune":
+    keep = int(sys.argv[3])
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix + arg).get("Contents", [])
+    for obj in sorted(listed, key=lambda o: o["LastModified"])[:-keep] if keep > 0 else []:
+        s3.delete_object(Bucket=bucket, Key=obj["Key"])
+else:
+    sys.exit(f"unknown command {cmd}")
