@@ -49,6 +49,7 @@ pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
         }
         j.publish_kubeconfigs().await?;
         j.st.step(&fx.fs, StepName::Kubeconfigs)?;
+        j.forget_lost_servers().await?;
         j.publish_api_record().await?;
         j.st.step(&fx.fs, StepName::ApiRecord)?;
     }
@@ -58,6 +59,9 @@ pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
     let mut st = j.st;
     st.phase = Phase::Ready;
     st.quiet_since = None;
+    if let Some(r) = st.recovery.as_mut() {
+        r.done = true;
+    }
     st.save(&fx.fs)?;
     if std::env::var_os("NOTIFY_SOCKET").is_some() {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -120,6 +124,10 @@ impl Joining<'_> {
             return self.join_live_server().await;
         }
         let names = self.d.names.clone();
+        // A recovery's winner restarted before it finished: it still holds that election.
+        if let Some(r) = self.st.recovery.as_ref().filter(|r| !r.done && self.st.mode == Some(Mode::ClusterInit)) {
+            self.lease = Some(r.epoch);
+        }
         if let Some(own) = self.restarted_initialiser()? {
             return Ok((Mode::ClusterInit, own, None));
         }
@@ -540,7 +548,7 @@ impl Joining<'_> {
                         "recovery election {epoch}: the cluster spec has no `snapshots`: started a NEW cluster with a new token; the old cluster's state is gone"
                     ),
                 };
-                let r = crate::state::Recovery { epoch, snapshot: newest.map(|n| n.name), restored: false, outcome };
+                let r = crate::state::Recovery { epoch, snapshot: newest.map(|n| n.name), restored: false, done: false, outcome };
                 self.st.recovery = Some(r.clone());
                 self.st.save(&self.fx.fs)?;
                 r
@@ -691,6 +699,33 @@ impl Joining<'_> {
         if let Some((record_name, mut record)) = won {
             record.secured_at = Some(unix_now());
             self.fx.parameters.overwrite_string(&record_name, &serde_json::to_string(&record).expect("record serialises")).await?;
+        }
+        Ok(())
+    }
+
+    /// The winner of a restore deletes the Nodes the snapshot brought back of control-plane
+    /// instances that no longer run: they are not etcd members any more (the reset made a
+    /// one-member cluster), and counted as members they would block every quorum check.
+    async fn forget_lost_servers(&self) -> Result<()> {
+        if !self.st.recovery.as_ref().is_some_and(|r| r.snapshot.is_some() && Some(r.epoch) == self.lease) {
+            return Ok(());
+        }
+        let named: Vec<String> = self
+            .fx
+            .k3s
+            .control_plane_nodes()
+            .await?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n != self.me() && k3s_asg_aws::names::is_instance_id(n))
+            .collect();
+        if named.is_empty() {
+            return Ok(());
+        }
+        let live = self.fx.instances.live(&named).await?;
+        for node in named.iter().filter(|n| !live.contains(*n)) {
+            self.fx.k3s.delete_node(node, None).await?;
+            tracing::info!(node = %node, "deleted the Node of a server lost before the restore");
         }
         Ok(())
     }

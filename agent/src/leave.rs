@@ -258,8 +258,9 @@ impl Leaving<'_> {
         let Some(store) = &self.snapshots else {
             return Ok(false);
         };
+        // The last Ready one: a NotReady member (a lost server's Node) cannot take a snapshot.
         let members = self.fx.k3s.control_plane_nodes().await?;
-        if members.iter().any(|(n, _)| n != self.instance_id) {
+        if members.iter().any(|(n, ready)| n != self.instance_id && *ready) {
             return Ok(false);
         }
         tracing::info!(store = %store.url(), "the last server of the cluster: saving an etcd snapshot before going");

@@ -114,6 +114,11 @@ impl StepName {
         Self::JOIN.iter().copied().filter(|s| role.is_server() || !server_only(s)).collect()
     }
 
+    /// Steps only a recovery goes through (tests/recovery.rs crashes at each of them).
+    pub fn only_in_recovery(self) -> bool {
+        matches!(self, StepName::RecoveryWon | StepName::Restored | StepName::FinalSnapshot)
+    }
+
     /// The name in the state file, the logs and `K3S_ASG_FAILPOINT`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -201,6 +206,9 @@ pub struct Recovery {
     /// The snapshot restored (its name in the snapshot folder); `None`: a new cluster.
     pub snapshot: Option<String>,
     pub restored: bool,
+    /// The join that recovered finished (the lease and the refresh of the kubeconfigs are over).
+    #[serde(default)]
+    pub done: bool,
     /// What happened, in words (`status` prints it).
     pub outcome: String,
 }

@@ -150,6 +150,20 @@ fn operation(method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> S
     if let Some(action) = text.split('&').find_map(|kv| kv.strip_prefix("Action=")) {
         return action.to_string();
     }
+    // S3 REST (path style: /bucket/key).
+    if headers.get("authorization").and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("/s3/aws4_request")) {
+        let object = path.trim_start_matches('/').contains('/');
+        return match (method.as_str(), object) {
+            ("GET", false) => "ListObjectsV2",
+            ("GET", true) => "GetObject",
+            ("PUT", true) => "PutObject",
+            ("DELETE", true) => "DeleteObject",
+            ("PUT", false) => "CreateBucket",
+            ("HEAD", _) => "HeadObject",
+            _ => "",
+        }
+        .to_string();
+    }
     // Route53 REST.
     let p = path.trim_end_matches('/');
     let op = match (method.as_str(), p) {

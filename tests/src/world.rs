@@ -346,6 +346,9 @@ impl World {
         let ip = inst.private_ip_address().context("private ip")?.to_string();
         let root = self.dir.path().join(&id);
         std::fs::create_dir_all(&root)?;
+        // The stub k3s finds the server a joining server names by its address (etcd's replication).
+        std::fs::create_dir_all(self.dir.path().join("hosts"))?;
+        std::os::unix::fs::symlink(&root, self.dir.path().join("hosts").join(&ip))?;
         let values: BTreeMap<String, String> = [
             ("instance-id", id.clone()),
             ("placement/region", REGION.to_string()),
@@ -406,6 +409,8 @@ impl World {
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", inst.imds.url())
             .env("K3S_ASG_ROOT", &inst.root)
             .env("K3S_STUB_CA", ca_file)
+            .env("K3S_STUB_HOSTS", self.dir.path().join("hosts"))
+            .env("K3S_STUB_PYTHON", crate::repo_root().join(".venv/bin/python"))
             .env("K3S_ASG_JOIN_TIMEOUT", "60")
             .env("K3S_ASG_READY_TIMEOUT", "20")
             .env("K3S_ASG_LOG", "info");
@@ -551,6 +556,47 @@ impl World {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_not_found()) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// An S3 client of the world's moto (path-style, as a local endpoint needs).
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        let creds = aws_sdk_s3::config::Credentials::new("AKIATESTBED", "testbed-secret", None, None, "testbed");
+        let conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new(REGION))
+            .endpoint_url(self.moto.url())
+            .credentials_provider(creds)
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    /// Creates a bucket and turns snapshots on in `cluster`'s spec (folder `clusters/{cluster}`).
+    pub async fn enable_snapshots(&self, cluster: &str, bucket: &str) -> anyhow::Result<()> {
+        let s3 = self.s3();
+        if s3.head_bucket().bucket(bucket).send().await.is_err() {
+            s3.create_bucket().bucket(bucket).send().await?;
+        }
+        let mut spec = self.default_spec(&self.clusters[cluster]);
+        spec["snapshots"] =
+            serde_json::json!({ "bucket": bucket, "folder": format!("clusters/{cluster}"), "schedule": "*/5 * * * *", "retention": 5 });
+        self.put_spec(cluster, &spec.to_string()).await
+    }
+
+    /// The snapshot objects of `cluster` in `bucket`, oldest first: (name, content).
+    pub async fn snapshots(&self, cluster: &str, bucket: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let s3 = self.s3();
+        let prefix = format!("clusters/{cluster}/");
+        let listed = s3.list_objects_v2().bucket(bucket).prefix(&prefix).send().await?;
+        let mut objs: Vec<_> = listed.contents().to_vec();
+        objs.sort_by_key(|o| o.last_modified().map(|t| t.as_nanos()));
+        let mut out = Vec::new();
+        for o in objs {
+            let key = o.key().unwrap_or_default().to_string();
+            let body = s3.get_object().bucket(bucket).key(&key).send().await?.body.collect().await?.into_bytes();
+            out.push((key.trim_start_matches(&prefix).to_string(), String::from_utf8_lossy(&body).into_owned()));
+        }
+        Ok(out)
     }
 
     pub async fn terminate(&self, inst: &Instance) -> anyhow::Result<()> {

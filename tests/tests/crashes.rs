@@ -36,7 +36,7 @@ fn leftovers(root: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_after_each_join_step_the_next_join_converges() {
     let mut w = World::new().await.unwrap();
-    for &step in StepName::JOIN {
+    for &step in StepName::JOIN.iter().filter(|s| !s.only_in_recovery()) {
         // A fresh cluster per step, so the crashed server is the one that initialises it.
         let cluster = format!("j-{step}");
         w.create_cluster(&cluster).await.unwrap();
@@ -109,7 +109,7 @@ async fn killed_after_each_leave_step_run_finishes_the_leave() {
     let tg = w.clusters["alpha"].target_group_arn.clone();
     let cp = w.launch("alpha", "control-plane").await.unwrap();
     ok(&w.agent(&cp, &["join"]).await.unwrap());
-    for &step in StepName::LEAVE {
+    for &step in StepName::LEAVE.iter().filter(|s| !s.only_in_recovery()) {
         // A second server (so the first keeps quorum), terminating behind a lifecycle hook.
         let s = w.launch("alpha", "control-plane").await.unwrap();
         ok(&w.agent(&s, &["join"]).await.unwrap());

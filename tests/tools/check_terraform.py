@@ -71,7 +71,7 @@ def main(d):
         problems.append("coordinator: an EventBridge rule for SSM Parameter Store Change events must invoke it (it keeps specs warm)")
     for v in sorted(set(re.findall(r"\bvar\.([A-Za-z_][A-Za-z0-9_]*)", text)) - variables):
         problems.append(f"var.{v} is used but not declared")
-    for ref in re.findall(r'file(?:base64)?\("\$\{path\.module\}/([^"]+)"\)', text):
+    for ref in re.findall(r'(?:file|filebase64|templatefile)\("\$\{path\.module\}/([^"]+)"', text):
         if not os.path.exists(os.path.join(d, ref)):
             problems.append(f"file {ref} referenced but missing")
     for p in problems:

@@ -1,0 +1,381 @@
+//! The cluster survives its control plane (issue 10): total loss with and without
+//! snapshots, a live server nobody recorded blocks recovery, scale 3→0→1, the quorum
+//! guard holds for as long as the hook allows, a 10-way race after a loss elects one
+//! restorer, and a crash at each new step converges.
+//!
+//! The stub k3s keeps a "cluster" in each server's `server/db/state` (the marker a test
+//! writes), copies it to a server that joins, snapshots it to moto's S3 and restores it
+//! with `--cluster-reset` only under the cluster's own token.
+
+use k3s_asg_agent::election::Record;
+use k3s_asg_agent::state::{Phase, StepName};
+use k3s_asg_testbed::check::{ok, state, wait_for_phase};
+use k3s_asg_testbed::world::{Instance, World};
+use std::time::{Duration, Instant};
+
+const BUCKET: &str = "alpha-etcd-snapshots";
+const DB_STATE: &str = "/var/lib/rancher/k3s/server/db/state";
+const RESTORED_FROM: &str = "/var/lib/rancher/k3s/server/db/restored-from";
+
+fn token_name() -> String {
+    "/k3s-asg/clusters/alpha/token".into()
+}
+
+async fn record(w: &World, epoch: u64) -> Option<Record> {
+    w.param(&format!("/k3s-asg/clusters/alpha/election/{epoch}")).await.unwrap().map(|v| serde_json::from_str(&v).unwrap())
+}
+
+/// A world with cluster alpha, recovery grace of 1 s and node token checks every second.
+async fn world(snapshots: bool) -> World {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    if snapshots {
+        w.enable_snapshots("alpha", BUCKET).await.unwrap();
+    }
+    w.agent_env.insert("K3S_ASG_RECOVERY_GRACE".into(), "1".into());
+    w.agent_env.insert("K3S_ASG_TOKEN_CHECK".into(), "1".into());
+    w
+}
+
+async fn servers(w: &World, n: usize) -> Vec<Instance> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(w.launch("alpha", "control-plane").await.unwrap());
+    }
+    out
+}
+
+/// Joins each server in turn (the first initialises).
+async fn join_each(w: &World, servers: &[Instance]) {
+    for s in servers {
+        ok(&w.agent(s, &["join"]).await.unwrap());
+    }
+}
+
+/// Writes `marker` into the cluster (every server's datastore).
+fn write_marker(servers: &[Instance], marker: &str) {
+    for s in servers {
+        std::fs::write(s.path(DB_STATE), marker).unwrap();
+    }
+}
+
+/// Every server dies at once: k3s stops answering and EC2 terminates the instances.
+async fn lose(w: &World, servers: &[Instance]) {
+    for s in servers {
+        let _ = std::fs::remove_file(s.path("/run/k3s-stub/active-k3s"));
+        w.terminate(s).await.unwrap();
+    }
+}
+
+fn resets(servers: &[Instance]) -> usize {
+    servers.iter().map(|s| s.stub_calls().iter().filter(|l| l.contains("k3s\tserver --cluster-reset")).count()).sum()
+}
+
+fn initialisers(servers: &[Instance]) -> Vec<&Instance> {
+    servers.iter().filter(|s| s.file("/etc/rancher/k3s/config.yaml").is_some_and(|c| c.contains("cluster-init: true"))).collect()
+}
+
+async fn until<F: Fn() -> bool>(what: &str, f: F) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until a scheduled snapshot holding `marker` is in S3.
+async fn snapshot_with(w: &World, marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if w.snapshots("alpha", BUCKET).await.unwrap().iter().any(|(n, body)| n.starts_with("etcd-snapshot-") && body.contains(marker)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no scheduled snapshot with the marker reached S3");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn configured_server(inst: &Instance) -> Option<String> {
+    inst.file("/etc/rancher/k3s/config.yaml")?.lines().find_map(|l| l.strip_prefix("server: ").map(|v| v.trim_matches('"').to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_loss_with_snapshots_restores_the_cluster_and_its_nodes_follow() {
+    let mut w = world(true).await;
+    w.agent_env.insert("K3S_STUB_SNAPSHOT_EVERY".into(), "1".into());
+    let old = servers(&w, 3).await;
+    join_each(&w, &old).await;
+    let node = w.launch("alpha", "node").await.unwrap();
+    let node_run = w.spawn_agent(&node, &["run"]).unwrap();
+    wait_for_phase(&node, Phase::Ready).await;
+    let token = w.param(&token_name()).await.unwrap().unwrap();
+    write_marker(&old, "marker: objects written before the loss");
+    snapshot_with(&w, "marker: objects written before the loss").await;
+    let config = w.clusters["alpha"].hostname.clone();
+
+    lose(&w, &old).await;
+    w.agent_env.remove("K3S_STUB_SNAPSHOT_EVERY");
+    // The restored datastore still holds the lost servers' Nodes.
+    let members = w.dir.path().join("cp-nodes");
+    std::fs::write(&members, old.iter().map(|o| format!("{} False\n", o.id)).collect::<String>()).unwrap();
+    w.agent_env.insert("K3S_STUB_CP_NODES".into(), members.display().to_string());
+    let fresh = servers(&w, 3).await;
+    let runs = k3s_asg_testbed::join_all(fresh.iter().map(|s| w.agent(s, &["join"])).collect()).await;
+    for r in &runs {
+        ok(r.as_ref().unwrap());
+    }
+    assert_eq!(resets(&fresh), 1, "exactly one restore");
+    let inits = initialisers(&fresh);
+    assert_eq!(inits.len(), 1, "one server brought the cluster back; the others joined it");
+    let winner = inits[0];
+    assert!(winner.file(RESTORED_FROM).is_some_and(|n| n.starts_with("etcd-snapshot-")), "restored a scheduled snapshot");
+    for o in &old {
+        assert!(winner.stub_calls().iter().any(|l| l.contains(&format!("delete node/{}", o.id))), "the lost server {}'s Node is forgotten", o.id);
+    }
+    for s in &fresh {
+        assert_eq!(s.file(DB_STATE).as_deref(), Some("marker: objects written before the loss"), "{}: the marker is back", s.id);
+    }
+    assert_eq!(w.param(&token_name()).await.unwrap().unwrap(), token, "the same token: nodes keep verifying");
+    let rec = record(&w, 2).await.expect("recovery election 2");
+    assert!(rec.recovery && rec.secured_at.is_some() && rec.winner == winner.id, "{rec:?}");
+    let st = state(winner);
+    assert!(st.recovery.as_ref().is_some_and(|r| r.restored && r.outcome.contains("restored snapshot")), "{:?}", st.recovery);
+    assert!(st.steps.iter().any(|s| s.name == StepName::Restored));
+    let status = w.agent(winner, &["status"]).await.unwrap();
+    assert!(status.stdout.contains("recovery:   recovery election 2: restored snapshot"), "{}", status.stdout);
+    // The API name now holds the fresh servers (and the dead ones' records are gone).
+    let records: Vec<String> = w.api_records("alpha").await.unwrap().into_iter().map(|(id, _)| id).collect();
+    for s in &fresh {
+        assert!(records.contains(&s.id), "{config}: {records:?}");
+    }
+    // The node follows by itself: its server is gone, a restored one proves the CA.
+    let new_ips: Vec<String> = fresh.iter().map(|s| format!("https://{}:6443", s.ip)).collect();
+    until("the node to join a restored server", || configured_server(&node).is_some_and(|u| new_ips.contains(&u))).await;
+    node_run.sigterm();
+    ok(&node_run.wait(Duration::from_secs(60)).await.unwrap());
+    k3s_asg_testbed::reliability::held(
+        "Recovery",
+        "all 3 servers lost with snapshots; 3 fresh servers join at once",
+        1,
+        "one restore of the newest snapshot, the marker is back on every server, same token, the node follows",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_loss_without_snapshots_starts_one_new_cluster_and_says_so() {
+    let w = world(false).await;
+    let old = servers(&w, 2).await;
+    join_each(&w, &old).await;
+    let node = w.launch("alpha", "node").await.unwrap();
+    let node_run = w.spawn_agent(&node, &["run"]).unwrap();
+    wait_for_phase(&node, Phase::Ready).await;
+    let old_token = w.param(&token_name()).await.unwrap().unwrap();
+
+    lose(&w, &old).await;
+    let fresh = servers(&w, 2).await;
+    let runs = k3s_asg_testbed::join_all(fresh.iter().map(|s| w.agent(s, &["join"])).collect()).await;
+    for r in &runs {
+        ok(r.as_ref().unwrap());
+    }
+    assert_eq!(resets(&fresh), 0, "nothing to restore");
+    let inits = initialisers(&fresh);
+    assert_eq!(inits.len(), 1, "exactly one new cluster");
+    let new_token = w.param(&token_name()).await.unwrap().unwrap();
+    assert!(new_token.starts_with("K10") && new_token != old_token, "a new secure token");
+    let st = state(inits[0]);
+    assert!(st.recovery.as_ref().is_some_and(|r| r.outcome.contains("the old cluster's state is gone")), "{:?}", st.recovery);
+    let logged = runs.iter().map(|r| r.as_ref().unwrap().stderr.clone()).collect::<String>();
+    assert!(logged.contains("the old cluster's state is gone"), "said in the log");
+    // The node re-joins the new cluster with the new token.
+    let password = new_token.rsplit_once("::server:").unwrap().1.to_string();
+    until("the node to join the new cluster", || {
+        node.file("/etc/rancher/k3s/config.yaml").is_some_and(|c| c.contains(&password)) && state(&node).phase == Phase::Ready
+    })
+    .await;
+    assert!(configured_server(&node).is_some_and(|u| fresh.iter().any(|s| u.contains(&s.ip))));
+    node_run.sigterm();
+    ok(&node_run.wait(Duration::from_secs(60)).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_server_without_a_record_wins_over_recovery_and_a_silent_member_blocks_it() {
+    let mut w = world(true).await;
+    let a = servers(&w, 1).await.remove(0);
+    join_each(&w, std::slice::from_ref(&a)).await;
+    write_marker(std::slice::from_ref(&a), "marker: a lives");
+    // A's record is lost (deleted by hand); A itself is fine.
+    let c = &w.clusters["alpha"];
+    let (zone, host) = (c.zone_id.clone(), c.hostname.clone());
+    let lost = aws_sdk_route53::types::ResourceRecordSet::builder()
+        .name(format!("{host}."))
+        .r#type(aws_sdk_route53::types::RrType::A)
+        .set_identifier(&a.id)
+        .multi_value_answer(true)
+        .ttl(30)
+        .resource_records(aws_sdk_route53::types::ResourceRecord::builder().value(&a.ip).build().unwrap())
+        .build()
+        .unwrap();
+    let change =
+        aws_sdk_route53::types::Change::builder().action(aws_sdk_route53::types::ChangeAction::Delete).resource_record_set(lost).build().unwrap();
+    w.route53
+        .change_resource_record_sets()
+        .hosted_zone_id(&zone)
+        .change_batch(aws_sdk_route53::types::ChangeBatch::builder().changes(change).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(w.api_records("alpha").await.unwrap().is_empty());
+    let b = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&b, &["join"]).await.unwrap());
+    assert_eq!(configured_server(&b).as_deref(), Some(format!("https://{}:6443", a.ip).as_str()), "joined the live server");
+    assert_eq!(resets(std::slice::from_ref(&b)), 0);
+    assert!(record(&w, 2).await.is_none(), "no recovery election");
+    assert_eq!(b.file(DB_STATE).as_deref(), Some("marker: a lives"));
+
+    // A server that holds a record and runs but does not answer could still come up: no recovery.
+    for s in [&a, &b] {
+        let _ = std::fs::remove_file(s.path("/run/k3s-stub/active-k3s"));
+    }
+    w.agent_env.insert("K3S_ASG_JOIN_TIMEOUT".into(), "4".into());
+    let d = w.launch("alpha", "control-plane").await.unwrap();
+    let run = w.agent(&d, &["join"]).await.unwrap();
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("could still come up"), "{}", run.stderr);
+    assert!(record(&w, 2).await.is_none() && resets(std::slice::from_ref(&d)) == 0, "never recovered behind a member that may return");
+    k3s_asg_testbed::reliability::held(
+        "Recovery",
+        "a live server without an API record; a running member that does not answer",
+        1,
+        "the new server joins the live one; with a silent member it waits and never recovers",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_three_to_zero_and_back_to_one_keeps_the_cluster() {
+    let mut w = world(true).await;
+    let old = servers(&w, 3).await;
+    join_each(&w, &old).await;
+    write_marker(&old, "marker: before the night");
+    // Scale-in one by one: the stub's control-plane Node list is what is left.
+    let members = w.dir.path().join("cp-nodes");
+    w.agent_env.insert("K3S_STUB_CP_NODES".into(), members.display().to_string());
+    for (i, s) in old.iter().enumerate() {
+        let left: String = old[i..].iter().map(|o| format!("{} True\n", o.id)).collect();
+        std::fs::write(&members, left).unwrap();
+        ok(&w.agent(s, &["leave"]).await.unwrap());
+        w.terminate(s).await.unwrap();
+        let took = state(s).steps.iter().any(|st| st.name == StepName::FinalSnapshot);
+        assert_eq!(took, i == 2, "{}: only the last server saves a final snapshot", s.id);
+    }
+    let snaps = w.snapshots("alpha", BUCKET).await.unwrap();
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert!(snaps[0].0.starts_with(&format!("k3s-asg-final-{}-", old[2].id)) && snaps[0].1.contains("marker: before the night"));
+    assert!(w.api_records("alpha").await.unwrap().is_empty());
+
+    // Morning: scale to 1.
+    w.agent_env.remove("K3S_STUB_CP_NODES");
+    let morning = servers(&w, 1).await;
+    ok(&w.agent(&morning[0], &["join"]).await.unwrap());
+    assert_eq!(morning[0].file(DB_STATE).as_deref(), Some("marker: before the night"));
+    assert_eq!(morning[0].file(RESTORED_FROM).as_deref(), Some(snaps[0].0.as_str()));
+    k3s_asg_testbed::reliability::held("Recovery", "control plane scaled 3 → 0 → 1", 1, "the last server's final snapshot is restored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_guard_holds_past_the_fixed_bound_while_the_hook_allows() {
+    let mut w = world(false).await;
+    let s = servers(&w, 3).await;
+    join_each(&w, &s).await;
+    let (a, b, c) = (&s[0], &s[1], &s[2]);
+    // b is down: c may not remove its member until a replacement is Ready.
+    let members = w.dir.path().join("cp-nodes");
+    std::fs::write(&members, format!("{} True\n{} False\n{} True\n", a.id, b.id, c.id)).unwrap();
+    w.agent_env.insert("K3S_STUB_CP_NODES".into(), members.display().to_string());
+    w.agent_env.insert("K3S_ASG_QUORUM_TIMEOUT".into(), "1".into());
+    w.asg.add(&c.id, "alpha-control-plane", "Terminating:Wait", 30);
+    let leaving = w.spawn_agent(c, &["leave"]).unwrap();
+    until("the quorum wait to show in status", || state(c).waiting_for.is_some_and(|wf| wf.contains("waiting up to"))).await;
+    let waiting = state(c).waiting_for.unwrap();
+    assert!(waiting.contains("1 healthy of 2"), "{waiting}");
+    // Well past the old fixed bound (1 s here), it still holds the member and the hook.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!c.stub_calls().iter().any(|l| l.contains("delete node/")), "member kept while the hook allows");
+    assert!(!w.asg.actions().iter().any(|(a, ..)| a == "CompleteLifecycleAction"));
+    let status = w.agent(c, &["status"]).await.unwrap();
+    assert!(status.stdout.contains("waiting:") && status.stdout.contains("Ready replacement"), "{}", status.stdout);
+    // A replacement becomes a Ready member: it goes.
+    std::fs::write(&members, format!("{} True\n{} False\n{} True\ni-0replacement0000 True\n", a.id, b.id, c.id)).unwrap();
+    ok(&leaving.wait(Duration::from_secs(60)).await.unwrap());
+    assert!(c.stub_calls().iter().any(|l| l.contains(&format!("delete node/{}", c.id))));
+    let actions = w.asg.actions();
+    assert!(actions.iter().any(|(a, id, _, r)| a == "CompleteLifecycleAction" && id == &c.id && r == "CONTINUE"), "{actions:?}");
+    assert!(state(c).waiting_for.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_fresh_servers_after_a_loss_elect_one_restorer() {
+    let mut w = world(true).await;
+    w.agent_env.insert("K3S_STUB_SNAPSHOT_EVERY".into(), "1".into());
+    let old = servers(&w, 1).await;
+    join_each(&w, &old).await;
+    write_marker(&old, "marker: ten");
+    snapshot_with(&w, "marker: ten").await;
+    lose(&w, &old).await;
+    w.agent_env.remove("K3S_STUB_SNAPSHOT_EVERY");
+    w.agent_env.insert("K3S_ASG_JOIN_TIMEOUT".into(), "120".into());
+    let fresh = servers(&w, 10).await;
+    let runs = k3s_asg_testbed::join_all(fresh.iter().map(|s| w.agent(s, &["join"])).collect()).await;
+    for r in &runs {
+        ok(r.as_ref().unwrap());
+    }
+    assert_eq!(resets(&fresh), 1, "exactly one restorer");
+    assert_eq!(initialisers(&fresh).len(), 1);
+    assert!(fresh.iter().all(|s| s.file(DB_STATE).as_deref() == Some("marker: ten")));
+    assert!(record(&w, 2).await.is_some_and(|r| r.recovery) && record(&w, 3).await.is_none(), "one recovery election");
+    k3s_asg_testbed::reliability::held(
+        "Races",
+        "10 fresh servers join at once after the whole control plane was lost",
+        1,
+        "one recovery election, one restore",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_each_recovery_step_converges() {
+    for step in [StepName::RecoveryWon, StepName::Restored] {
+        let mut w = world(true).await;
+        w.agent_env.insert("K3S_STUB_SNAPSHOT_EVERY".into(), "1".into());
+        let old = servers(&w, 1).await;
+        join_each(&w, &old).await;
+        write_marker(&old, "marker: crash");
+        snapshot_with(&w, "marker: crash").await;
+        lose(&w, &old).await;
+        w.agent_env.remove("K3S_STUB_SNAPSHOT_EVERY");
+        let a = w.launch("alpha", "control-plane").await.unwrap();
+        w.agent_env.insert("K3S_ASG_FAILPOINT".into(), step.as_str().into());
+        let crashed = w.agent(&a, &["join"]).await.unwrap();
+        assert_ne!(crashed.code, 0, "{step}: the failpoint killed it");
+        w.agent_env.remove("K3S_ASG_FAILPOINT");
+        ok(&w.agent(&a, &["join"]).await.unwrap());
+        assert_eq!(a.file(DB_STATE).as_deref(), Some("marker: crash"), "{step}");
+        assert!(record(&w, 2).await.is_some_and(|r| r.winner == a.id && r.secured_at.is_some()), "{step}");
+        assert!(record(&w, 3).await.is_none(), "{step}: no second recovery election");
+    }
+    // The last server killed right after its final snapshot: leave again finishes.
+    let mut w = world(true).await;
+    let s = servers(&w, 1).await.remove(0);
+    join_each(&w, std::slice::from_ref(&s)).await;
+    write_marker(std::slice::from_ref(&s), "marker: final");
+    w.agent_env.insert("K3S_ASG_FAILPOINT".into(), StepName::FinalSnapshot.as_str().into());
+    assert_ne!(w.agent(&s, &["leave"]).await.unwrap().code, 0);
+    w.agent_env.remove("K3S_ASG_FAILPOINT");
+    ok(&w.agent(&s, &["leave"]).await.unwrap());
+    assert_eq!(state(&s).phase, Phase::Left);
+    assert!(w.snapshots("alpha", BUCKET).await.unwrap().iter().all(|(n, b)| n.starts_with("k3s-asg-final-") && b.contains("marker: final")));
+    k3s_asg_testbed::reliability::held(
+        "Crashes",
+        "kill -9 after recovery-won, restored and final-snapshot",
+        3,
+        "a second run converges: one recovery election, the marker back",
+    );
+}
