@@ -21,6 +21,7 @@ pub mod lifecycle;
 pub mod moto;
 pub mod recorder;
 pub mod reliability;
+pub mod roll;
 pub mod supervisor;
 pub mod world;
 

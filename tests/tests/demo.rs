@@ -25,3 +25,19 @@ fn demo_runs_to_the_end() {
     });
     assert!(!leaked, "the demo printed a join token");
 }
+
+#[test]
+fn the_rolling_upgrade_demo_keeps_quorum_and_traffic_off_leaving_instances() {
+    let bin = k3s_asg_testbed::repo_root().join("target/debug/k3s-asg-demo");
+    let out = std::process::Command::new(bin).arg("--roll").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "roll demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for needle in [
+        "etcd members Ready at every moment: at least ",
+        "5 of 5 leaving instances were out of their target group before they drained or stopped k3s",
+        "all on ami-0new000000000000: yes",
+        "Done: at least 2 of 3 etcd members were Ready at every moment",
+    ] {
+        assert!(stdout.contains(needle), "roll demo output lacks {needle:?}:\n{stdout}");
+    }
+}

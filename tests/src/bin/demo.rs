@@ -1,5 +1,6 @@
 //! The local demo: cluster `alpha` (3 control-plane, 2 nodes) joins an
 //! emulated region, then the resulting AWS state and node configs are printed.
+//! `--roll`: a rolling AMI upgrade of the same cluster (`k3s_asg_testbed::roll`).
 
 use k3s_asg_testbed::world::{Instance, World};
 
@@ -33,6 +34,9 @@ async fn join(w: &World, inst: &Instance) -> anyhow::Result<()> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     println!("{SIMULATED}\n");
+    if std::env::args().any(|a| a == "--roll") {
+        return k3s_asg_testbed::roll::run().await;
+    }
     let mut w = World::new().await?;
     w.create_cluster("alpha").await?;
     let c = &w.clusters["alpha"];
