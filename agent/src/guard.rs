@@ -43,6 +43,12 @@ pub async fn check_token(cfg: &AgentConfig, fx: &Effects) -> Result<Outcome> {
     let current = fx.parameters.get(std::slice::from_ref(&name)).await?.remove(&name);
     let was = match &current {
         Some(p) if p.value == own => return Ok(Outcome::Unchanged),
+        // An election token: a server is starting a cluster (a first or recovery election): the
+        // elections decide, not this server's old token.
+        Some(p) if token::parse_secure(p.value.expose()).is_none() => {
+            tracing::info!(parameter = %name, "the token parameter holds an election token: an election is under way; not republishing");
+            return Ok(Outcome::Unchanged);
+        }
         Some(_) => "replaced",
         None => "missing",
     };

@@ -79,6 +79,9 @@ pub fn snapshot_store(d: &Discovery) -> Option<SnapshotStore> {
     })
 }
 
+/// Restores of one snapshot tried before the next newest is taken.
+const RESTORE_ATTEMPTS: u32 = 3;
+
 /// What waiting for a server found.
 enum Found {
     Server(Secret, String),
@@ -124,6 +127,7 @@ impl Joining<'_> {
             return self.join_live_server().await;
         }
         let names = self.d.names.clone();
+        self.left_behind().await?;
         // A recovery's winner restarted before it finished: it still holds that election.
         if let Some(r) = self.st.recovery.as_ref().filter(|r| !r.done && self.st.mode == Some(Mode::ClusterInit)) {
             self.lease = Some(r.epoch);
@@ -276,6 +280,7 @@ impl Joining<'_> {
         let name = format!("{}/{epoch}", self.cfg.prefix.elections(&self.d.cluster));
         if self.fx.parameters.create_string(&name, &serde_json::to_string(&record).expect("record serialises")).await? {
             self.st.election = Some(format!("won election {epoch}: {why}"));
+            self.st.epoch = Some(epoch);
             if recovery {
                 tracing::warn!(election = epoch, parameter = %name, reason = why, "won the recovery election: this instance brings the cluster back");
                 self.st.step(&self.fx.fs, StepName::RecoveryWon)?;
@@ -310,6 +315,7 @@ impl Joining<'_> {
             self.st.step(&fx.fs, StepName::TokenWritten)?;
         }
         self.st.mode = Some(Mode::ClusterInit);
+        self.st.epoch = Some(epoch);
         self.lease = Some(epoch);
         self.renew_lease().await?;
         Ok(true)
@@ -347,6 +353,36 @@ impl Joining<'_> {
             ));
         }
         Ok(Some((name, record)))
+    }
+
+    /// A server whose cluster was recovered without it (a recovery election later than the one it
+    /// joined or won, won by another: it was stopped or cut off meanwhile) must not run its old
+    /// datastore next to the recovered cluster: stop k3s, wipe the datastore, join afresh.
+    async fn left_behind(&mut self) -> Result<()> {
+        let (Some(_), Some(mine)) = (self.st.mode, self.st.epoch) else {
+            return Ok(());
+        };
+        let Some((latest, record)) = self.latest_election().await? else {
+            return Ok(());
+        };
+        if latest.number <= mine || !record.recovery || record.winner == self.me() {
+            return Ok(());
+        }
+        tracing::warn!(
+            election = latest.number,
+            winner = %record.winner,
+            "this server's cluster was recovered without it: resetting k3s's datastore and joining the recovered cluster"
+        );
+        let unit = render::unit_name(self.d.role);
+        if self.fx.services.is_active(unit).await? {
+            self.fx.services.stop(unit).await?;
+        }
+        self.fx.fs.remove_dir(render::SERVER_DB_PATH)?;
+        self.st.mode = None;
+        self.st.epoch = None;
+        self.st.recovery = None;
+        self.st.election = Some(format!("left behind by recovery election {} ({}); datastore reset", latest.number, record.winner));
+        self.st.save(&self.fx.fs)
     }
 
     /// A server that began the cluster but lost the election (its lease lapsed and another
@@ -395,16 +431,19 @@ impl Joining<'_> {
     /// Joins through a verified live server; a server that finds none, and none that could come
     /// up, may win a recovery instead (`recovery`).
     async fn join_live_server(&mut self) -> Result<(Mode, Secret, Option<String>)> {
-        let previous = self.st.mode;
-        self.st.mode = Some(Mode::Join);
+        // The mode is recorded only once this server has a server to join (the Token step): a
+        // server that restarts while waiting goes through the election again.
         let found = self.wait_for_server().await?;
         self.st.waiting_for = None;
         match found {
-            Found::Server(t, url) => Ok((Mode::Join, t, Some(url))),
-            Found::Recover(epoch) => {
-                self.st.mode = previous;
-                self.recover(epoch).await
+            Found::Server(t, url) => {
+                self.st.quiet_since = None;
+                if self.d.role.is_server() {
+                    self.st.epoch = Some(self.latest_election().await?.map_or(0, |(e, _)| e.number));
+                }
+                Ok((Mode::Join, t, Some(url)))
             }
+            Found::Recover(epoch) => self.recover(epoch).await,
         }
     }
 
@@ -491,8 +530,8 @@ impl Joining<'_> {
                 o.could_come_up.push(format!("{} (answers with another cluster's CA)", i.id));
             } else if recorded.contains(i.id.as_str()) {
                 o.could_come_up.push(format!("{} ({}, holds an API record)", i.id, i.state));
-            } else if o.latest.as_ref().is_some_and(|e| e.secured && e.winner == i.id) {
-                o.could_come_up.push(format!("{} ({}, formed the cluster in election {})", i.id, i.state, o.latest.as_ref().map_or(0, |e| e.number)));
+            } else if o.latest.as_ref().is_some_and(|e| e.winner == i.id) {
+                o.could_come_up.push(format!("{} ({}, won election {})", i.id, i.state, o.latest.as_ref().map_or(0, |e| e.number)));
             }
         }
         if let Some(e) = o.latest.as_ref().filter(|e| e.winner != self.me()) {
@@ -534,10 +573,24 @@ impl Joining<'_> {
             Some(r) => r,
             None => {
                 let store = self.snapshot_store();
+                let skip = self.st.failed_snapshots.clone();
                 let newest = match &store {
-                    Some(s) => self.fx.snapshots.newest(s).await?,
+                    Some(s) => self.fx.snapshots.newest(s, &skip).await?,
                     None => None,
                 };
+                if let (Some(s), None, false) = (&store, &newest, skip.is_empty()) {
+                    // Never trade snapshots that exist for a new, empty cluster.
+                    return Err(Error::failed(
+                        "recover the cluster",
+                        s.url(),
+                        format!(
+                            "every snapshot left in {} failed to restore {RESTORE_ATTEMPTS} times ({}); fix or remove them, \
+                             or clear failed_snapshots in the state file to try them again",
+                            s.url(),
+                            skip.join(", ")
+                        ),
+                    ));
+                }
                 let outcome = match (&store, &newest) {
                     (Some(s), Some(n)) => format!("recovery election {epoch}: restored snapshot {} from {}", n.name, s.url()),
                     (Some(s), None) => format!(
@@ -560,6 +613,8 @@ impl Joining<'_> {
             return Ok((Mode::ClusterInit, self.init_token()?, None));
         }
         tracing::error!(outcome = %recovery.outcome, "recovering the cluster without a snapshot");
+        // Whatever datastore this host has belongs to the lost cluster.
+        self.fx.fs.remove_dir(render::SERVER_DB_PATH)?;
         let observed = self.observe_election().await?;
         if !self.lead(epoch, &observed).await? {
             return Err(Error::failed("recover the cluster", &self.d.names.token, "the token parameter changed while recovering; starting over"));
@@ -580,7 +635,21 @@ impl Joining<'_> {
         }
         self.renew_lease().await?;
         tracing::warn!(snapshot = name, "restoring the cluster's datastore from its snapshot (k3s server --cluster-reset)");
-        self.fx.k3s.restore_snapshot(name).await?;
+        if let Err(e) = self.fx.k3s.restore_snapshot(name).await {
+            // Retried on the next start; a snapshot that keeps failing is set aside for the next
+            // newest (never for a new cluster while snapshots remain).
+            let n = self.st.restore_failures.entry(name.to_string()).or_insert(0);
+            *n += 1;
+            if *n >= RESTORE_ATTEMPTS {
+                tracing::error!(snapshot = name, error = %e, "this snapshot failed to restore {RESTORE_ATTEMPTS} times; the next start tries the next newest");
+                self.st.failed_snapshots.push(name.to_string());
+                self.st.recovery = None;
+                // Back through the recovery on the next start (this server still leads its election).
+                self.st.mode = None;
+            }
+            self.st.save(&self.fx.fs)?;
+            return Err(e);
+        }
         if let Some(r) = self.st.recovery.as_mut() {
             r.restored = true;
         }
@@ -630,7 +699,7 @@ impl Joining<'_> {
             tracing::info!(unit, "configuration changed; restarting k3s");
             services.restart(unit).await?;
         } else if !active {
-            services.enable_start(unit).await?;
+            services.start(unit).await?;
         }
         Ok(())
     }
@@ -679,14 +748,16 @@ impl Joining<'_> {
             return Ok(());
         };
         if token::parse_secure(current.value.expose()).is_some() {
-            if let Some((record_name, mut record)) = self.still_winner().await?.filter(|(_, r)| r.secured_at.is_none()) {
-                record.secured_at = Some(unix_now());
-                self.fx.parameters.overwrite_string(&record_name, &serde_json::to_string(&record).expect("record serialises")).await?;
+            // Only this server's own cluster's token marks its election finished.
+            let own = self.fx.fs.read(render::SERVER_TOKEN_PATH)?;
+            if own.as_deref().map(str::trim) == Some(current.value.expose()) {
+                self.still_winner().await?;
+                self.mark_secured().await?;
             }
             return Ok(());
         }
         // Never secure a token for a cluster that lost its election meanwhile.
-        let won = self.still_winner().await?;
+        self.still_winner().await?;
         let path = render::SERVER_TOKEN_PATH;
         let file = self.fx.fs.read(path)?.ok_or_else(|| Error::failed("secure the join token", path, "k3s has not written its token file"))?;
         let secure = Secret::new(file.trim());
@@ -696,10 +767,21 @@ impl Joining<'_> {
         }
         self.fx.parameters.overwrite_secure(name, &secure).await?;
         tracing::info!(parameter = %name, "replaced the election token with k3s's secure form");
-        if let Some((record_name, mut record)) = won {
-            record.secured_at = Some(unix_now());
-            self.fx.parameters.overwrite_string(&record_name, &serde_json::to_string(&record).expect("record serialises")).await?;
+        self.mark_secured().await
+    }
+
+    /// Marks the latest election finished when this server won it (also after a restart, when
+    /// the agent no longer holds the lease it had).
+    async fn mark_secured(&self) -> Result<()> {
+        let Some((epoch, mut record)) = self.latest_election().await? else {
+            return Ok(());
+        };
+        if record.winner != self.me() || record.secured_at.is_some() || epoch.number == 0 {
+            return Ok(());
         }
+        record.secured_at = Some(unix_now());
+        let name = format!("{}/{}", self.cfg.prefix.elections(&self.d.cluster), epoch.number);
+        self.fx.parameters.overwrite_string(&name, &serde_json::to_string(&record).expect("record serialises")).await?;
         Ok(())
     }
 

@@ -258,10 +258,16 @@ impl Leaving<'_> {
         let Some(store) = &self.snapshots else {
             return Ok(false);
         };
-        // The last Ready one: a NotReady member (a lost server's Node) cannot take a snapshot.
+        // The last Ready one that stays: a NotReady member (a lost server's Node) cannot take a
+        // snapshot, and servers their group terminates with this one (a scale to zero at once)
+        // may each be gone before any of them is last: then each saves one.
         let members = self.fx.k3s.control_plane_nodes().await?;
-        if members.iter().any(|(n, ready)| n != self.instance_id && *ready) {
-            return Ok(false);
+        let others: Vec<String> = members.into_iter().filter(|(n, ready)| n != self.instance_id && *ready).map(|(n, _)| n).collect();
+        if !others.is_empty() {
+            let going = self.fx.lifecycle.terminating(&others).await?;
+            if others.iter().any(|n| !going.contains(n)) {
+                return Ok(false);
+            }
         }
         tracing::info!(store = %store.url(), "the last server of the cluster: saving an etcd snapshot before going");
         let mut w = Waiter::new("the final etcd snapshot", Duration::from_secs(600)).hurry(self.hurry);

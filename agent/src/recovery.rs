@@ -51,6 +51,7 @@ pub enum Decision {
 }
 
 pub fn decide(o: &Observed, me: &str, lease: Duration, grace: Duration) -> Decision {
+    // The lease only words the wait: see below.
     if !o.live_servers.is_empty() {
         return Decision::Join;
     }
@@ -64,15 +65,14 @@ pub fn decide(o: &Observed, me: &str, lease: Duration, grace: Duration) -> Decis
             o.could_come_up.join(", ")
         ));
     }
+    // An unfinished election's winner is displaced only once EC2 says it is gone: never for a
+    // lapsed lease while it runs (a long restore renews nothing while k3s works, and a second
+    // restorer would make a second cluster). A winner that hangs for good must be terminated.
     if let Some(e) = latest.filter(|e| e.winner != me && !e.secured) {
-        let lapsed = e.age.is_some_and(|a| a > lease);
-        match &o.winner {
-            Some(WinnerHealth::Gone(_)) => {}
-            Some(WinnerHealth::Running { answers: false }) if lapsed => {}
-            _ => {
-                let what = if o.latest_is_recovery { "recovery election" } else { "election" };
-                return Decision::Wait(format!("{} won {what} {} and is bringing the cluster back", e.winner, e.number));
-            }
+        if !matches!(o.winner, Some(WinnerHealth::Gone(_))) {
+            let what = if o.latest_is_recovery { "recovery election" } else { "election" };
+            let lapsed = if e.age.is_some_and(|a| a > lease) { " (its lease lapsed; terminate it if it hangs)" } else { "" };
+            return Decision::Wait(format!("{} won {what} {} and is bringing the cluster back{lapsed}", e.winner, e.number));
         }
     }
     if o.quiet_for < grace {
@@ -152,7 +152,10 @@ mod tests {
         o.winner = Some(WinnerHealth::Running { answers: false });
         assert!(matches!(decide(&o, ME, LEASE, GRACE), Decision::Wait(w) if w.contains("recovery election 4")));
         o.latest = epoch(4, B, 600, false);
-        assert!(matches!(decide(&o, ME, LEASE, GRACE), Decision::Contend { epoch: 5, .. }), "lease lapsed, nothing answers");
+        assert!(
+            matches!(decide(&o, ME, LEASE, GRACE), Decision::Wait(w) if w.contains("lease lapsed")),
+            "a running winner is never displaced, however long its restore takes"
+        );
         o.winner = Some(WinnerHealth::Gone("terminated".into()));
         o.latest = epoch(4, B, 10, false);
         assert!(matches!(decide(&o, ME, LEASE, GRACE), Decision::Contend { epoch: 5, .. }));

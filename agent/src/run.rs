@@ -83,6 +83,16 @@ async fn join_when_in_service(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
     crate::join::join(cfg, fx).await.map(|_| ())
 }
 
+/// Polls IMDS until it gives a reason to leave.
+async fn next_notice(cfg: &AgentConfig, fx: &Effects) -> Trigger {
+    loop {
+        if let Ok(Some(t)) = notice(cfg, fx).await {
+            return t;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::Signal) -> Result<Trigger> {
     tracing::info!("joined; watching for SIGTERM, lifecycle and spot notices");
     let server = State::load(&fx.fs)?.and_then(|s| s.role).is_some_and(|r| r.is_server());
@@ -101,8 +111,15 @@ async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::
                     match crate::guard::node_rejoin_reason(cfg, fx).await {
                         Ok(Some(why)) => {
                             tracing::warn!(reason = %why, "joining the cluster again");
-                            if let Err(e) = crate::join::join(cfg, fx).await {
-                                tracing::warn!(error = %e, "joining again failed; will retry");
+                            // A notice or SIGTERM still ends it: leaving comes first.
+                            tokio::select! {
+                                r = crate::join::join(cfg, fx) => {
+                                    if let Err(e) = r {
+                                        tracing::warn!(error = %e, "joining again failed; will retry");
+                                    }
+                                }
+                                _ = term.recv() => return Ok(Trigger::Sigterm),
+                                t = next_notice(cfg, fx) => return Ok(t),
                             }
                         }
                         Ok(None) => {}

@@ -190,6 +190,16 @@ pub struct State {
     /// What a join is waiting for right now, and why.
     #[serde(default)]
     pub waiting_for: Option<String>,
+    /// Snapshots that failed to restore here, and how often (a recovery's winner retries one a
+    /// few times, then sets it aside in `failed_snapshots`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub restore_failures: std::collections::BTreeMap<String, u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_snapshots: Vec<String>,
+    /// The latest election of its cluster when this server joined or won (a later recovery
+    /// election means the cluster was brought back without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
     /// The recovery this server won (and leads or led).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<Recovery>,

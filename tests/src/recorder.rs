@@ -152,7 +152,7 @@ fn operation(method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> S
     }
     // S3 REST (path style: /bucket/key).
     if headers.get("authorization").and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("/s3/aws4_request")) {
-        let object = path.trim_start_matches('/').contains('/');
+        let object = path.trim_matches('/').contains('/');
         return match (method.as_str(), object) {
             ("GET", false) => "ListObjectsV2",
             ("GET", true) => "GetObject",

@@ -50,7 +50,7 @@ async fn first_server_initialises_then_node_joins() {
     let start_ms: u128 = cp
         .stub_calls()
         .iter()
-        .find(|l| l.contains("systemctl\tenable --now k3s"))
+        .find(|l| l.contains("systemctl\tstart k3s"))
         .and_then(|l| l.split('\t').next().unwrap().parse().ok())
         .expect("k3s started through systemctl");
     assert!(calls[reg].at_ms >= start_ms);

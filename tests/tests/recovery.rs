@@ -278,6 +278,8 @@ async fn scale_three_to_zero_and_back_to_one_keeps_the_cluster() {
     ok(&w.agent(&morning[0], &["join"]).await.unwrap());
     assert_eq!(morning[0].file(DB_STATE).as_deref(), Some("marker: before the night"));
     assert_eq!(morning[0].file(RESTORED_FROM).as_deref(), Some(snaps[0].0.as_str()));
+    let s3: Vec<String> = w.recorder.calls_by(&morning[0].access_key()).into_iter().filter(|c| c.service == "s3").map(|c| c.operation).collect();
+    assert!(s3.contains(&"ListObjectsV2".to_string()) && s3.contains(&"GetObject".to_string()), "the agent listed, k3s fetched: {s3:?}");
     k3s_asg_testbed::reliability::held("Recovery", "control plane scaled 3 → 0 → 1", 1, "the last server's final snapshot is restored");
 }
 
@@ -371,11 +373,92 @@ async fn a_crash_at_each_recovery_step_converges() {
     w.agent_env.remove("K3S_ASG_FAILPOINT");
     ok(&w.agent(&s, &["leave"]).await.unwrap());
     assert_eq!(state(&s).phase, Phase::Left);
-    assert!(w.snapshots("alpha", BUCKET).await.unwrap().iter().all(|(n, b)| n.starts_with("k3s-asg-final-") && b.contains("marker: final")));
+    let snaps = w.snapshots("alpha", BUCKET).await.unwrap();
+    assert!(!snaps.is_empty() && snaps.iter().all(|(n, b)| n.starts_with("k3s-asg-final-") && b.contains("marker: final")), "{snaps:?}");
     k3s_asg_testbed::reliability::held(
         "Crashes",
         "kill -9 after recovery-won, restored and final-snapshot",
         3,
         "a second run converges: one recovery election, the marker back",
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_every_server_away_at_once_still_saves_a_final_snapshot() {
+    let mut w = world(true).await;
+    let old = servers(&w, 3).await;
+    join_each(&w, &old).await;
+    write_marker(&old, "marker: all at once");
+    // Every server Ready in the Node list, and every one terminating behind the hook.
+    let members = w.dir.path().join("cp-nodes");
+    std::fs::write(&members, old.iter().map(|o| format!("{} True\n", o.id)).collect::<String>()).unwrap();
+    w.agent_env.insert("K3S_STUB_CP_NODES".into(), members.display().to_string());
+    for s in &old {
+        w.asg.add(&s.id, "alpha-control-plane", "Terminating:Wait", 30);
+    }
+    let runs = k3s_asg_testbed::join_all(old.iter().map(|s| w.agent(s, &["leave"])).collect()).await;
+    for r in &runs {
+        ok(r.as_ref().unwrap());
+    }
+    let snaps = w.snapshots("alpha", BUCKET).await.unwrap();
+    assert!(!snaps.is_empty() && snaps.iter().all(|(n, b)| n.starts_with("k3s-asg-final-") && b.contains("marker: all at once")), "{snaps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stopped_through_a_recovery_comes_back_into_the_recovered_cluster() {
+    let mut w = world(true).await;
+    w.agent_env.insert("K3S_STUB_SNAPSHOT_EVERY".into(), "1".into());
+    let old = servers(&w, 2).await;
+    join_each(&w, &old).await;
+    write_marker(&old, "marker: stopped");
+    snapshot_with(&w, "marker: stopped").await;
+    w.agent_env.remove("K3S_STUB_SNAPSHOT_EVERY");
+    // The initialiser is stopped (not terminated), the other lost.
+    let a = &old[0];
+    let _ = std::fs::remove_file(a.path("/run/k3s-stub/active-k3s"));
+    w.ec2.stop_instances().instance_ids(&a.id).send().await.unwrap();
+    lose(&w, &old[1..]).await;
+    let c = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&c, &["join"]).await.unwrap());
+    assert!(c.file(RESTORED_FROM).is_some(), "c recovered the cluster");
+    std::fs::write(c.path(DB_STATE), "marker: written after the recovery").unwrap();
+    // a starts again: its old datastore must not come back as a second cluster.
+    w.ec2.start_instances().instance_ids(&a.id).send().await.unwrap();
+    let run = w.agent(a, &["join"]).await.unwrap();
+    ok(&run);
+    assert!(run.stderr.contains("recovered without it"), "{}", run.stderr);
+    assert_eq!(configured_server(a).as_deref(), Some(format!("https://{}:6443", c.ip).as_str()), "a joined the recovered cluster");
+    assert_eq!(a.file(DB_STATE).as_deref(), Some("marker: written after the recovery"), "a's old datastore is gone");
+    assert!(initialisers(std::slice::from_ref(a)).is_empty());
+    k3s_asg_testbed::reliability::held(
+        "Recovery",
+        "a stopped initialiser starts again after its cluster was recovered without it",
+        1,
+        "it resets its datastore and joins the recovered cluster; no second cluster",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_will_not_restore_is_set_aside_for_the_next_newest() {
+    let mut w = world(true).await;
+    w.agent_env.insert("K3S_STUB_SNAPSHOT_EVERY".into(), "1".into());
+    let old = servers(&w, 1).await;
+    join_each(&w, &old).await;
+    write_marker(&old, "marker: good");
+    snapshot_with(&w, "marker: good").await;
+    w.agent_env.remove("K3S_STUB_SNAPSHOT_EVERY");
+    lose(&w, &old).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a later LastModified than the good ones
+    let broken = format!("etcd-snapshot-{}-9999999999", old[0].id);
+    w.s3().put_object().bucket(BUCKET).key(format!("clusters/alpha/{broken}")).body(b"not a snapshot".to_vec().into()).send().await.unwrap();
+    let a = w.launch("alpha", "control-plane").await.unwrap();
+    for attempt in 1..=3 {
+        let run = w.agent(&a, &["join"]).await.unwrap();
+        assert_eq!(run.code, 1, "attempt {attempt}: the broken snapshot fails to restore");
+    }
+    assert_eq!(state(&a).failed_snapshots, vec![broken.clone()]);
+    ok(&w.agent(&a, &["join"]).await.unwrap());
+    assert_eq!(a.file(DB_STATE).as_deref(), Some("marker: good"));
+    assert!(a.file(RESTORED_FROM).is_some_and(|n| n != broken));
+    assert!(record(&w, 3).await.is_none(), "still one recovery election");
 }

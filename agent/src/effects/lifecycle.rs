@@ -26,6 +26,8 @@ pub trait Lifecycle: Send + Sync {
     /// The hook waiting on this instance, if it is in `Terminating:Wait`.
     async fn waiting_hook(&self, instance_id: &str) -> Result<Option<WaitingHook>>;
     async fn heartbeat(&self, hook: &WaitingHook, instance_id: &str) -> Result<()>;
+    /// Which of `ids` their Auto Scaling group is terminating (`Terminating*` lifecycle states).
+    async fn terminating(&self, ids: &[String]) -> Result<std::collections::BTreeSet<String>>;
     async fn complete(&self, hook: &WaitingHook, instance_id: &str) -> Result<()>;
 }
 
@@ -66,6 +68,25 @@ impl Lifecycle for AutoScaling {
                 global_timeout_s: global_timeout(heartbeat_timeout_s, h.global_timeout().map(|g| g.max(1) as u64)),
             }
         }))
+    }
+
+    async fn terminating(&self, ids: &[String]) -> Result<std::collections::BTreeSet<String>> {
+        let mut out = std::collections::BTreeSet::new();
+        for chunk in ids.chunks(50) {
+            let resp = self
+                .0
+                .describe_auto_scaling_instances()
+                .set_instance_ids(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| Error::sdk("find terminating instances (autoscaling:DescribeAutoScalingInstances)", chunk.join(","), e))?;
+            for i in resp.auto_scaling_instances() {
+                if i.lifecycle_state().unwrap_or_default().starts_with("Terminating") {
+                    out.insert(i.instance_id().unwrap_or_default().to_string());
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn heartbeat(&self, hook: &WaitingHook, instance_id: &str) -> Result<()> {

@@ -8,8 +8,10 @@ use tokio::process::Command;
 #[async_trait]
 pub trait Services: Send + Sync {
     async fn daemon_reload(&self) -> Result<()>;
-    /// `systemctl enable --now UNIT` (a no-op for a running unit).
-    async fn enable_start(&self, unit: &str) -> Result<()>;
+    /// `systemctl start UNIT` (a no-op for a running unit). Not enabled: k3s is started by the
+    /// agent only, after it has looked at its cluster, never by systemd at boot on a datastore
+    /// its cluster may have left behind.
+    async fn start(&self, unit: &str) -> Result<()>;
     async fn restart(&self, unit: &str) -> Result<()>;
     async fn is_active(&self, unit: &str) -> Result<bool>;
     async fn stop(&self, unit: &str) -> Result<()>;
@@ -48,8 +50,8 @@ impl Services for Systemctl {
     async fn daemon_reload(&self) -> Result<()> {
         self.run_ok(&["daemon-reload"]).await
     }
-    async fn enable_start(&self, unit: &str) -> Result<()> {
-        self.run_ok(&["enable", "--now", unit]).await
+    async fn start(&self, unit: &str) -> Result<()> {
+        self.run_ok(&["start", unit]).await
     }
     async fn restart(&self, unit: &str) -> Result<()> {
         self.run_ok(&["restart", unit]).await

@@ -30,8 +30,9 @@ pub struct Snapshot {
 
 #[async_trait]
 pub trait Snapshots: Send + Sync {
-    /// The newest snapshot k3s wrote into `store` (scheduled or on-demand), if any.
-    async fn newest(&self, store: &SnapshotStore) -> Result<Option<Snapshot>>;
+    /// The newest snapshot k3s wrote into `store` (scheduled or on-demand), if any, leaving out
+    /// the names in `skip` (ones that failed to restore).
+    async fn newest(&self, store: &SnapshotStore, skip: &[String]) -> Result<Option<Snapshot>>;
 }
 
 pub struct S3 {
@@ -47,7 +48,7 @@ pub fn is_snapshot_name(name: &str) -> bool {
 
 #[async_trait]
 impl Snapshots for S3 {
-    async fn newest(&self, store: &SnapshotStore) -> Result<Option<Snapshot>> {
+    async fn newest(&self, store: &SnapshotStore, skip: &[String]) -> Result<Option<Snapshot>> {
         let mut conf = aws_sdk_s3::config::Builder::from(&self.sdk).region(aws_sdk_s3::config::Region::new(store.region.clone()));
         // A local endpoint (tests, S3-compatible stores) has no bucket subdomains.
         if std::env::var_os("AWS_ENDPOINT_URL").is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some() {
@@ -64,7 +65,7 @@ impl Snapshots for S3 {
                 let Some(modified) = obj.last_modified().and_then(|t| SystemTime::try_from(*t).ok()) else {
                     continue;
                 };
-                if is_snapshot_name(&name) && newest.as_ref().is_none_or(|n| modified > n.modified) {
+                if is_snapshot_name(&name) && !skip.contains(&name) && newest.as_ref().is_none_or(|n| modified > n.modified) {
                     newest = Some(Snapshot { name, modified });
                 }
             }
