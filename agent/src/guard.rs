@@ -5,6 +5,11 @@
 //! replaced republishes its own cluster's secure token, unless a server of
 //! another cluster (another CA) answers behind the API name.
 //!
+//! The control plane's ghost collector (issue: a stack an operator can run): Nodes whose
+//! instance EC2 reports terminated (or no longer knows) died without leaving; a server in `run`
+//! deletes them, as Kubernetes' node-lifecycle controller does for clouds, before they cost
+//! quorum (k3s removes a deleted server Node's etcd member).
+//!
 //! A node's guard (issue: the cluster survives its control plane): a node whose
 //! cluster was brought back without it (the token changed: a new cluster; or the
 //! server it joined through is gone and another proves the cluster's CA) joins
@@ -120,4 +125,23 @@ pub async fn node_rejoin_reason(cfg: &AgentConfig, fx: &Effects) -> Result<Optio
         }
     }
     Ok(None)
+}
+
+/// Ghosts deleted per round at most (bounded: a bad EC2 answer cannot empty the cluster at once).
+pub const GHOSTS_PER_ROUND: usize = 10;
+
+/// Deletes the Nodes of instances that are terminated or unknown to EC2; returns their names.
+pub async fn collect_ghosts(fx: &Effects, me: &str) -> Result<Vec<String>> {
+    let named: Vec<String> = fx.k3s.nodes().await?.into_iter().filter(|n| n != me && k3s_asg_aws::names::is_instance_id(n)).collect();
+    if named.is_empty() {
+        return Ok(vec![]);
+    }
+    let known = fx.instances.describe(&named).await?;
+    let ghosts: Vec<String> =
+        named.iter().filter(|n| known.iter().find(|i| &i.id == *n).is_none_or(|i| i.state == "terminated")).take(GHOSTS_PER_ROUND).cloned().collect();
+    for g in &ghosts {
+        fx.k3s.delete_node(g, None).await?;
+        tracing::warn!(node = %g, "deleted the Node of an instance that is terminated (it died without leaving)");
+    }
+    Ok(ghosts)
 }

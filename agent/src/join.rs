@@ -41,7 +41,9 @@ pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
     }
     j.start(&written).await?;
     j.st.step(&fx.fs, StepName::Start)?;
-    j.ready(written.drain_kubeconfig.as_deref()).await?;
+    // k3s itself gates what the cluster needs (the secure token, kubeconfigs, the API record);
+    // the spec's readiness probes gate only this instance's traffic (registration).
+    j.ready(written.drain_kubeconfig.as_deref(), Gate::K3s).await?;
     j.st.step(&fx.fs, StepName::Ready)?;
     if j.d.role.is_server() {
         if mode == Mode::ClusterInit {
@@ -53,6 +55,8 @@ pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
         j.publish_api_record().await?;
         j.st.step(&fx.fs, StepName::ApiRecord)?;
     }
+    j.ready(written.drain_kubeconfig.as_deref(), Gate::Probes).await?;
+    j.st.step(&fx.fs, StepName::Probes)?;
     j.register().await?;
     j.st.step(&fx.fs, StepName::Registered)?;
 
@@ -81,6 +85,15 @@ pub fn snapshot_store(d: &Discovery) -> Option<SnapshotStore> {
 
 /// Restores of one snapshot tried before the next newest is taken.
 const RESTORE_ATTEMPTS: u32 = 3;
+
+/// What a readiness wait waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// k3s: the unit active and the Node Ready.
+    K3s,
+    /// k3s and the spec's readiness probes of this role.
+    Probes,
+}
 
 /// What waiting for a server found.
 enum Found {
@@ -704,11 +717,16 @@ impl Joining<'_> {
         Ok(())
     }
 
-    /// Waits for k3s (the unit, the Node Ready) and every readiness probe.
-    async fn ready(&mut self, drain_kubeconfig: Option<&std::path::Path>) -> Result<()> {
+    /// Waits for k3s (the unit, the Node Ready), and with `Gate::Probes` also for every readiness
+    /// probe of this role.
+    async fn ready(&mut self, drain_kubeconfig: Option<&std::path::Path>, gate: Gate) -> Result<()> {
         let (fx, role) = (self.fx, self.d.role);
         let unit = render::unit_name(role);
-        let mut w = Waiter::new("k3s and the readiness probes", self.cfg.ready_timeout);
+        let what = match gate {
+            Gate::K3s => "k3s to be ready",
+            Gate::Probes => "the readiness probes",
+        };
+        let mut w = Waiter::new(what, self.cfg.ready_timeout);
         if self.lease.is_some() {
             // Look often enough to renew the election lease in time.
             w = w.max_delay((self.cfg.election_lease / 3).clamp(std::time::Duration::from_millis(200), std::time::Duration::from_secs(5)));
@@ -719,6 +737,8 @@ impl Joining<'_> {
                 format!("systemd unit {unit} is not active")
             } else if (role.is_server() || drain_kubeconfig.is_some()) && !fx.k3s.node_ready(self.me(), drain_kubeconfig).await? {
                 format!("node {} is not Ready", self.me())
+            } else if gate == Gate::K3s {
+                return Ok(());
             } else {
                 match self.failing_probe().await {
                     None => return Ok(()),
@@ -731,7 +751,7 @@ impl Joining<'_> {
 
     /// The first readiness probe that fails, and how.
     async fn failing_probe(&self) -> Option<String> {
-        for (i, probe) in self.d.spec.readiness.iter().enumerate() {
+        for (i, probe) in self.d.spec.readiness.iter().enumerate().filter(|(_, p)| p.roles.contains(&self.d.role)) {
             let url = probe.http.replace("{node_ip}", &self.d.id.local_ipv4);
             if let Err(why) = self.fx.probes.http(&url, probe.expect_status).await {
                 return Some(format!("readiness[{i}] {url} {why}"));

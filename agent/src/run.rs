@@ -95,7 +95,9 @@ async fn next_notice(cfg: &AgentConfig, fx: &Effects) -> Trigger {
 
 async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::Signal) -> Result<Trigger> {
     tracing::info!("joined; watching for SIGTERM, lifecycle and spot notices");
-    let server = State::load(&fx.fs)?.and_then(|s| s.role).is_some_and(|r| r.is_server());
+    let st = State::load(&fx.fs)?;
+    let server = st.as_ref().and_then(|s| s.role).is_some_and(|r| r.is_server());
+    let me = st.map(|s| s.instance_id).unwrap_or_default();
     let mut last_guard = std::time::Instant::now();
     loop {
         tokio::select! {
@@ -105,6 +107,9 @@ async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::
                     last_guard = std::time::Instant::now();
                     if let Err(e) = crate::guard::check_token(cfg, fx).await {
                         tracing::warn!(error = %e, "could not check the cluster's join token; will retry");
+                    }
+                    if let Err(e) = crate::guard::collect_ghosts(fx, &me).await {
+                        tracing::warn!(error = %e, "could not collect the Nodes of dead instances; will retry");
                     }
                 } else if !server && last_guard.elapsed() >= cfg.token_check {
                     last_guard = std::time::Instant::now();

@@ -54,9 +54,12 @@ pub enum StepName {
     /// The recovery's winner restored the newest snapshot into its datastore.
     Restored,
     Start,
+    /// k3s is ready (the unit active, the Node Ready).
     Ready,
     Kubeconfigs,
     ApiRecord,
+    /// The spec's readiness probes of this role pass (they gate registration only).
+    Probes,
     Registered,
     // leave
     Deregistered,
@@ -84,6 +87,7 @@ impl StepName {
         StepName::Ready,
         StepName::Kubeconfigs,
         StepName::ApiRecord,
+        StepName::Probes,
         StepName::Registered,
     ];
     /// Every leave step, in order (`api-record-removed` is the control plane's; `lifecycle-completed`
@@ -133,6 +137,7 @@ impl StepName {
             StepName::Ready => "ready",
             StepName::Kubeconfigs => "kubeconfigs",
             StepName::ApiRecord => "api-record",
+            StepName::Probes => "probes",
             StepName::Registered => "registered",
             StepName::Deregistered => "deregistered",
             StepName::ApiRecordRemoved => "api-record-removed",
@@ -277,7 +282,7 @@ mod tests {
             "api_hostname":null,"api_record":null,"target_groups":[],"steps":[{"name":"api-record","at_ms":1}],"last_error":null}"#;
         let st: State = serde_json::from_str(old).unwrap();
         assert_eq!((st.phase, st.mode, st.steps[0].name), (Phase::Ready, Some(Mode::ClusterInit), StepName::ApiRecord));
-        assert_eq!(StepName::join_steps(Role::Node).len(), 6);
+        assert_eq!(StepName::join_steps(Role::Node).len(), 7);
         assert_eq!(StepName::join_steps(Role::ControlPlane), StepName::JOIN);
         assert!(st.recovery.is_none() && st.quiet_since.is_none());
     }

@@ -104,6 +104,10 @@ pub struct ProbeSpec {
     pub http: String,
     #[serde(default = "default_status")]
     pub expect_status: u16,
+    /// Roles whose instances must pass this probe before they take traffic (default: both; a
+    /// tainted control plane that runs no ingress: `["node"]`).
+    #[serde(default = "all_roles")]
+    pub roles: Vec<Role>,
 }
 
 fn default_status() -> u16 {
@@ -419,6 +423,9 @@ impl ClusterSpec {
             }
             if !(100..=599).contains(&probe.expect_status) {
                 return Err((format!("readiness[{i}].expect_status"), format!("{} is not an HTTP status", probe.expect_status)));
+            }
+            if probe.roles.is_empty() {
+                return Err((format!("readiness[{i}].roles"), "must list at least one role".into()));
             }
         }
         for (side, role, map) in [("server", Role::ControlPlane, &self.k3s.server), ("agent", Role::Node, &self.k3s.agent)] {

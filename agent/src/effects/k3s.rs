@@ -18,6 +18,8 @@ pub trait K3s: Send + Sync {
     async fn drain(&self, node: &str, kubeconfig: Option<&Path>, timeout_s: u64, grace_period_s: u64) -> Result<()>;
     /// Control-plane Node objects: `(name, Ready)`.
     async fn control_plane_nodes(&self) -> Result<Vec<(String, bool)>>;
+    /// Every Node object's name.
+    async fn nodes(&self) -> Result<Vec<String>>;
     /// Deletes the Node object; absent is fine.
     async fn delete_node(&self, node: &str, kubeconfig: Option<&Path>) -> Result<()>;
     /// `k3s server --cluster-reset --cluster-reset-restore-path=NAME`, with k3s stopped: restores
@@ -126,6 +128,14 @@ impl K3s for K3sCli {
             return Err(Error::failed("delete node", node, String::from_utf8_lossy(&out.stderr).trim().to_string()));
         }
         Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<String>> {
+        let out = self.kubectl(&["get", "nodes", "-o", "jsonpath={range .items[*]}{.metadata.name}{\"\\n\"}{end}"]).await?;
+        if !out.status.success() {
+            return Err(Error::failed("list nodes", "", last_line(&out)));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect())
     }
 
     async fn restore_snapshot(&self, name: &str) -> Result<()> {

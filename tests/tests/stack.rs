@@ -1,0 +1,109 @@
+//! A stack an operator can run (issue 14): the user's readiness probes gate only
+//! registration, never the cluster's bootstrap; probes apply to the roles they name;
+//! a server in `run` collects the Nodes of instances that died without leaving.
+
+use k3s_asg_agent::state::StepName;
+use k3s_asg_testbed::check::{ok, state};
+use k3s_asg_testbed::world::World;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "/k3s-asg/clusters/alpha/token";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_nothing_serves_does_not_stop_the_cluster_from_forming() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let tg = w.clusters["alpha"].target_group_arn.clone();
+    // The README's probe, served by nothing yet (no ingress on a fresh cluster).
+    w.readiness_status.store(503, Ordering::SeqCst);
+    w.agent_env.insert("K3S_ASG_READY_TIMEOUT".into(), "3".into());
+    let a = w.launch("alpha", "control-plane").await.unwrap();
+    let run = w.agent(&a, &["join"]).await.unwrap();
+    assert_eq!(run.code, 1, "its own probe fails: {}", run.stderr);
+    assert!(run.stderr.contains("readiness[0]"), "{}", run.stderr);
+    // …but the cluster formed: the token is secure, kubeconfigs and the API record are out.
+    assert!(w.param(TOKEN).await.unwrap().is_some_and(|t| t.starts_with("K10")), "token secured on k3s's readiness");
+    assert!(w.param("/k3s-asg/clusters/alpha/kubeconfig/admin").await.unwrap().is_some());
+    assert_eq!(w.api_records("alpha").await.unwrap().len(), 1);
+    assert!(w.members(&tg).await.unwrap().is_empty(), "no traffic before its probes pass");
+    let steps: Vec<StepName> = state(&a).steps.iter().map(|s| s.name).collect();
+    assert!(steps.contains(&StepName::ApiRecord) && !steps.contains(&StepName::Probes), "{steps:?}");
+
+    // Another server joins it meanwhile, and a node too (each waits only on its own probes).
+    let b = w.launch("alpha", "control-plane").await.unwrap();
+    assert_eq!(w.agent(&b, &["join"]).await.unwrap().code, 1);
+    assert!(b.file("/etc/rancher/k3s/config.yaml").is_some_and(|c| c.contains(&format!("server: \"https://{}:6443\"", a.ip))));
+
+    // Once the probe is served, a join registers.
+    w.readiness_status.store(200, Ordering::SeqCst);
+    ok(&w.agent(&a, &["join"]).await.unwrap());
+    ok(&w.agent(&b, &["join"]).await.unwrap());
+    assert_eq!(w.members(&tg).await.unwrap().len(), 2);
+    k3s_asg_testbed::reliability::held(
+        "Bootstrap",
+        "the spec's readiness probe is served by nothing when the first server starts",
+        1,
+        "the token is secured and the API record published on k3s's readiness; registration waits for the probe",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_apply_to_the_roles_they_name() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let tg = w.clusters["alpha"].target_group_arn.clone();
+    let mut spec = w.default_spec(&w.clusters["alpha"]);
+    spec["readiness"] = serde_json::json!([{ "http": w.readiness_url(), "expect_status": 200, "roles": ["node"] }]);
+    w.put_spec("alpha", &spec.to_string()).await.unwrap();
+    w.readiness_status.store(503, Ordering::SeqCst);
+    w.agent_env.insert("K3S_ASG_READY_TIMEOUT".into(), "3".into());
+    let cp = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    assert_eq!(w.members(&tg).await.unwrap(), vec![cp.id.clone()], "a node-only probe does not hold the control plane");
+    let node = w.launch("alpha", "node").await.unwrap();
+    let run = w.agent(&node, &["join"]).await.unwrap();
+    assert_eq!(run.code, 1, "the node waits for its probe");
+    assert!(!w.members(&tg).await.unwrap().contains(&node.id));
+
+    let mut bad = spec.clone();
+    bad["readiness"][0]["roles"] = serde_json::json!([]);
+    w.put_spec("alpha", &bad.to_string()).await.unwrap();
+    let run = w.agent(&node, &["join"]).await.unwrap();
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("readiness[0].roles"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_in_run_collects_the_nodes_of_dead_instances() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    w.agent_env.insert("K3S_ASG_TOKEN_CHECK".into(), "1".into());
+    let cp = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    let alive = w.launch("alpha", "node").await.unwrap();
+    ok(&w.agent(&alive, &["join"]).await.unwrap());
+    let ghost = w.launch("alpha", "node").await.unwrap();
+    ok(&w.agent(&ghost, &["join"]).await.unwrap());
+    // The ghost dies without leaving; a foreign Node (not an instance) is never touched.
+    w.terminate(&ghost).await.unwrap();
+    let nodes = w.dir.path().join("nodes");
+    std::fs::write(&nodes, format!("{}\n{}\n{}\nworkstation-7\ni-00000000000000000\n", cp.id, alive.id, ghost.id)).unwrap();
+    w.agent_env.insert("K3S_STUB_NODES".into(), nodes.display().to_string());
+    let agent = w.spawn_agent(&cp, &["run"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let deleted = |id: &str| cp.stub_calls().iter().any(|l| l.contains(&format!("delete node/{id}")));
+    while !(deleted(&ghost.id) && deleted("i-00000000000000000")) {
+        assert!(Instant::now() < deadline, "the ghosts were not collected: {:?}", cp.stub_calls());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!deleted(&alive.id) && !deleted(&cp.id) && !deleted("workstation-7"), "only dead instances' Nodes go");
+    agent.sigterm();
+    let _ = agent.wait(Duration::from_secs(60)).await.unwrap();
+    k3s_asg_testbed::reliability::held(
+        "Bootstrap",
+        "a node dies without leaving (terminated, no hook); an unknown instance id's Node",
+        1,
+        "a server in run deletes both Nodes; live and foreign Nodes are kept",
+    );
+}
