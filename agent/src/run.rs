@@ -1,6 +1,8 @@
 //! `run`: join, watch for the signal to go, leave.
 //!
-//! Triggers: SIGTERM; IMDS `autoscaling/target-lifecycle-state` = `Terminated`;
+//! Triggers: SIGTERM when AWS says the instance is going away (EC2 shutting down or stopping,
+//! or a notice below; a SIGTERM of a restart, an upgrade or a reboot leaves k3s running and
+//! exits 0); IMDS `autoscaling/target-lifecycle-state` = `Terminated`;
 //! a spot `spot/instance-action`; optionally a rebalance recommendation. A
 //! second SIGTERM during leave skips the remaining waits but still cleans up.
 //! An instance that boots into a warm pool (`Warmed:*`) waits for `InService`.
@@ -49,6 +51,24 @@ pub async fn run(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
             _ = term.recv() => Trigger::Sigterm,
         }
     };
+    let trigger = if trigger == Trigger::Sigterm {
+        match going_away(cfg, fx).await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                tracing::info!(
+                    "SIGTERM, but AWS does not say this instance is going away (no lifecycle Terminated, no spot notice, \
+                     the instance is not shutting down or stopping): a restart, an upgrade or a reboot; leaving k3s running"
+                );
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGTERM, and AWS could not be asked whether this instance is going away; leaving k3s running");
+                return Ok(());
+            }
+        }
+    } else {
+        trigger
+    };
     tracing::info!(?trigger, "leaving the cluster");
     if std::env::var_os("NOTIFY_SOCKET").is_some() {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
@@ -81,6 +101,30 @@ async fn join_when_in_service(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
         tokio::time::sleep(POLL).await;
     }
     crate::join::join(cfg, fx).await.map(|_| ())
+}
+
+/// On SIGTERM: whether AWS says this instance is going away (a notice in IMDS, or EC2 shows it
+/// shutting down, stopping or gone). Only then does a SIGTERM mean leave.
+async fn going_away(cfg: &AgentConfig, fx: &Effects) -> Result<Option<Trigger>> {
+    if let Some(t) = notice(cfg, fx).await? {
+        return Ok(Some(t));
+    }
+    let Some(id) = crate::effects::metadata::required(fx.metadata.as_ref(), "instance-id").await? else {
+        return Ok(None);
+    };
+    let found = fx.instances.describe(std::slice::from_ref(&id)).await?;
+    Ok(match found.first().map(|i| i.state.as_str()) {
+        Some(state @ ("shutting-down" | "stopping" | "stopped" | "terminated")) => {
+            tracing::info!(instance = %id, state, "SIGTERM and EC2 says the instance is {state}");
+            Some(Trigger::Sigterm)
+        }
+        // Its own instance unknown to EC2: terminated and gone.
+        None => {
+            tracing::info!(instance = %id, "SIGTERM and EC2 no longer knows the instance");
+            Some(Trigger::Sigterm)
+        }
+        Some(_) => None,
+    })
 }
 
 /// Polls IMDS until it gives a reason to leave.

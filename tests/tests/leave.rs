@@ -119,12 +119,37 @@ async fn leave_on_a_node_that_never_joined_does_nothing_harmful() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_leaves_on_sigterm() {
+async fn a_restart_is_not_a_termination_but_sigterm_of_a_stopping_instance_is() {
     let (w, cp, tg) = cluster().await;
     let node = w.launch("alpha", "node").await.unwrap();
     let agent = w.spawn_agent(&node, &["run"]).unwrap();
     wait_for_phase(&node, Phase::Ready).await;
     assert!(w.members(&tg).await.unwrap().contains(&node.id));
+    // `systemctl restart k3s-asg-agent` (an upgrade), a reboot: AWS says nothing.
+    w.recorder.clear();
+    agent.sigterm();
+    let run = agent.wait(Duration::from_secs(30)).await.unwrap();
+    ok(&run);
+    assert!(run.stderr.contains("leaving k3s running"), "{}", run.stderr);
+    assert!(w.members(&tg).await.unwrap().contains(&node.id), "still serving");
+    assert!(node.path("/run/k3s-stub/active-k3s-agent").exists(), "k3s left running");
+    assert!(!node.stub_calls().iter().any(|l| l.contains(" drain ") || l.contains("delete node/")));
+    let writes: Vec<String> = w.recorder.calls_by(&node.access_key()).into_iter().filter(|c| c.is_mutating()).map(|c| c.operation).collect();
+    assert!(writes.is_empty(), "a restart wrote {writes:?}");
+    assert_eq!(state(&node).phase, Phase::Ready);
+    // The agent comes back and finds everything in place (its join registers again: its
+    // SIGTERM handler is in place from then on).
+    let spawned = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let agent = w.spawn_agent(&node, &["run"]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !node.file(k3s_asg_agent::state::STATE_PATH).and_then(|t| serde_json::from_str::<k3s_asg_agent::state::State>(&t).ok()).is_some_and(|s| {
+        s.phase == Phase::Ready && s.steps.iter().any(|st| st.name == k3s_asg_agent::state::StepName::Registered && st.at_ms > spawned)
+    }) {
+        assert!(std::time::Instant::now() < deadline, "the restarted agent did not join");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Now the instance is being stopped: SIGTERM means leave.
+    w.ec2.stop_instances().instance_ids(&node.id).send().await.unwrap();
     agent.sigterm();
     let run = agent.wait(Duration::from_secs(30)).await.unwrap();
     ok(&run);
@@ -244,6 +269,7 @@ async fn second_sigterm_skips_waits_but_still_cleans_up() {
     let node = w.launch("alpha", "node").await.unwrap();
     let agent = w.spawn_agent(&node, &["run"]).unwrap();
     wait_for_phase(&node, Phase::Ready).await;
+    w.ec2.stop_instances().instance_ids(&node.id).send().await.unwrap();
     agent.sigterm();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !node.stub_calls().iter().any(|l| l.contains(" drain ")) {

@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Leave: time from each trigger to the first DeregisterTargets, and AWS calls per leave.
     let mut leave_rows = Vec::new();
-    for trigger in ["SIGTERM", "IMDS target-lifecycle-state Terminated", "IMDS spot instance-action"] {
+    for trigger in ["SIGTERM (EC2: stopping)", "IMDS target-lifecycle-state Terminated", "IMDS spot instance-action"] {
         let mut latencies = Vec::new();
         let mut calls = Vec::new();
         for _ in 0..3 {
@@ -98,10 +98,14 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::ensure!(std::time::Instant::now() < deadline, "{} never became ready", n.id);
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
+            if trigger.starts_with("SIGTERM") {
+                // A SIGTERM means leave only when AWS says the instance is going away.
+                w.ec2.stop_instances().instance_ids(&n.id).send().await?;
+            }
             w.recorder.clear();
             let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
             match trigger {
-                "SIGTERM" => agent.sigterm(),
+                "SIGTERM (EC2: stopping)" => agent.sigterm(),
                 "IMDS target-lifecycle-state Terminated" => n.imds.set("autoscaling/target-lifecycle-state", Some("Terminated")),
                 _ => n.imds.set("spot/instance-action", Some(r#"{"action":"terminate","time":"2026-11-24T18:00:00Z"}"#)),
             }
