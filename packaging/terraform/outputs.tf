@@ -1,8 +1,26 @@
 output "ingress_target_group_arn" {
-  value = aws_lb_target_group.ingress.arn
+  value = module.cluster.ingress_target_group_arn
 }
 
 output "admin_kubeconfig_parameter" {
   description = "Read it with: k3s-asg-coordinator kubeconfig <cluster>"
-  value       = "/k3s-asg/clusters/${var.cluster}/kubeconfig/admin"
+  value       = module.cluster.admin_kubeconfig_parameter
+}
+
+output "auto_scaling_groups" {
+  value = module.cluster.auto_scaling_groups
+}
+
+output "alb_dns_name" {
+  value = module.region.alb_dns_name
+}
+
+output "region" {
+  description = "What a cluster in a stack of its own needs from this one: pass `coordinator` to its ../cluster module, and admit the two security groups on its ingress port."
+  value = {
+    coordinator                   = module.region.coordinator
+    coordinator_security_group_id = module.region.coordinator_security_group_id
+    alb_security_group_id         = module.region.alb_security_group_id
+    region_spec_parameter         = module.region.region_spec_parameter
+  }
 }

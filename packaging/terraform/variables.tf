@@ -19,8 +19,14 @@ variable "node_ami_id" {
   default     = ""
 }
 
+variable "os" {
+  description = "OS of the AMIs (packaging/ami's al2023 or ubuntu source): picks the matching user-data."
+  type        = string
+  default     = "al2023"
+}
+
 variable "subnet_ids" {
-  description = "Private subnets for the instances."
+  description = "Private subnets for the instances (and the coordinator, unless coordinator_subnet_ids)."
   type        = list(string)
 }
 
@@ -34,8 +40,55 @@ variable "api_hostname" {
 }
 
 variable "hosted_zone_id" {
-  description = "Route53 zone holding api_hostname."
+  description = "Route53 zone holding api_hostname (and `zone`, unless zone_id)."
   type        = string
+}
+
+variable "zone" {
+  description = "DNS zone of the clusters' names `*--{cluster}.{region}.{zone}`, e.g. example.com: the region spec's `zone`."
+  type        = string
+}
+
+variable "zone_id" {
+  description = "Route53 zone of `zone` (gets `*.{region}.{zone}` → the ALB); empty: hosted_zone_id."
+  type        = string
+  default     = ""
+}
+
+variable "alb_arn" {
+  description = "An existing ALB to share; empty: the region module creates one in alb_subnet_ids."
+  type        = string
+  default     = ""
+}
+
+variable "listener_arns" {
+  description = "With alb_arn: the listeners the coordinator manages rules on."
+  type        = list(string)
+  default     = []
+}
+
+variable "alb_security_group_id" {
+  description = "With alb_arn: the existing ALB's security group, admitted on the clusters' ingress port."
+  type        = string
+  default     = ""
+}
+
+variable "alb_subnet_ids" {
+  description = "Public subnets (two availability zones or more) of the ALB the region module creates."
+  type        = list(string)
+  default     = []
+}
+
+variable "certificate_arn" {
+  description = "ACM certificate for the created ALB's HTTPS listener; empty: HTTP on port 80 only."
+  type        = string
+  default     = ""
+}
+
+variable "api_ingress_cidrs" {
+  description = "CIDR blocks that may reach the Kubernetes API (6443/tcp) from outside the cluster."
+  type        = list(string)
+  default     = []
 }
 
 variable "control_plane_count" {
@@ -59,8 +112,21 @@ variable "instance_type" {
 }
 
 variable "coordinator_zip" {
-  description = "Lambda zip of k3s-asg-coordinator (its binary as bootstrap)."
+  description = "Lambda zip of k3s-asg-coordinator (its binary as bootstrap); empty: dist/<arch>/k3s-asg-coordinator-lambda.zip of this repository (scripts/build-static)."
   type        = string
+  default     = ""
+}
+
+variable "coordinator_architecture" {
+  description = "arm64 (dist/aarch64) or x86_64 (dist/x86_64)."
+  type        = string
+  default     = "arm64"
+}
+
+variable "coordinator_subnet_ids" {
+  description = "Private subnets of the coordinator Lambda (NAT or VPC endpoints for the AWS APIs); empty: subnet_ids."
+  type        = list(string)
+  default     = []
 }
 
 variable "snapshot_bucket" {

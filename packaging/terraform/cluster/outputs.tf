@@ -1,0 +1,32 @@
+output "ingress_target_group_arn" {
+  value = aws_lb_target_group.ingress.arn
+}
+
+output "admin_kubeconfig_parameter" {
+  description = "Read it with: k3s-asg-coordinator kubeconfig <cluster>"
+  value       = "/k3s-asg/clusters/${var.cluster}/kubeconfig/admin"
+}
+
+output "auto_scaling_groups" {
+  description = "The groups by role (for aws autoscaling describe-instance-refreshes and the like)."
+  value       = { for role, group in aws_autoscaling_group.role : role => group.name }
+}
+
+output "security_group_ids" {
+  description = "node: every instance; control_plane: the servers."
+  value       = { node = aws_security_group.node.id, control_plane = aws_security_group.control_plane.id }
+}
+
+output "names" {
+  description = "Names AWS limits in length, as given (shortened with a hash when the readable one is too long)."
+  value = {
+    target_group = aws_lb_target_group.ingress.name
+    roles        = [for role in aws_iam_role.agent : role.name]
+    event_rule   = one(aws_cloudwatch_event_rule.asg_events[*].name)
+  }
+}
+
+output "event_pattern" {
+  description = "What the coordinator hears about this cluster (null without a coordinator)."
+  value       = one(aws_cloudwatch_event_rule.asg_events[*].event_pattern)
+}

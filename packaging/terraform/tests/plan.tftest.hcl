@@ -1,0 +1,117 @@
+# `terraform test` (Terraform 1.7 or later): plans the example against a mocked AWS provider, so it
+# needs no credentials and no network. It checks what `terraform validate` cannot: the
+# expressions evaluated with real values, and the names AWS limits in length.
+
+mock_provider "aws" {
+  mock_data "aws_partition" {
+    defaults = { partition = "aws-us-gov", dns_suffix = "amazonaws.com" }
+  }
+  mock_data "aws_region" {
+    defaults = { name = "us-gov-west-1" }
+  }
+  mock_data "aws_caller_identity" {
+    defaults = { account_id = "123456789012" }
+  }
+  mock_data "aws_vpc" {
+    defaults = { cidr_block = "10.0.0.0/16" }
+  }
+}
+
+variables {
+  region         = "us-gov-west-1"
+  ami_id         = "ami-0123456789abcdef0"
+  subnet_ids     = ["subnet-a", "subnet-b"]
+  alb_subnet_ids = ["subnet-c", "subnet-d"]
+  vpc_id         = "vpc-0123"
+  api_hostname   = "api.example.com"
+  hosted_zone_id = "Z0123"
+  zone           = "example.com"
+  # Any file: the plan only hashes it.
+  coordinator_zip = "main.tf"
+}
+
+run "longest_cluster_name" {
+  command = plan
+
+  variables {
+    # 63 characters, the longest the agent allows.
+    cluster = "a23456789-123456789-123456789-123456789-123456789-123456789-123"
+  }
+
+  assert {
+    condition     = length(module.cluster.names.target_group) <= 32
+    error_message = "target group name longer than 32"
+  }
+  assert {
+    condition     = alltrue([for name in module.cluster.names.roles : length(name) <= 64])
+    error_message = "IAM role name longer than 64"
+  }
+  assert {
+    condition     = length(module.cluster.names.event_rule) <= 64 && startswith(module.cluster.names.event_rule, "k3s-asg-coordinator-asg-")
+    error_message = "event rule name longer than 64 or without the prefix the coordinator's permission allows"
+  }
+}
+
+run "short_names_stay_readable" {
+  command = plan
+
+  variables {
+    cluster = "alpha"
+  }
+
+  assert {
+    condition     = module.cluster.names.target_group == "alpha-ingress"
+    error_message = "a name that fits is kept as it is"
+  }
+  assert {
+    condition     = module.cluster.names.event_rule == "k3s-asg-coordinator-asg-alpha"
+    error_message = "event rule name"
+  }
+  assert {
+    condition     = jsondecode(module.cluster.event_pattern).detail.AutoScalingGroupName == ["alpha-control-plane", "alpha-node"]
+    error_message = "the Auto Scaling rule matches this cluster's groups only"
+  }
+  assert {
+    condition     = module.region.region_spec_parameter == "/k3s-asg/regions/us-gov-west-1"
+    error_message = "region spec parameter name"
+  }
+  assert {
+    condition     = module.region.wildcard_record == "*.us-gov-west-1.example.com"
+    error_message = "wildcard record"
+  }
+}
+
+run "existing_alb" {
+  command = plan
+
+  variables {
+    cluster               = "bravo"
+    alb_arn               = "arn:aws-us-gov:elasticloadbalancing:us-gov-west-1:123456789012:loadbalancer/app/shared/0123456789abcdef"
+    listener_arns         = ["arn:aws-us-gov:elasticloadbalancing:us-gov-west-1:123456789012:listener/app/shared/0123456789abcdef/0123456789abcdef"]
+    alb_security_group_id = "sg-0123"
+    alb_subnet_ids        = []
+  }
+
+  assert {
+    condition     = module.region.alb_arn == var.alb_arn && module.region.listener_arns == var.listener_arns
+    error_message = "an existing ALB and its listeners go into the region spec as given"
+  }
+  assert {
+    condition     = module.region.alb_security_group_id == null
+    error_message = "no ALB security group is created for an existing ALB"
+  }
+}
+
+run "https" {
+  command = plan
+
+  variables {
+    cluster         = "charlie"
+    certificate_arn = "arn:aws-us-gov:acm:us-gov-west-1:123456789012:certificate/0123"
+  }
+
+  assert {
+    condition     = length(module.region.listener_arns) == 1
+    error_message = "the coordinator manages the HTTPS listener only (port 80 redirects)"
+  }
+}
