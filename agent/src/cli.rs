@@ -134,7 +134,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
     let fs = effects::hostfs::HostFs::new(&cfg.root);
     match cli.command {
         Command::Status { json } => {
-            let state = State::load(&fs)?;
+            let state = State::read(&fs)?;
             print!("{}", if json { crate::status::json(state.as_ref()) } else { crate::status::human(state.as_ref()) });
             Ok(())
         }

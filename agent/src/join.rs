@@ -140,6 +140,7 @@ impl Joining<'_> {
             return self.join_live_server().await;
         }
         let names = self.d.names.clone();
+        self.adopt_running_k3s()?;
         self.left_behind().await?;
         // A recovery's winner restarted before it finished: it still holds that election.
         if let Some(r) = self.st.recovery.as_ref().filter(|r| !r.done && self.st.mode == Some(Mode::ClusterInit)) {
@@ -368,6 +369,33 @@ impl Joining<'_> {
         Ok(Some((name, record)))
     }
 
+    /// A server whose state file lost its mode (deleted, corrupt) but whose k3s was configured
+    /// here and holds the cluster's current token is a member, not a newcomer: take the mode
+    /// from the config it runs with (never elect or recover past its own running cluster).
+    fn adopt_running_k3s(&mut self) -> Result<()> {
+        if self.st.mode.is_some() {
+            return Ok(());
+        }
+        let (Some(config), Some(own)) = (self.fx.fs.read(render::CONFIG_PATH)?, self.fx.fs.read(render::SERVER_TOKEN_PATH)?) else {
+            return Ok(());
+        };
+        let param = self.d.param(&self.d.names.token).map(|p| p.value.expose().to_string());
+        if token::parse_secure(own.trim()).is_none() || param.as_deref() != Some(own.trim()) {
+            return Ok(());
+        }
+        let mode = match render::configured(&config, "server") {
+            Some(url) => {
+                self.st.server_url = Some(url);
+                Mode::Join
+            }
+            None if config.lines().any(|l| l == "cluster-init: true") => Mode::ClusterInit,
+            None => return Ok(()),
+        };
+        tracing::warn!(?mode, "no join mode in the state file, but k3s was configured here with the cluster's token: going on as that member");
+        self.st.mode = Some(mode);
+        self.st.save(&self.fx.fs)
+    }
+
     /// A server whose cluster was recovered without it (a recovery election later than the one it
     /// joined or won, won by another: it was stopped or cut off meanwhile) must not run its old
     /// datastore next to the recovered cluster: stop k3s, wipe the datastore, join afresh.
@@ -546,6 +574,10 @@ impl Joining<'_> {
             } else if o.latest.as_ref().is_some_and(|e| e.winner == i.id) {
                 o.could_come_up.push(format!("{} ({}, won election {})", i.id, i.state, o.latest.as_ref().map_or(0, |e| e.number)));
             }
+        }
+        // This server's own k3s serving the cluster: it is a member already (never recover past it).
+        if fx.supervisor.verified_live(&self.d.id.local_ipv4, &secure.ca_hash).await? {
+            o.could_come_up.push(format!("{} (this server: its own k3s serves the cluster's CA)", self.me()));
         }
         if let Some(e) = o.latest.as_ref().filter(|e| e.winner != self.me()) {
             o.winner = Some(match servers.iter().find(|i| i.id == e.winner) {

@@ -98,6 +98,10 @@ async fn join_when_in_service(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
             tracing::info!(state = state.trim(), "instance is in a warm pool; waiting for InService before joining");
             logged = true;
         }
+        // Hours in a warm pool must not hit the unit's start timeout: each poll extends it.
+        if std::env::var_os("NOTIFY_SOCKET").is_some() {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::ExtendTimeoutUsec(60_000_000)]);
+        }
         tokio::time::sleep(POLL).await;
     }
     crate::join::join(cfg, fx).await.map(|_| ())

@@ -235,8 +235,29 @@ pub struct Step {
 }
 
 impl State {
+    /// The state file, or `None` when there is none; a corrupt one is an error naming the file.
+    pub fn read(fs: &HostFs) -> Result<Option<State>> {
+        match fs.read(STATE_PATH)? {
+            None => Ok(None),
+            Some(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+                crate::error::Error::failed("read the state file", fs.path(STATE_PATH).display().to_string(), format!("it is corrupt ({e})"))
+            }),
+        }
+    }
+
+    /// The state for the agent's own use: a corrupt file is kept aside (`state.json.corrupt`),
+    /// logged, and the agent goes on as on a fresh host (every step looks before it acts).
     pub fn load(fs: &HostFs) -> Result<Option<State>> {
-        Ok(fs.read(STATE_PATH)?.and_then(|s| serde_json::from_str(&s).ok()))
+        match State::read(fs) {
+            Err(e) if e.detail.contains("corrupt") => {
+                if let Some(text) = fs.read(STATE_PATH)? {
+                    fs.write_if_changed(&format!("{STATE_PATH}.corrupt"), &text, 0o644)?;
+                }
+                tracing::warn!(error = %e, "the state file is corrupt: kept aside as state.json.corrupt; going on as on a fresh host");
+                Ok(None)
+            }
+            r => r,
+        }
     }
 
     /// Loads the state and starts a new phase (joining, leaving) with no steps done yet.

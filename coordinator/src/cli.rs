@@ -32,7 +32,8 @@ struct Cli {
     /// mode an SSM "Parameter Store Change" event, forget what was kept.
     #[arg(long, env = "K3S_ASG_REFRESH_S", default_value_t = 300, global = true)]
     refresh: u64,
-    /// Region to reconcile (default: AWS_REGION).
+    /// Region to reconcile (default: the SDK's region chain: AWS_REGION, AWS_DEFAULT_REGION,
+    /// the profile's region).
     #[arg(long, env = "AWS_REGION", global = true)]
     region: Option<String>,
     #[command(subcommand)]
@@ -94,9 +95,11 @@ pub fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> Result<(), Error> {
     let prefix = Prefix::new(&cli.prefix).map_err(|why| Error::bad_input("read settings", "--prefix", why))?;
-    let region = cli.region.clone().ok_or_else(|| Error::bad_input("read settings", "--region", "set --region or AWS_REGION"))?;
-    let settings = Settings { prefix, region: region.clone(), owner: cli.owner.clone() };
-    let sdk = k3s_asg_aws::clients::load(Some(region)).await;
+    let sdk = k3s_asg_aws::clients::load(cli.region.clone()).await;
+    let region = sdk.region().map(|r| r.to_string()).ok_or_else(|| {
+        Error::bad_input("read settings", "--region", "set --region, AWS_REGION, AWS_DEFAULT_REGION or a region in the AWS profile")
+    })?;
+    let settings = Settings { prefix, region, owner: cli.owner.clone() };
     if let Command::Kubeconfig { cluster } = &cli.command {
         return print_kubeconfig(&aws_sdk_ssm::Client::new(&sdk), &settings.prefix, cluster).await;
     }
@@ -126,18 +129,26 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         }
         Command::Lambda => crate::lambda::serve(settings, fx, warm).await,
         Command::Kubeconfig { .. } => unreachable!("handled above"),
-        Command::Run { interval } => loop {
-            match reconcile::apply(&settings, &fx, &warm).await {
-                Ok(p) => tracing::info!(rules = p.rules.len(), records = p.records.len(), conflicts = p.conflicts.len(), "reconciled"),
-                Err(e) if e.bad_input => return Err(e),
-                Err(e) => tracing::error!(error = %e, "reconcile failed; will retry"),
+        Command::Run { interval } => {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(|e| Error::failed("install SIGTERM handler", "", e.to_string()))?;
+            loop {
+                match reconcile::apply(&settings, &fx, &warm).await {
+                    Ok(p) => tracing::info!(rules = p.rules.len(), records = p.records.len(), conflicts = p.conflicts.len(), "reconciled"),
+                    Err(e) if e.bad_input => return Err(e),
+                    Err(e) => tracing::error!(error = %e, "reconcile failed; will retry"),
+                }
+                let jitter = rand::random::<u64>() % (interval.max(1) * 100);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(interval) + Duration::from_millis(jitter)) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                    _ = term.recv() => {
+                        tracing::info!("SIGTERM: stopping");
+                        return Ok(());
+                    }
+                }
             }
-            let jitter = rand::random::<u64>() % (interval.max(1) * 100);
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(interval) + Duration::from_millis(jitter)) => {}
-                _ = tokio::signal::ctrl_c() => return Ok(()),
-            }
-        },
+        }
     }
 }
 

@@ -508,9 +508,21 @@ impl World {
             .env("AWS_REGION", REGION)
             .kill_on_drop(true);
         for (k, v) in &self.coordinator_env {
-            cmd.env(k, v);
+            // An empty value unsets the variable.
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         cmd
+    }
+
+    /// Starts `k3s-asg-coordinator ARGS` in the background (for `run`).
+    pub fn spawn_coordinator(&self, args: &[&str]) -> anyhow::Result<Running> {
+        let mut cmd = self.coordinator_command(args);
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        Ok(Running { child: cmd.spawn()?, scan: self.secret_scan(None) })
     }
 
     /// The non-default rules of a listener, as ELBv2 describes them.

@@ -107,3 +107,44 @@ async fn a_server_in_run_collects_the_nodes_of_dead_instances() {
         "a server in run deletes both Nodes; live and foreign Nodes are kept",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_state_file_is_reported_as_corrupt() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let cp = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    let token = w.param(TOKEN).await.unwrap();
+    std::fs::write(cp.path(k3s_asg_agent::state::STATE_PATH), "{\"instance_id\": \"i-trunc").unwrap();
+    let status = w.agent(&cp, &["status"]).await.unwrap();
+    assert_eq!(status.code, 1, "{}", status.stderr);
+    assert!(status.stderr.contains("corrupt") && !status.stdout.contains("has not run"), "{}\n{}", status.stdout, status.stderr);
+    // The agent itself keeps it aside and goes on (every step looks before it acts).
+    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    assert!(cp.file("/var/lib/k3s-asg/state.json.corrupt").is_some());
+    // It went on as the member its k3s is (its config), never as a newcomer that recovers.
+    assert_eq!(w.param(TOKEN).await.unwrap(), token, "the cluster's token is untouched");
+    assert!(w.param("/k3s-asg/clusters/alpha/election/2").await.unwrap().is_none(), "no recovery election");
+    assert_eq!(state(&cp).phase, k3s_asg_agent::state::Phase::Ready);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_takes_the_default_region_and_stops_on_sigterm() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    w.create_alb(443, 100).await.unwrap();
+    // No AWS_REGION: AWS_DEFAULT_REGION is the SDK's next choice.
+    w.coordinator_env.insert("AWS_REGION".into(), String::new());
+    w.coordinator_env.insert("AWS_DEFAULT_REGION".into(), k3s_asg_testbed::world::REGION.into());
+    ok(&w.coordinator(&["plan"]).await.unwrap());
+    w.recorder.clear();
+    let run = w.spawn_coordinator(&["run", "--interval", "3600"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !w.recorder.calls_by("AKIACOORDINATOR").iter().any(|c| c.operation == "DescribeRules") {
+        assert!(Instant::now() < deadline, "the coordinator never reconciled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    run.sigterm();
+    let out = run.wait(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
