@@ -59,6 +59,11 @@ pub struct Cli {
     /// election (restore the newest etcd snapshot, or start a new cluster without one).
     #[arg(long, env = "K3S_ASG_RECOVERY_GRACE", default_value_t = 180, global = true)]
     recovery_grace: u64,
+    /// Days after which a server replaces the published admin kubeconfig with its own (when
+    /// they differ): k3s's client certificates last 365 days and k3s renews a server's own
+    /// within 90 days of expiry.
+    #[arg(long, env = "K3S_ASG_KUBECONFIG_MAX_AGE_DAYS", default_value_t = 275, global = true)]
+    kubeconfig_max_age_days: u64,
     /// What to do on an EC2 rebalance recommendation: `ignore` or `leave`.
     #[arg(long, env = "K3S_ASG_ON_REBALANCE", default_value = "ignore", global = true, value_parser = ["ignore", "leave"])]
     on_rebalance: String,
@@ -124,6 +129,7 @@ fn config(cli: &Cli) -> Result<AgentConfig> {
         quorum_timeout: Duration::from_secs(cli.quorum_timeout),
         election_lease: Duration::from_secs(cli.election_lease),
         recovery_grace: Duration::from_secs(cli.recovery_grace),
+        kubeconfig_max_age: Duration::from_secs(cli.kubeconfig_max_age_days * 86_400),
         token_check: Duration::from_secs(cli.token_check.max(1)),
         ..AgentConfig::default()
     })

@@ -24,6 +24,8 @@ pub struct AgentConfig {
     /// The first-server election's lease: a winner that has neither secured the token nor
     /// renewed its record for this long, and on which no k3s answers, is replaced.
     pub election_lease: Duration,
+    /// Age of the published admin kubeconfig after which a server replaces it with its own.
+    pub kubeconfig_max_age: Duration,
     /// How long a server sees no live server and none that could come up before it recovers.
     pub recovery_grace: Duration,
     /// How often a server in `run` checks that the token parameter still holds its cluster's token.
@@ -44,6 +46,7 @@ impl Default for AgentConfig {
             election_lease: Duration::from_secs(300),
             token_check: Duration::from_secs(60),
             recovery_grace: Duration::from_secs(180),
+            kubeconfig_max_age: Duration::from_secs(275 * 86_400),
         }
     }
 }

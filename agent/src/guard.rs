@@ -145,3 +145,28 @@ pub async fn collect_ghosts(fx: &Effects, me: &str) -> Result<Vec<String>> {
     }
     Ok(ghosts)
 }
+
+/// Replaces the published admin kubeconfig with this server's when the published one is older
+/// than `max_age` (k3s's client certificates last a year, and k3s renews a server's own within
+/// 90 days of expiry, when it restarts) and this server's differs. Once replaced, it is young
+/// again: servers with different certificates do not take turns.
+pub async fn refresh_admin_kubeconfig(cfg: &AgentConfig, fx: &Effects, cluster: &str, api_hostname: &str) -> Result<bool> {
+    let Some(k3s_yaml) = fx.fs.read(render::KUBECONFIG_PATH)? else {
+        return Ok(false);
+    };
+    let name = cfg.prefix.admin_kubeconfig(cluster);
+    let Some(published) = fx.parameters.get(std::slice::from_ref(&name)).await?.remove(&name) else {
+        return Ok(false);
+    };
+    let age = published.modified.and_then(|t| std::time::SystemTime::now().duration_since(t).ok()).unwrap_or_default();
+    if age < cfg.kubeconfig_max_age {
+        return Ok(false);
+    }
+    let mine = Secret::new(render::admin_kubeconfig(&k3s_yaml, api_hostname));
+    if mine == published.value {
+        return Ok(false);
+    }
+    fx.parameters.overwrite_secure(&name, &mine).await?;
+    tracing::info!(parameter = %name, age_days = age.as_secs() / 86_400, "replaced the published admin kubeconfig with this server's (its client certificate was getting old)");
+    Ok(true)
+}

@@ -325,7 +325,7 @@ impl Joining<'_> {
                 _ => fx.parameters.overwrite_secure(&name, &t).await?,
             }
             tracing::info!(parameter = %name, election = epoch, "wrote this server's election token");
-            self.d.params.insert(name.clone(), Param { value: t, secure: true });
+            self.d.params.insert(name.clone(), Param { value: t, secure: true, modified: None });
             self.st.step(&fx.fs, StepName::TokenWritten)?;
         }
         self.st.mode = Some(Mode::ClusterInit);

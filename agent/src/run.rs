@@ -145,7 +145,7 @@ async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::
     tracing::info!("joined; watching for SIGTERM, lifecycle and spot notices");
     let st = State::load(&fx.fs)?;
     let server = st.as_ref().and_then(|s| s.role).is_some_and(|r| r.is_server());
-    let me = st.map(|s| s.instance_id).unwrap_or_default();
+    let (me, cluster, api_hostname) = st.map(|s| (s.instance_id, s.cluster, s.api_hostname)).unwrap_or_default();
     let mut last_guard = std::time::Instant::now();
     loop {
         tokio::select! {
@@ -158,6 +158,11 @@ async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::
                     }
                     if let Err(e) = crate::guard::collect_ghosts(fx, &me).await {
                         tracing::warn!(error = %e, "could not collect the Nodes of dead instances; will retry");
+                    }
+                    if let Some(host) = api_hostname.as_deref() {
+                        if let Err(e) = crate::guard::refresh_admin_kubeconfig(cfg, fx, &cluster, host).await {
+                            tracing::warn!(error = %e, "could not check the published admin kubeconfig; will retry");
+                        }
                     }
                 } else if !server && last_guard.elapsed() >= cfg.token_check {
                     last_guard = std::time::Instant::now();

@@ -148,3 +148,45 @@ async fn the_coordinator_takes_the_default_region_and_stops_on_sigterm() {
     let out = run.wait(Duration::from_secs(30)).await.unwrap();
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_admin_kubeconfig_is_replaced_by_a_servers_own() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let a = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&a, &["join"]).await.unwrap());
+    let b = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&b, &["join"]).await.unwrap());
+    let admin = "/k3s-asg/clusters/alpha/kubeconfig/admin";
+    let published = w.param(admin).await.unwrap().unwrap();
+    // Young: b leaves a's kubeconfig alone.
+    w.agent_env.insert("K3S_ASG_TOKEN_CHECK".into(), "1".into());
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let run = w.spawn_agent(&b, &["run"]).unwrap();
+    // Two guard rounds after its join: the admin kubeconfig was looked at (and kept).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let admin_reads = || {
+        let calls = w.recorder.calls_by(&b.access_key());
+        let registered = calls.iter().find(|c| c.operation == "DescribeTargetHealth" && c.at_ms > since).map(|c| c.at_ms).unwrap_or(u128::MAX);
+        calls.iter().filter(|c| c.operation == "GetParameters" && c.at_ms > registered).count()
+    };
+    while admin_reads() < 4 {
+        assert!(Instant::now() < deadline, "the guard did not run");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    run.sigterm();
+    ok(&run.wait(Duration::from_secs(30)).await.unwrap());
+    assert_eq!(w.param(admin).await.unwrap().unwrap(), published, "a young kubeconfig is kept");
+    // Old (max age 0 days here): b's own replaces it, once.
+    w.agent_env.insert("K3S_ASG_KUBECONFIG_MAX_AGE_DAYS".into(), "0".into());
+    let run = w.spawn_agent(&b, &["run"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.param(admin).await.unwrap().unwrap() == published {
+        assert!(Instant::now() < deadline, "the old kubeconfig was not replaced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    run.sigterm();
+    ok(&run.wait(Duration::from_secs(30)).await.unwrap());
+    let replaced = w.param(admin).await.unwrap().unwrap();
+    assert!(replaced.contains("server: https://api.alpha.us-east-1.example.com:6443"), "still the API name");
+}

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 pub struct Param {
     pub value: Secret,
     pub secure: bool,
+    /// When it was last written (SSM's clock), where SSM says.
+    pub modified: Option<std::time::SystemTime>,
 }
 
 #[async_trait]
@@ -62,7 +64,8 @@ impl Parameters for Ssm {
             for p in resp.parameters() {
                 if let (Some(name), Some(value)) = (p.name(), p.value()) {
                     let secure = p.r#type() == Some(&ParameterType::SecureString);
-                    out.insert(name.to_string(), Param { value: Secret::new(value), secure });
+                    let modified = p.last_modified_date().and_then(|d| std::time::SystemTime::try_from(*d).ok());
+                    out.insert(name.to_string(), Param { value: Secret::new(value), secure, modified });
                 }
             }
         }
