@@ -8,6 +8,7 @@ use crate::effects::Effects;
 use crate::error::{Error, Result};
 use k3s_asg_aws::imds::{Identity, IDENTITY_PATHS};
 use k3s_asg_aws::names::check_cluster_name;
+use k3s_asg_aws::node_template::{NodeTemplate, GROUP_NAME_TAG};
 use k3s_asg_aws::spec::ClusterSpec;
 use k3s_asg_aws::tags::Role;
 use std::collections::BTreeMap;
@@ -52,6 +53,12 @@ pub struct Discovery {
     /// The parameters read (absent ones left out).
     pub params: BTreeMap<String, Param>,
     pub spec: ClusterSpec,
+    /// The Auto Scaling group the instance belongs to (its `aws:autoscaling:groupName` tag).
+    pub group: Option<String>,
+    /// IMDS `instance-type`, when IMDS tells.
+    pub instance_type: Option<String>,
+    /// The Cluster Autoscaler's node template from the group's tags (join only).
+    pub template: NodeTemplate,
 }
 
 impl Discovery {
@@ -62,7 +69,9 @@ impl Discovery {
 
 pub async fn discover(cfg: &AgentConfig, fx: &Effects, purpose: Purpose) -> Result<Discovery> {
     let id = identity(fx).await?;
-    let (cluster, role) = cluster_and_role(cfg, fx, &id.instance_id).await?;
+    let tags = instance_tags(cfg, fx, &id.instance_id).await?;
+    let (cluster, role) = cluster_and_role(cfg, &tags, &id.instance_id)?;
+    let group = tags.get(GROUP_NAME_TAG).map(|g| g.trim().to_string()).filter(|g| !g.is_empty());
     let names = Names::new(cfg, &cluster);
     let wanted = match purpose {
         Purpose::Join if role.is_server() => vec![names.config.clone(), names.token.clone(), names.drain.clone(), names.admin.clone()],
@@ -82,7 +91,16 @@ pub async fn discover(cfg: &AgentConfig, fx: &Effects, purpose: Purpose) -> Resu
             }
         }
     }
-    Ok(Discovery { id, cluster, role, names, params, spec })
+    let (mut instance_type, mut template) = (None, NodeTemplate::default());
+    if purpose == Purpose::Join {
+        instance_type = fx.metadata.get("instance-type").await?.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        if let Some(g) = &group {
+            let group_tags = fx.lifecycle.group_tags(g).await?;
+            template = k3s_asg_aws::node_template::from_tags(&group_tags)
+                .map_err(|e| Error::bad_input("read the Auto Scaling group's node-template tags", format!("group {g} tag {:?}", e.tag), e.problem))?;
+        }
+    }
+    Ok(Discovery { id, cluster, role, names, params, spec, group, instance_type, template })
 }
 
 /// Who and where this instance is, from IMDS. Everything here is input the agent cannot
@@ -97,18 +115,18 @@ pub async fn identity(fx: &Effects) -> Result<Identity> {
         .map_err(|e| Error::bad_input("read instance metadata", format!("/latest/meta-data/{}", e.path), e.problem))
 }
 
-/// Cluster and role from the instance tags: IMDS when instance metadata tags
-/// are on, else `ec2:DescribeTags`.
-pub async fn cluster_and_role(cfg: &AgentConfig, fx: &Effects, instance_id: &str) -> Result<(String, Role)> {
+/// The instance tags the agent uses (cluster, role, Auto Scaling group): IMDS when instance
+/// metadata tags are on, else `ec2:DescribeTags`.
+pub async fn instance_tags(cfg: &AgentConfig, fx: &Effects, instance_id: &str) -> Result<BTreeMap<String, String>> {
     let keys = &cfg.tag_keys;
-    let tags: BTreeMap<String, String> = match fx.metadata.get("tags/instance").await? {
+    Ok(match fx.metadata.get("tags/instance").await? {
         Some(listing) => {
             let mut tags = BTreeMap::new();
             let present = k3s_asg_aws::imds::tag_keys(&listing);
-            for key in [&keys.cluster, &keys.role] {
-                if present.contains(&key.as_str()) {
+            for key in [keys.cluster.as_str(), keys.role.as_str(), GROUP_NAME_TAG] {
+                if present.contains(&key) {
                     if let Some(v) = fx.metadata.get(&format!("tags/instance/{key}")).await? {
-                        tags.insert(key.clone(), v);
+                        tags.insert(key.to_string(), v);
                     }
                 }
             }
@@ -118,7 +136,12 @@ pub async fn cluster_and_role(cfg: &AgentConfig, fx: &Effects, instance_id: &str
             tracing::info!("instance metadata tags are off; reading tags through ec2:DescribeTags");
             fx.instances.tags(instance_id).await?
         }
-    };
+    })
+}
+
+/// Cluster and role from the instance tags.
+pub fn cluster_and_role(cfg: &AgentConfig, tags: &BTreeMap<String, String>, instance_id: &str) -> Result<(String, Role)> {
+    let keys = &cfg.tag_keys;
     let get = |key: &String| {
         tags.get(key)
             .map(|v| v.trim().to_string())

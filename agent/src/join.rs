@@ -716,6 +716,8 @@ impl Joining<'_> {
             token: token.expose(),
             server_url,
             spec: &d.spec,
+            instance_type: d.instance_type.as_deref(),
+            template: &d.template,
         });
         let config_changed = fx.fs.write_if_changed(render::CONFIG_PATH, &config, 0o600)?;
         let unit_path = render::unit_path(d.role);

@@ -1,6 +1,7 @@
 //! Files rendered as values first; `join` writes them. Golden-tested.
 
 use crate::plan::Mode;
+use k3s_asg_aws::node_template::NodeTemplate;
 use k3s_asg_aws::spec::{is_list_key, ClusterSpec, SnapshotSpec};
 use k3s_asg_aws::tags::Role;
 use serde_json::Value;
@@ -38,6 +39,10 @@ pub struct ConfigInputs<'a> {
     /// `https://IP:6443` of a live server; `None` for cluster-init.
     pub server_url: Option<&'a str>,
     pub spec: &'a ClusterSpec,
+    /// IMDS `instance-type` (the `node.kubernetes.io/instance-type` label).
+    pub instance_type: Option<&'a str>,
+    /// The Cluster Autoscaler's node template of the instance's group.
+    pub template: &'a NodeTemplate,
 }
 
 /// Renders `/etc/rancher/k3s/config.yaml`.
@@ -61,12 +66,29 @@ pub fn render_config(i: &ConfigInputs<'_>) -> String {
         Role::ControlPlane => &i.spec.k3s.server,
         Role::Node => &i.spec.k3s.agent,
     };
+    // AWS node identity: the providerID the Cluster Autoscaler's AWS provider matches
+    // (aws:///<zone>/<instance-id>), the zone, region and instance-type labels, and the group's
+    // node-template labels and taints. k3s's own cloud controller is off on servers (it would
+    // set k3s://<node>); with it off, k3s does not give kubelet --cloud-provider=external, so
+    // no Node waits for an uninitialized taint to be lifted.
+    let mut labels = vec![format!("topology.kubernetes.io/region={}", i.region), format!("topology.kubernetes.io/zone={}", i.zone)];
+    if let Some(t) = i.instance_type {
+        labels.push(format!("node.kubernetes.io/instance-type={t}"));
+    }
+    labels.extend(i.template.labels.iter().cloned());
     let mut lists: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    lists.insert("node-label".into(), vec![format!("topology.kubernetes.io/region={}", i.region), format!("topology.kubernetes.io/zone={}", i.zone)]);
+    lists.insert("node-label".into(), labels);
+    lists.insert("kubelet-arg".into(), vec![format!("provider-id=aws:///{}/{}", i.zone, i.instance_id)]);
+    if !i.template.taints.is_empty() {
+        lists.insert("node-taint".into(), i.template.taints.clone());
+    }
     if i.role.is_server() {
         lists.insert("tls-san".into(), vec![i.spec.api.hostname.clone()]);
     }
     let mut scalars: BTreeMap<String, String> = BTreeMap::new();
+    if i.role.is_server() {
+        scalars.insert("disable-cloud-controller".into(), "true".into());
+    }
     for (key, value) in extra {
         if is_list_key(key) {
             let entry = lists.entry(key.clone()).or_default();
@@ -75,8 +97,15 @@ pub fn render_config(i: &ConfigInputs<'_>) -> String {
                 Value::String(s) => vec![s.clone()],
                 _ => vec![],
             };
+            // The group's node template wins over the cluster-wide spec for a label or taint key:
+            // the node that joins is the node the autoscaler predicted.
+            let templated = |item: &str| match key.as_str() {
+                "node-label" => i.template.labels.iter().any(|l| label_key(l) == label_key(item)),
+                "node-taint" => i.template.taints.iter().any(|t| taint_key(t) == taint_key(item)),
+                _ => false,
+            };
             for item in items {
-                if !entry.contains(&item) {
+                if !entry.contains(&item) && !templated(&item) {
                     entry.push(item);
                 }
             }
@@ -102,6 +131,17 @@ pub fn render_config(i: &ConfigInputs<'_>) -> String {
         }
     }
     out
+}
+
+/// `key` of a `key=value` label.
+fn label_key(label: &str) -> &str {
+    label.split_once('=').map_or(label, |(k, _)| k)
+}
+
+/// `key` and effect of a `key=value:Effect` or `key:Effect` taint.
+fn taint_key(taint: &str) -> (&str, &str) {
+    let (rest, effect) = taint.rsplit_once(':').unwrap_or((taint, ""));
+    (label_key(rest), effect)
 }
 
 /// A scalar string key of a rendered config.yaml (`token`, `server`), as `render_config` wrote it.
@@ -278,6 +318,9 @@ mod tests {
         assert_eq!(actual, expected, "{} differs from the rendered text", path.display());
     }
 
+    static TEMPLATE: std::sync::LazyLock<NodeTemplate> =
+        std::sync::LazyLock::new(|| NodeTemplate { labels: vec!["pool=arm".into()], taints: vec!["arch=arm64:NoSchedule".into()] });
+
     fn spec() -> ClusterSpec {
         ClusterSpec::parse(
             "/k3s-asg/clusters/alpha/config",
@@ -300,6 +343,8 @@ mod tests {
             token: "K10aaaa::server:pw",
             server_url: server,
             spec,
+            instance_type: Some("m7g.large"),
+            template: &TEMPLATE,
         }
     }
 

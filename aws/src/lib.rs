@@ -14,6 +14,7 @@ pub mod error;
 pub mod imds;
 pub mod k3s_flags;
 pub mod names;
+pub mod node_template;
 pub mod params;
 pub mod records;
 #[cfg(feature = "sdk")]

@@ -158,6 +158,7 @@ pub const AGENT_OWNED_KEYS: &[&str] = &[
     "cluster-init",
     "cluster-reset",
     "cluster-reset-restore-path",
+    "disable-cloud-controller",
     "agent-token",
     "agent-token-file",
     "data-dir",

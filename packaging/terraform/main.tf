@@ -65,6 +65,8 @@ module "cluster" {
   snapshot_folder              = var.snapshot_folder
   snapshot_region              = var.snapshot_region
   create_snapshot_bucket       = var.create_snapshot_bucket
+  node_template_labels         = var.node_template_labels
+  node_template_taints         = var.node_template_taints
 }
 
 # This example used to be one flat module; its resources moved into ./cluster and ./region.

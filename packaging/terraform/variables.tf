@@ -152,3 +152,15 @@ variable "create_snapshot_bucket" {
   type        = bool
   default     = false
 }
+
+variable "node_template_labels" {
+  description = "Labels of the node group's instances, as Cluster Autoscaler node-template tags on the group (the agent renders them as k3s node-label)."
+  type        = map(string)
+  default     = {}
+}
+
+variable "node_template_taints" {
+  description = "Taints of the node group's instances (key => \"value:Effect\"), as Cluster Autoscaler node-template tags (the agent renders them as k3s node-taint)."
+  type        = map(string)
+  default     = {}
+}

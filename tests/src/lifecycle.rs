@@ -18,6 +18,8 @@ pub struct AsgState {
     pub hooks: BTreeMap<String, Vec<(String, String, u64)>>,
     /// (action, instance id, hook, result) in arrival order.
     pub actions: Vec<(String, String, String, String)>,
+    /// group → its tags.
+    pub group_tags: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 #[derive(Clone)]
@@ -50,6 +52,11 @@ impl LifecycleDouble {
                 ("drain".into(), "autoscaling:EC2_INSTANCE_TERMINATING".into(), heartbeat_s),
             ],
         );
+    }
+
+    /// Sets an Auto Scaling group's tags (what `DescribeTags` answers for it).
+    pub fn set_group_tags(&self, group: &str, tags: &[(&str, &str)]) {
+        self.state.lock().unwrap().group_tags.insert(group.into(), tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
     }
 
     pub fn set_state(&self, instance: &str, lifecycle_state: &str) {
@@ -123,6 +130,21 @@ async fn handle(State(state): State<Arc<Mutex<AsgState>>>, body: String) -> Resp
             }
             xml(&action, &format!("<AutoScalingInstances>{members}</AutoScalingInstances>"))
         }
+        "DescribeTags" => {
+            // Filters.member.1.Name=auto-scaling-group, Filters.member.1.Values.member.N=group
+            let groups: Vec<&String> = f.iter().filter(|(k, _)| k.starts_with("Filters.member.1.Values.member.")).map(|(_, v)| v).collect();
+            let mut members = String::new();
+            for g in groups {
+                for (k, v) in s.group_tags.get(g).cloned().unwrap_or_default() {
+                    members.push_str(&format!(
+                        "<member><ResourceId>{g}</ResourceId><ResourceType>auto-scaling-group</ResourceType><Key>{}</Key><Value>{}</Value><PropagateAtLaunch>false</PropagateAtLaunch></member>",
+                        xml_escape(&k),
+                        xml_escape(&v)
+                    ));
+                }
+            }
+            xml(&action, &format!("<Tags>{members}</Tags>"))
+        }
         "DescribeLifecycleHooks" => {
             let group = f.get("AutoScalingGroupName").cloned().unwrap_or_default();
             let mut members = String::new();
@@ -152,4 +174,8 @@ async fn handle(State(state): State<Arc<Mutex<AsgState>>>, body: String) -> Resp
         }
         other => error("InvalidAction", &format!("the lifecycle double does not implement {other}")),
     }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }

@@ -351,6 +351,7 @@ impl World {
         std::os::unix::fs::symlink(&root, self.dir.path().join("hosts").join(&ip))?;
         let values: BTreeMap<String, String> = [
             ("instance-id", id.clone()),
+            ("instance-type", "t3.medium".to_string()),
             ("placement/region", REGION.to_string()),
             ("placement/availability-zone", format!("{REGION}a")),
             ("local-ipv4", ip.clone()),

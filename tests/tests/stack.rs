@@ -190,3 +190,22 @@ async fn an_old_admin_kubeconfig_is_replaced_by_a_servers_own() {
     let replaced = w.param(admin).await.unwrap().unwrap();
     assert!(replaced.contains("server: https://api.alpha.us-east-1.example.com:6443"), "still the API name");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_waiting_in_a_warm_pool_extends_the_start_timeout() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let node = w.launch("alpha", "node").await.unwrap();
+    node.imds.set("autoscaling/target-lifecycle-state", Some("Warmed:Running"));
+    // systemd's notify socket, as a Type=notify unit gets it.
+    let path = w.dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
+    w.agent_env.insert("NOTIFY_SOCKET".into(), path.display().to_string());
+    let agent = w.spawn_agent(&node, &["run"]).unwrap();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(20), socket.recv(&mut buf)).await.expect("no notification").unwrap();
+    assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), "EXTEND_TIMEOUT_USEC=60000000");
+    assert!(node.file("/etc/rancher/k3s/config.yaml").is_none(), "nothing configured while warmed");
+    agent.sigterm();
+    let _ = agent.wait(Duration::from_secs(30)).await.unwrap();
+}

@@ -26,6 +26,8 @@ pub trait Lifecycle: Send + Sync {
     /// The hook waiting on this instance, if it is in `Terminating:Wait`.
     async fn waiting_hook(&self, instance_id: &str) -> Result<Option<WaitingHook>>;
     async fn heartbeat(&self, hook: &WaitingHook, instance_id: &str) -> Result<()>;
+    /// An Auto Scaling group's tags (`autoscaling:DescribeTags`).
+    async fn group_tags(&self, group: &str) -> Result<std::collections::BTreeMap<String, String>>;
     /// Which of `ids` their Auto Scaling group is terminating (`Terminating*` lifecycle states).
     async fn terminating(&self, ids: &[String]) -> Result<std::collections::BTreeSet<String>>;
     async fn complete(&self, hook: &WaitingHook, instance_id: &str) -> Result<()>;
@@ -68,6 +70,21 @@ impl Lifecycle for AutoScaling {
                 global_timeout_s: global_timeout(heartbeat_timeout_s, h.global_timeout().map(|g| g.max(1) as u64)),
             }
         }))
+    }
+
+    async fn group_tags(&self, group: &str) -> Result<std::collections::BTreeMap<String, String>> {
+        let mut out = std::collections::BTreeMap::new();
+        let filter = aws_sdk_autoscaling::types::Filter::builder().name("auto-scaling-group").values(group).build();
+        let mut pages = self.0.describe_tags().filters(filter).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| Error::sdk("read the group's tags (autoscaling:DescribeTags)", group, e))?;
+            for t in page.tags() {
+                if let (Some(k), Some(v)) = (t.key(), t.value()) {
+                    out.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn terminating(&self, ids: &[String]) -> Result<std::collections::BTreeSet<String>> {

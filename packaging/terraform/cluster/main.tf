@@ -343,6 +343,23 @@ resource "aws_autoscaling_group" "role" {
     value               = each.key
     propagate_at_launch = true
   }
+
+  # Cluster Autoscaler auto-discovery (--node-group-auto-discovery=asg:tag=k8s.io/cluster-autoscaler/enabled,k8s.io/cluster-autoscaler/<cluster>)
+  # on the node group, and its scale-from-zero template: the agent renders the same
+  # node-template labels and taints into k3s on each instance of the group. Never propagated:
+  # with instance tags in instance metadata on, an instance tag key may not contain "/".
+  dynamic "tag" {
+    for_each = each.key == "node" ? merge(
+      { "k8s.io/cluster-autoscaler/enabled" = "true", "k8s.io/cluster-autoscaler/${var.cluster}" = "owned" },
+      { for k, v in var.node_template_labels : "k8s.io/cluster-autoscaler/node-template/label/${k}" => v },
+      { for k, v in var.node_template_taints : "k8s.io/cluster-autoscaler/node-template/taint/${k}" => v },
+    ) : {}
+    content {
+      key                 = tag.key
+      value               = tag.value
+      propagate_at_launch = false
+    }
+  }
 }
 
 # The region's coordinator hears about this cluster's groups, and only these: launches,

@@ -135,3 +135,15 @@ variable "create_snapshot_bucket" {
   type        = bool
   default     = false
 }
+
+variable "node_template_labels" {
+  description = "Labels of the node group's instances (Kubernetes label key => value), as Cluster Autoscaler node-template tags on the group; the agent renders them as k3s node-label, so scale-from-zero predicts the node that joins."
+  type        = map(string)
+  default     = {}
+}
+
+variable "node_template_taints" {
+  description = "Taints of the node group's instances (key => \"value:Effect\", Effect one of NoSchedule, PreferNoSchedule, NoExecute), as Cluster Autoscaler node-template tags; the agent renders them as k3s node-taint."
+  type        = map(string)
+  default     = {}
+}

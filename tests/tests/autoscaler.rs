@@ -1,0 +1,91 @@
+//! The Cluster Autoscaler sees AWS nodes (issue 16): providerID aws:///<zone>/<id>, the
+//! instance-type label, k3s's cloud controller off on servers, and the group's node-template
+//! tags rendered as the instance's labels and taints, with one AWS call more per join.
+
+use k3s_asg_testbed::check::ok;
+use k3s_asg_testbed::world::{Instance, World};
+use std::collections::BTreeMap;
+
+const GROUP: &str = "alpha-gpu-nodes";
+
+/// Puts the instance in an Auto Scaling group as IMDS instance tags show it.
+fn in_group(inst: &Instance, group: &str) {
+    let tags: BTreeMap<String, String> = [("Cluster", inst.cluster.as_str()), ("Role", inst.role.as_str()), ("aws:autoscaling:groupName", group)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    inst.imds.set_tags(Some(tags));
+}
+
+fn config(inst: &Instance) -> String {
+    inst.file("/etc/rancher/k3s/config.yaml").unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_carry_aws_identity_and_their_groups_template() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let cp = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    let server = config(&cp);
+    assert!(server.contains("disable-cloud-controller: true\n"), "{server}");
+    assert!(server.contains(&format!("  - \"provider-id=aws:///us-east-1a/{}\"", cp.id)), "{server}");
+    assert!(server.contains("  - \"node.kubernetes.io/instance-type=t3.medium\""), "{server}");
+
+    w.asg.set_group_tags(
+        GROUP,
+        &[
+            ("k8s.io/cluster-autoscaler/enabled", "true"),
+            ("k8s.io/cluster-autoscaler/node-template/label/nvidia.com/gpu.present", "true"),
+            ("k8s.io/cluster-autoscaler/node-template/label/pool", "gpu"),
+            ("k8s.io/cluster-autoscaler/node-template/taint/nvidia.com/gpu", "true:NoSchedule"),
+        ],
+    );
+    let node = w.launch("alpha", "node").await.unwrap();
+    in_group(&node, GROUP);
+    w.recorder.clear();
+    ok(&w.agent(&node, &["join"]).await.unwrap());
+    let cfg = config(&node);
+    for line in [
+        format!("  - \"provider-id=aws:///us-east-1a/{}\"", node.id),
+        "  - \"node.kubernetes.io/instance-type=t3.medium\"".to_string(),
+        "  - \"nvidia.com/gpu.present=true\"".to_string(),
+        "  - \"pool=gpu\"".to_string(),
+        "node-taint:\n  - \"nvidia.com/gpu=true:NoSchedule\"".to_string(),
+    ] {
+        assert!(cfg.contains(&line), "{line:?} missing from:\n{cfg}");
+    }
+    assert!(!cfg.contains("disable-cloud-controller"), "a server key never reaches a node");
+    let tag_reads = w.recorder.calls_by(&node.access_key()).iter().filter(|c| c.operation == "DescribeTags").count();
+    assert_eq!(tag_reads, 1, "one autoscaling:DescribeTags per join");
+    k3s_asg_testbed::reliability::held(
+        "Autoscaler",
+        "a node of a group with node-template label and taint tags joins",
+        1,
+        "providerID aws:///zone/id, instance-type label, the group's labels and taints in config.yaml; one DescribeTags",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_template_tag_is_bad_input_and_nothing_starts() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let cp = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    w.asg.set_group_tags(GROUP, &[("k8s.io/cluster-autoscaler/node-template/taint/dedicated", "gpu")]);
+    let node = w.launch("alpha", "node").await.unwrap();
+    in_group(&node, GROUP);
+    let run = w.agent(&node, &["join"]).await.unwrap();
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("k8s.io/cluster-autoscaler/node-template/taint/dedicated") && run.stderr.contains("no effect"), "{}", run.stderr);
+    assert!(node.file("/etc/rancher/k3s/config.yaml").is_none(), "nothing rendered");
+    assert!(node.stub_calls().is_empty(), "nothing started: {:?}", node.stub_calls());
+
+    // A spec may not turn k3s's cloud controller back on behind the agent's back.
+    let mut spec = w.default_spec(&w.clusters["alpha"]);
+    spec["k3s"]["server"]["disable-cloud-controller"] = serde_json::json!(false);
+    w.put_spec("alpha", &spec.to_string()).await.unwrap();
+    let run = w.agent(&cp, &["join"]).await.unwrap();
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("k3s.server.disable-cloud-controller"), "{}", run.stderr);
+}
