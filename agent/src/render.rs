@@ -370,6 +370,16 @@ mod tests {
     }
 
     #[test]
+    fn config_agent_outside_a_tagged_group() {
+        let s = spec();
+        let empty = NodeTemplate::default();
+        let mut i = inputs(&s, Role::Node, Mode::Join, Some("https://10.0.1.5:6443"));
+        i.template = &empty;
+        i.instance_type = None;
+        golden("config-agent-no-group.yaml", &render_config(&i));
+    }
+
+    #[test]
     fn config_agent() {
         let s = spec();
         golden("config-agent.yaml", &render_config(&inputs(&s, Role::Node, Mode::Join, Some("https://10.0.1.5:6443"))));

@@ -67,6 +67,11 @@ module "cluster" {
   create_snapshot_bucket       = var.create_snapshot_bucket
   node_template_labels         = var.node_template_labels
   node_template_taints         = var.node_template_taints
+  # A Spot node group beside the On-Demand one, tagged for the Cluster Autoscaler with a label
+  # and a taint (spot_nodes = null: none). Its default starts empty (min 0): nothing runs, and
+  # nothing is paid, until the autoscaler scales it up for pods that tolerate the taint.
+  spot_nodes                          = var.spot_nodes
+  cluster_autoscaler_on_control_plane = var.cluster_autoscaler_on_control_plane
 }
 
 # This example used to be one flat module; its resources moved into ./cluster and ./region.

@@ -11,6 +11,11 @@ output "auto_scaling_groups" {
   value = module.cluster.auto_scaling_groups
 }
 
+output "cluster_autoscaler_policy" {
+  description = "The Cluster Autoscaler's IAM policy for this cluster (packaging/iam/cluster-autoscaler-policy.json, rendered)."
+  value       = module.cluster.cluster_autoscaler_policy
+}
+
 output "alb_dns_name" {
   value = module.region.alb_dns_name
 }

@@ -164,3 +164,22 @@ variable "node_template_taints" {
   type        = map(string)
   default     = {}
 }
+
+variable "spot_nodes" {
+  description = "The Spot node group (README \"The Cluster Autoscaler and other AWS-aware tools\"): min, max, instance types of the same vCPU and memory and of the AMI's architecture, and optionally labels and taints (default node.kubernetes.io/lifecycle=spot, spot=true:PreferNoSchedule); null: none."
+  type = object({
+    min            = number
+    max            = number
+    instance_types = list(string)
+    labels         = optional(map(string), { "node.kubernetes.io/lifecycle" = "spot" })
+    taints         = optional(map(string), { spot = "true:PreferNoSchedule" })
+  })
+  # 2 vCPU and 8 GiB each, like the default instance_type t3.large (x86_64).
+  default = { min = 0, max = 3, instance_types = ["t3.large", "t3a.large", "m5.large", "m5a.large", "m6i.large", "m6a.large"] }
+}
+
+variable "cluster_autoscaler_on_control_plane" {
+  description = "Give the control plane's instance role packaging/iam/cluster-autoscaler-policy.json, for a Cluster Autoscaler run on the servers; false: attach the cluster_autoscaler_policy output to a role of your own."
+  type        = bool
+  default     = false
+}

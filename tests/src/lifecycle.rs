@@ -156,6 +156,22 @@ async fn handle(State(state): State<Arc<Mutex<AsgState>>>, body: String) -> Resp
             }
             xml(&action, &format!("<LifecycleHooks>{members}</LifecycleHooks>"))
         }
+        // The Cluster Autoscaler's scale-down: the instance goes to Terminating:Wait behind the
+        // group's terminating hook (IMDS then says Terminated: the test sets that).
+        "TerminateInstanceInAutoScalingGroup" => {
+            let id = f.get("InstanceId").cloned().unwrap_or_default();
+            let decrement = f.get("ShouldDecrementDesiredCapacity").cloned().unwrap_or_default();
+            let Some((group, _)) = s.instances.get(&id).cloned() else {
+                return error("ValidationError", &format!("Instance Id not found - No managed instance found for instance ID: {id}"));
+            };
+            let hooked = s.hooks.get(&group).is_some_and(|h| h.iter().any(|(_, t, _)| t == "autoscaling:EC2_INSTANCE_TERMINATING"));
+            s.instances.get_mut(&id).unwrap().1 = if hooked { "Terminating:Wait".into() } else { "Terminating".into() };
+            s.actions.push((action.clone(), id.clone(), String::new(), format!("ShouldDecrementDesiredCapacity={decrement}")));
+            xml(
+                &action,
+                &format!("<Activity><ActivityId>double-{id}</ActivityId><AutoScalingGroupName>{group}</AutoScalingGroupName><Description>Terminating EC2 instance: {id}</Description><Cause>scale-down</Cause><StartTime>2026-11-29T00:00:00Z</StartTime><StatusCode>InProgress</StatusCode><Progress>0</Progress></Activity>"),
+            )
+        }
         "RecordLifecycleActionHeartbeat" | "CompleteLifecycleAction" => {
             let id = f.get("InstanceId").cloned().unwrap_or_default();
             let hook = f.get("LifecycleHookName").cloned().unwrap_or_default();

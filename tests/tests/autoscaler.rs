@@ -89,3 +89,50 @@ async fn a_bad_template_tag_is_bad_input_and_nothing_starts() {
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("k3s.server.disable-cloud-controller"), "{}", run.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscalers_scale_down_is_an_ordered_leave() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let tg = w.clusters["alpha"].target_group_arn.clone();
+    let cp = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    w.asg.set_group_tags(GROUP, &[("k8s.io/cluster-autoscaler/enabled", "true")]);
+    let node = w.launch("alpha", "node").await.unwrap();
+    in_group(&node, GROUP);
+    w.asg.add(&node.id, GROUP, "InService", 30);
+    let agent = w.spawn_agent(&node, &["run"]).unwrap();
+    k3s_asg_testbed::check::wait_for_phase(&node, k3s_asg_agent::state::Phase::Ready).await;
+    assert!(w.members(&tg).await.unwrap().contains(&node.id));
+    // The autoscaler's call, as its AWS provider makes it.
+    let creds = aws_sdk_autoscaling::config::Credentials::new("AKIAAUTOSCALER", "x", None, None, "testbed");
+    let conf = aws_sdk_autoscaling::config::Builder::new()
+        .behavior_version(aws_sdk_autoscaling::config::BehaviorVersion::latest())
+        .region(aws_sdk_autoscaling::config::Region::new(k3s_asg_testbed::world::REGION))
+        .endpoint_url(w.asg.url())
+        .credentials_provider(creds)
+        .build();
+    let asg = aws_sdk_autoscaling::Client::from_conf(conf);
+    asg.terminate_instance_in_auto_scaling_group().instance_id(&node.id).should_decrement_desired_capacity(true).send().await.unwrap();
+    node.imds.set("autoscaling/target-lifecycle-state", Some("Terminated"));
+    ok(&agent.wait(std::time::Duration::from_secs(60)).await.unwrap());
+    // Deregistered before the Node was deleted; the hook completed with CONTINUE.
+    let dereg = w.recorder.calls_by(&node.access_key()).into_iter().find(|c| c.operation == "DeregisterTargets").expect("deregistered").at_ms;
+    let deleted: u128 = node
+        .stub_calls()
+        .iter()
+        .find(|l| l.contains(&format!("delete node/{}", node.id)))
+        .and_then(|l| l.split('\t').next()?.parse().ok())
+        .expect("Node deleted");
+    assert!(dereg < deleted, "out of the target group first");
+    assert!(!w.members(&tg).await.unwrap().contains(&node.id));
+    let actions = w.asg.actions();
+    assert!(actions.iter().any(|(a, id, _, r)| a == "TerminateInstanceInAutoScalingGroup" && id == &node.id && r.contains("true")));
+    assert!(actions.iter().any(|(a, id, _, r)| a == "CompleteLifecycleAction" && id == &node.id && r == "CONTINUE"), "{actions:?}");
+    k3s_asg_testbed::reliability::held(
+        "Autoscaler",
+        "the Cluster Autoscaler scales a node down (TerminateInstanceInAutoScalingGroup, decrement)",
+        1,
+        "the lifecycle hook holds it; the agent deregisters, drains, deletes the Node, completes the hook",
+    );
+}

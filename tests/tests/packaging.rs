@@ -27,7 +27,7 @@ fn parliament_findings(policy: &str) -> Vec<serde_json::Value> {
 
 #[test]
 fn iam_policies_pass_parliament() {
-    for policy in ["agent-policy.json", "coordinator-policy.json", "control-plane-snapshots-policy.json"] {
+    for policy in ["agent-policy.json", "coordinator-policy.json", "control-plane-snapshots-policy.json", "cluster-autoscaler-policy.json"] {
         let findings = parliament_findings(policy);
         assert!(findings.is_empty(), "{policy}: {findings:#?}");
     }

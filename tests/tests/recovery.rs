@@ -59,11 +59,18 @@ fn write_marker(servers: &[Instance], marker: &str) {
     }
 }
 
-/// Every server dies at once: k3s stops answering and EC2 terminates the instances.
+/// Every server dies at once: k3s stops answering and EC2 terminates the instances. Returns
+/// once their scheduled-snapshot loops have stopped (none still uploading).
 async fn lose(w: &World, servers: &[Instance]) {
     for s in servers {
         let _ = std::fs::remove_file(s.path("/run/k3s-stub/active-k3s"));
         w.terminate(s).await.unwrap();
+    }
+    for s in servers {
+        let Some(pid) = s.file("/run/k3s-stub/snapshotter.pid") else { continue };
+        // Gone, or a zombie nobody has reaped yet.
+        let stopped = || std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"));
+        until("the dead server's snapshot loop to stop", stopped).await;
     }
 }
 

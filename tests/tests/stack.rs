@@ -204,7 +204,7 @@ async fn a_run_waiting_in_a_warm_pool_extends_the_start_timeout() {
     let agent = w.spawn_agent(&node, &["run"]).unwrap();
     let mut buf = [0u8; 256];
     let n = tokio::time::timeout(Duration::from_secs(20), socket.recv(&mut buf)).await.expect("no notification").unwrap();
-    assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), "EXTEND_TIMEOUT_USEC=60000000");
+    assert_eq!(std::str::from_utf8(&buf[..n]).unwrap().trim(), "EXTEND_TIMEOUT_USEC=60000000");
     assert!(node.file("/etc/rancher/k3s/config.yaml").is_none(), "nothing configured while warmed");
     agent.sigterm();
     let _ = agent.wait(Duration::from_secs(30)).await.unwrap();

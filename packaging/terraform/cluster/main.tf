@@ -1,9 +1,9 @@
 # One k3s-asg cluster: its security groups, the ingress target group, the SSM cluster spec, an
 # instance role per role, launch templates and Auto Scaling Groups with a terminating lifecycle
-# hook and instance refresh, the optional etcd snapshot bucket, and the EventBridge rule that
-# tells the region's coordinator about its groups. Use it once per cluster, beside one
-# ../region module per region. Adopting from the older Terraform modules: the Cluster/Role tags
-# are the same, so nothing is retagged.
+# hook and instance refresh (and an optional Spot node group), the optional etcd snapshot
+# bucket, and the EventBridge rule that tells the region's coordinator about its groups. Use it
+# once per cluster, beside one ../region module per region. Adopting from the older Terraform
+# modules: the Cluster/Role tags are the same, so nothing is retagged.
 
 terraform {
   required_version = ">= 1.5"
@@ -27,7 +27,38 @@ locals {
     "control-plane" = { min = var.control_plane_count, max = var.control_plane_count, ami = var.ami_id }
     "node"          = { min = var.node_min, max = var.node_max, ami = var.node_ami_id != "" ? var.node_ami_id : var.ami_id }
   }
-  group_names = { for role in keys(local.roles) : role => "${var.cluster}-${role}" }
+  # The Auto Scaling groups: one per role, and the optional Spot node group (spot_nodes), which
+  # launches from the node launch template (Role=node, the node instance profile) with a mixed
+  # instances policy. `labels`/`taints` become the Cluster Autoscaler's node-template tags of
+  # the autoscaled groups (the control plane is not one).
+  spot_groups = { for key, s in { "node-spot" = var.spot_nodes } : key => s if s != null }
+  groups = merge(
+    {
+      for role, r in local.roles : role => {
+        role           = role
+        min            = r.min
+        max            = r.max
+        spot           = false
+        instance_types = []
+        autoscaled     = role == "node"
+        labels         = role == "node" ? var.node_template_labels : {}
+        taints         = role == "node" ? var.node_template_taints : {}
+      }
+    },
+    {
+      for key, s in local.spot_groups : key => {
+        role           = "node"
+        min            = s.min
+        max            = s.max
+        spot           = true
+        instance_types = s.instance_types
+        autoscaled     = true
+        labels         = s.labels
+        taints         = s.taints
+      }
+    },
+  )
+  group_names = { for key in keys(local.groups) : key => "${var.cluster}-${key}" }
 
   # Names AWS limits in length (target groups 32, IAM roles and EventBridge rules 64): the readable
   # name when it fits, else its head and 8 hex digits of a hash of the whole name, so a long
@@ -285,7 +316,7 @@ resource "aws_launch_template" "role" {
 }
 
 resource "aws_autoscaling_group" "role" {
-  for_each            = local.roles
+  for_each            = local.groups
   name                = local.group_names[each.key]
   min_size            = each.value.min
   max_size            = each.value.max
@@ -293,13 +324,45 @@ resource "aws_autoscaling_group" "role" {
 
   # A version number, not "$Latest": a new template version (a new AMI) is then a change of
   # this group, and that change starts the instance refresh below.
-  launch_template {
-    id      = aws_launch_template.role[each.key].id
-    version = aws_launch_template.role[each.key].latest_version
+  dynamic "launch_template" {
+    for_each = each.value.spot ? [] : [aws_launch_template.role[each.value.role]]
+    content {
+      id      = launch_template.value.id
+      version = launch_template.value.latest_version
+    }
   }
 
-  # Rolling AMI upgrades (README "Rolling AMI upgrade"): every change of launch_template starts
-  # a refresh (no `triggers` needed for it). Launch before terminate, one instance at a time:
+  # The Spot node group: Spot only (no On-Demand base or share), from the pools with the lowest
+  # price and interruption risk among several instance types. The Cluster Autoscaler predicts a
+  # new node from the first type (give types of the same vCPU and memory).
+  dynamic "mixed_instances_policy" {
+    for_each = each.value.spot ? [aws_launch_template.role[each.value.role]] : []
+    content {
+      instances_distribution {
+        on_demand_base_capacity                  = 0
+        on_demand_percentage_above_base_capacity = 0
+        spot_allocation_strategy                 = "price-capacity-optimized"
+      }
+      launch_template {
+        launch_template_specification {
+          launch_template_id = mixed_instances_policy.value.id
+          version            = mixed_instances_policy.value.latest_version
+        }
+        dynamic "override" {
+          for_each = each.value.instance_types
+          content {
+            instance_type = override.value
+          }
+        }
+      }
+    }
+  }
+  # A Spot instance at elevated risk of interruption is replaced early (launch, then terminate
+  # through the lifecycle hook below: the agent leaves in order while it still can).
+  capacity_rebalance = each.value.spot
+
+  # Rolling AMI upgrades (README "Rolling AMI upgrade"): every change of launch_template (or of
+  # the Spot group's mixed_instances_policy) starts a refresh (no `triggers` needed for it). Launch before terminate, one instance at a time:
   # min 100 % keeps every old instance until its replacement is in service and warmed up; max
   # 110 % (what the console sends for "launch before terminating") lets the group run 10 % over
   # its desired capacity, and at least one instance over, so a control plane of 1, 3, 5 or 7
@@ -340,19 +403,19 @@ resource "aws_autoscaling_group" "role" {
 
   tag {
     key                 = "Role"
-    value               = each.key
+    value               = each.value.role
     propagate_at_launch = true
   }
 
   # Cluster Autoscaler auto-discovery (--node-group-auto-discovery=asg:tag=k8s.io/cluster-autoscaler/enabled,k8s.io/cluster-autoscaler/<cluster>)
-  # on the node group, and its scale-from-zero template: the agent renders the same
+  # on the node groups, and their scale-from-zero templates: the agent renders the same
   # node-template labels and taints into k3s on each instance of the group. Never propagated:
   # with instance tags in instance metadata on, an instance tag key may not contain "/".
   dynamic "tag" {
-    for_each = each.key == "node" ? merge(
+    for_each = each.value.autoscaled ? merge(
       { "k8s.io/cluster-autoscaler/enabled" = "true", "k8s.io/cluster-autoscaler/${var.cluster}" = "owned" },
-      { for k, v in var.node_template_labels : "k8s.io/cluster-autoscaler/node-template/label/${k}" => v },
-      { for k, v in var.node_template_taints : "k8s.io/cluster-autoscaler/node-template/taint/${k}" => v },
+      { for k, v in each.value.labels : "k8s.io/cluster-autoscaler/node-template/label/${k}" => v },
+      { for k, v in each.value.taints : "k8s.io/cluster-autoscaler/node-template/taint/${k}" => v },
     ) : {}
     content {
       key                 = tag.key
@@ -360,6 +423,25 @@ resource "aws_autoscaling_group" "role" {
       propagate_at_launch = false
     }
   }
+}
+
+# The Cluster Autoscaler's permissions (packaging/iam/cluster-autoscaler-policy.json): describe
+# calls, and scaling only the groups tagged k8s.io/cluster-autoscaler/<cluster> = owned. The
+# `cluster_autoscaler_policy` output has it rendered for a role of your choice; with
+# cluster_autoscaler_on_control_plane, the control plane's instance role gets it (run the
+# autoscaler on the servers: README "The Cluster Autoscaler and other AWS-aware tools").
+locals {
+  cluster_autoscaler_policy = replace(
+    templatefile("${path.module}/../../iam/cluster-autoscaler-policy.json", { cluster = var.cluster }),
+    "arn:aws:", "arn:${local.partition}:",
+  )
+}
+
+resource "aws_iam_role_policy" "cluster_autoscaler" {
+  count  = var.cluster_autoscaler_on_control_plane ? 1 : 0
+  name   = "k3s-asg-cluster-autoscaler"
+  role   = aws_iam_role.agent["control-plane"].id
+  policy = local.cluster_autoscaler_policy
 }
 
 # The region's coordinator hears about this cluster's groups, and only these: launches,

@@ -8,8 +8,13 @@ output "admin_kubeconfig_parameter" {
 }
 
 output "auto_scaling_groups" {
-  description = "The groups by role (for aws autoscaling describe-instance-refreshes and the like)."
-  value       = { for role, group in aws_autoscaling_group.role : role => group.name }
+  description = "The groups' names by role (and node-spot for the Spot node group), for aws autoscaling describe-instance-refreshes and the like."
+  value       = { for key, group in aws_autoscaling_group.role : key => group.name }
+}
+
+output "group_tags" {
+  description = "Each group's own tags, not propagated to its instances (by group name): the Cluster Autoscaler's auto-discovery and node-template tags."
+  value       = { for group in aws_autoscaling_group.role : group.name => { for t in group.tag : t.key => t.value if !t.propagate_at_launch } }
 }
 
 output "security_group_ids" {
@@ -29,4 +34,9 @@ output "names" {
 output "event_pattern" {
   description = "What the coordinator hears about this cluster (null without a coordinator)."
   value       = one(aws_cloudwatch_event_rule.asg_events[*].event_pattern)
+}
+
+output "cluster_autoscaler_policy" {
+  description = "packaging/iam/cluster-autoscaler-policy.json for this cluster (and partition): the Cluster Autoscaler's permissions, scaling only the groups tagged k8s.io/cluster-autoscaler/<cluster> = owned."
+  value       = local.cluster_autoscaler_policy
 }

@@ -147,3 +147,25 @@ variable "node_template_taints" {
   type        = map(string)
   default     = {}
 }
+
+variable "spot_nodes" {
+  description = "A second node group of Spot instances (Role=node, the node launch template and instance role), null for none: its min and max size and several instance types of the same vCPU and memory and of the AMI's architecture (the Cluster Autoscaler predicts a new node from the first). labels and taints become its node-template tags (the agent renders them into k3s), by default node.kubernetes.io/lifecycle=spot and spot=true:PreferNoSchedule."
+  type = object({
+    min            = number
+    max            = number
+    instance_types = list(string)
+    labels         = optional(map(string), { "node.kubernetes.io/lifecycle" = "spot" })
+    taints         = optional(map(string), { spot = "true:PreferNoSchedule" })
+  })
+  default = null
+  validation {
+    condition     = var.spot_nodes == null || try(length(var.spot_nodes.instance_types) > 0 && var.spot_nodes.min >= 0 && var.spot_nodes.min <= var.spot_nodes.max, false)
+    error_message = "spot_nodes: at least one instance type, and 0 <= min <= max."
+  }
+}
+
+variable "cluster_autoscaler_on_control_plane" {
+  description = "Give the control plane's instance role packaging/iam/cluster-autoscaler-policy.json (scaling this cluster's autoscaled groups only), for a Cluster Autoscaler that runs on the servers with host networking. false: attach the `cluster_autoscaler_policy` output to a role of your own."
+  type        = bool
+  default     = false
+}

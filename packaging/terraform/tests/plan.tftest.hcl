@@ -68,8 +68,8 @@ run "short_names_stay_readable" {
     error_message = "event rule name"
   }
   assert {
-    condition     = jsondecode(module.cluster.event_pattern).detail.AutoScalingGroupName == ["alpha-control-plane", "alpha-node"]
-    error_message = "the Auto Scaling rule matches this cluster's groups only"
+    condition     = jsondecode(module.cluster.event_pattern).detail.AutoScalingGroupName == ["alpha-control-plane", "alpha-node", "alpha-node-spot"]
+    error_message = "the Auto Scaling rule matches this cluster's groups only, the Spot node group included"
   }
   assert {
     condition     = module.region.region_spec_parameter == "/k3s-asg/regions/us-gov-west-1"
@@ -113,5 +113,59 @@ run "https" {
   assert {
     condition     = length(module.region.listener_arns) == 1
     error_message = "the coordinator manages the HTTPS listener only (port 80 redirects)"
+  }
+}
+
+run "spot_node_group" {
+  command = plan
+
+  variables {
+    cluster = "delta"
+  }
+
+  assert {
+    condition = module.cluster.group_tags["delta-node-spot"] == {
+      "k8s.io/cluster-autoscaler/enabled"                                          = "true"
+      "k8s.io/cluster-autoscaler/delta"                                            = "owned"
+      "k8s.io/cluster-autoscaler/node-template/label/node.kubernetes.io/lifecycle" = "spot"
+      "k8s.io/cluster-autoscaler/node-template/taint/spot"                         = "true:PreferNoSchedule"
+    }
+    error_message = "the Spot node group: auto-discovery tags, its label and its taint, none propagated to instances"
+  }
+  assert {
+    condition     = module.cluster.group_tags["delta-control-plane"] == {}
+    error_message = "the control plane is not autoscaled"
+  }
+  assert {
+    condition     = module.cluster.auto_scaling_groups["node-spot"] == "delta-node-spot"
+    error_message = "the Spot node group's name"
+  }
+  assert {
+    condition = jsondecode(output.cluster_autoscaler_policy).Statement[1].Condition == {
+      StringEquals = { "aws:ResourceTag/k8s.io/cluster-autoscaler/delta" = "owned" }
+    }
+    error_message = "the autoscaler's policy scales this cluster's groups only"
+  }
+  assert {
+    condition     = startswith(jsondecode(output.cluster_autoscaler_policy).Statement[1].Resource, "arn:aws-us-gov:autoscaling:")
+    error_message = "the autoscaler's policy takes the partition's ARNs"
+  }
+}
+
+run "no_spot_node_group" {
+  command = plan
+
+  variables {
+    cluster    = "echo"
+    spot_nodes = null
+  }
+
+  assert {
+    condition     = jsondecode(module.cluster.event_pattern).detail.AutoScalingGroupName == ["echo-control-plane", "echo-node"]
+    error_message = "without spot_nodes there is no Spot node group"
+  }
+  assert {
+    condition     = keys(module.cluster.group_tags) == ["echo-control-plane", "echo-node"]
+    error_message = "without spot_nodes there is no Spot node group"
   }
 }

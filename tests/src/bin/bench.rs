@@ -78,6 +78,14 @@ async fn main() -> anyhow::Result<()> {
     for inst in servers.iter().chain(nodes.iter()) {
         rejoins.push(measure(&w, inst).await?);
     }
+    let mut nodes_in_group = Vec::new();
+    w.asg.set_group_tags("alpha-spot", &[("k8s.io/cluster-autoscaler/node-template/label/capacity", "spot")]);
+    for _ in 0..3 {
+        let n = w.launch("alpha", "node").await?;
+        let tags = [("Cluster", "alpha"), ("Role", "node"), ("aws:autoscaling:groupName", "alpha-spot")];
+        n.imds.set_tags(Some(tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()));
+        nodes_in_group.push(measure(&w, &n).await?);
+    }
     let mut nodes_no_tags = Vec::new();
     for _ in 0..3 {
         let n = w.launch("alpha", "node").await?;
@@ -139,6 +147,7 @@ async fn main() -> anyhow::Result<()> {
         row("first control plane (cluster-init)", &init),
         row("further control plane", &server_joins),
         row("node", &node_joins),
+        row("node in a group with node-template tags (autoscaling:DescribeTags)", &nodes_in_group),
         row("node, IMDS tags off (DescribeTags)", &nodes_no_tags),
         row("second join, any role (steady state)", &rejoins),
     ]
