@@ -22,6 +22,14 @@ use k3s_asg_aws::tags::Role;
 use std::path::PathBuf;
 
 pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
+    // An instance in a warm pool configures and registers nothing (`run` waits for InService).
+    if let Some(state) = fx.metadata.get("autoscaling/target-lifecycle-state").await?.filter(|s| s.trim().starts_with("Warmed:")) {
+        return Err(Error::failed(
+            "join",
+            "/latest/meta-data/autoscaling/target-lifecycle-state",
+            format!("the instance is in a warm pool ({}): it joins once put in service (`run` waits for that)", state.trim()),
+        ));
+    }
     let d = discover(cfg, fx, Purpose::Join).await?;
     tracing::info!(instance = %d.id.instance_id, cluster = %d.cluster, role = %d.role, "joining");
     let mut st = State::begin(&fx.fs, &d.id.instance_id, &d.cluster, d.role, Phase::Joining)?;

@@ -43,12 +43,17 @@ pub async fn run(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
         tracing::info!("a previous leave did not finish; finishing it");
         Trigger::Resume
     } else {
+        // A notice that arrives while joining ends the join: leaving comes first.
         tokio::select! {
             r = join_when_in_service(cfg, fx) => {
                 r?;
                 watch(cfg, fx, &mut term).await?
             }
             _ = term.recv() => Trigger::Sigterm,
+            t = next_notice(cfg, fx) => {
+                tracing::warn!(trigger = ?t, "a notice arrived while joining: the join stops here");
+                t
+            }
         }
     };
     let trigger = if trigger == Trigger::Sigterm {

@@ -47,6 +47,11 @@ impl ImdsDouble {
         };
     }
 
+    /// Forgets every token it gave (IMDS restarted): they are refused with 401 from now on.
+    pub fn revoke_tokens(&self) {
+        self.state.lock().unwrap().tokens.clear();
+    }
+
     pub fn set_tags(&self, tags: Option<BTreeMap<String, String>>) {
         self.state.lock().unwrap().tags = tags;
     }

@@ -13,23 +13,30 @@ pub trait Metadata: Send + Sync {
 }
 
 pub struct Imds {
-    client: aws_config::imds::Client,
+    /// Rebuilt (a new token) when IMDS refuses the cached token with 401.
+    client: std::sync::Mutex<aws_config::imds::Client>,
+    endpoint: Option<String>,
 }
 
 impl Imds {
     pub fn from_env() -> Result<Self> {
+        let endpoint = std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT").ok();
+        Ok(Imds { client: std::sync::Mutex::new(Self::client(endpoint.as_deref())?), endpoint })
+    }
+
+    fn client(endpoint: Option<&str>) -> Result<aws_config::imds::Client> {
         let mut builder = aws_config::imds::Client::builder()
             .max_attempts(4)
             .connect_timeout(Duration::from_secs(1))
             .read_timeout(Duration::from_secs(2))
             .operation_timeout(Duration::from_secs(10))
             .token_ttl(Duration::from_secs(21_600));
-        if let Ok(endpoint) = std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT") {
+        if let Some(endpoint) = endpoint {
             builder = builder
-                .endpoint(&endpoint)
+                .endpoint(endpoint)
                 .map_err(|e| Error::bad_input("read instance metadata", "AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("{endpoint:?}: {e}")))?;
         }
-        Ok(Imds { client: builder.build() })
+        Ok(builder.build())
     }
 }
 
@@ -37,11 +44,21 @@ impl Imds {
 impl Metadata for Imds {
     async fn get(&self, path: &str) -> Result<Option<String>> {
         let full = format!("/latest/meta-data/{path}");
-        match self.client.get(full.clone()).await {
-            Ok(value) => Ok(Some(value.as_ref().to_string())),
-            Err(ImdsError::ErrorResponse(resp)) if resp.response().status().as_u16() == 404 => Ok(None),
-            Err(e) => Err(Error::sdk("read instance metadata", full, e)),
+        for attempt in 0..2 {
+            let client = self.client.lock().expect("imds client lock").clone();
+            match client.get(full.clone()).await {
+                Ok(value) => return Ok(Some(value.as_ref().to_string())),
+                Err(ImdsError::ErrorResponse(resp)) if resp.response().status().as_u16() == 404 => return Ok(None),
+                // IMDS refused a token before the TTL it gave (restarted, clock skew): drop the
+                // cached token and fetch a new one, once.
+                Err(ImdsError::ErrorResponse(resp)) if resp.response().status().as_u16() == 401 && attempt == 0 => {
+                    tracing::info!(path = %full, "IMDS refused the session token (401); fetching a new one");
+                    *self.client.lock().expect("imds client lock") = Self::client(self.endpoint.as_deref())?;
+                }
+                Err(e) => return Err(Error::sdk("read instance metadata", full, e)),
+            }
         }
+        unreachable!("the second attempt returns")
     }
 }
 

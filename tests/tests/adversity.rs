@@ -1,0 +1,76 @@
+//! Leave under adversity (issue 12, in part): IMDS refusing the agent's token, a notice
+//! that arrives while the agent is still joining, and `join` in a warm pool.
+
+use k3s_asg_agent::state::{Phase, Trigger};
+use k3s_asg_testbed::check::{ok, state, wait_for_phase};
+use k3s_asg_testbed::world::World;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_imds_token_is_dropped_and_the_notice_still_seen() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let tg = w.clusters["alpha"].target_group_arn.clone();
+    let cp = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    let node = w.launch("alpha", "node").await.unwrap();
+    let agent = w.spawn_agent(&node, &["run"]).unwrap();
+    wait_for_phase(&node, Phase::Ready).await;
+    // IMDS restarts: every token it gave is refused from now on.
+    node.imds.revoke_tokens();
+    node.imds.set("autoscaling/target-lifecycle-state", Some("Terminated"));
+    let run = agent.wait(Duration::from_secs(30)).await.unwrap();
+    ok(&run);
+    assert!(run.stderr.contains("fetching a new one"), "{}", run.stderr);
+    assert_eq!(state(&node).trigger, Some(Trigger::LifecycleTerminated));
+    assert!(!w.members(&tg).await.unwrap().contains(&node.id));
+    k3s_asg_testbed::reliability::held(
+        "Adversity",
+        "IMDS refuses the agent's session token (401) before its TTL",
+        1,
+        "a new token is fetched; the Terminated notice is seen and the node leaves",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_while_joining_ends_the_join_and_completes_the_hook() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let tg = w.clusters["alpha"].target_group_arn.clone();
+    // No server yet: a node's join waits for the token.
+    let node = w.launch("alpha", "node").await.unwrap();
+    w.asg.add(&node.id, "alpha-node", "InService", 30);
+    let agent = w.spawn_agent(&node, &["run"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !w.recorder.calls_by(&node.access_key()).iter().any(|c| c.operation == "GetParameters") {
+        assert!(Instant::now() < deadline, "the join never began");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.asg.set_state(&node.id, "Terminating:Wait");
+    node.imds.set("autoscaling/target-lifecycle-state", Some("Terminated"));
+    // Well within the join's own 60 s timeout here.
+    let run = agent.wait(Duration::from_secs(30)).await.unwrap();
+    ok(&run);
+    assert!(run.stderr.contains("a notice arrived while joining"), "{}", run.stderr);
+    assert!(w.members(&tg).await.unwrap().is_empty());
+    assert!(w.asg.actions().iter().any(|(a, id, _, r)| a == "CompleteLifecycleAction" && id == &node.id && r == "CONTINUE"));
+    k3s_asg_testbed::reliability::held(
+        "Adversity",
+        "a lifecycle Terminated notice while the node is still joining",
+        1,
+        "the join stops; the hook is completed at once, nothing registered",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_refuses_in_a_warm_pool() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let cp = w.launch("alpha", "control-plane").await.unwrap();
+    cp.imds.set("autoscaling/target-lifecycle-state", Some("Warmed:Stopped"));
+    let run = w.agent(&cp, &["join"]).await.unwrap();
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("warm pool"), "{}", run.stderr);
+    assert!(cp.file("/etc/rancher/k3s/config.yaml").is_none() && cp.stub_calls().is_empty(), "nothing configured or started");
+    assert!(w.param("/k3s-asg/clusters/alpha/token").await.unwrap().is_none(), "no election held");
+}
