@@ -59,6 +59,8 @@ pub struct Discovery {
     pub instance_type: Option<String>,
     /// The Cluster Autoscaler's node template from the group's tags (join only).
     pub template: NodeTemplate,
+    /// Leave only: why the spec could not be read, when `spec` is what the state file recorded.
+    pub spec_error: Option<String>,
 }
 
 impl Discovery {
@@ -79,7 +81,24 @@ pub async fn discover(cfg: &AgentConfig, fx: &Effects, purpose: Purpose) -> Resu
         Purpose::Leave => vec![names.config.clone(), names.drain.clone()],
     };
     let params = fx.parameters.get(&wanted).await?;
-    let spec = cluster_spec(&params, &names.config)?;
+    let mut spec_error = None;
+    let spec = match cluster_spec(&params, &names.config) {
+        Ok(spec) => spec,
+        // A leave never gives up for a broken spec: it leaves what it recorded joining.
+        Err(e) if purpose == Purpose::Leave => match crate::state::State::load(&fx.fs)?.and_then(|st| st.recorded_spec(role)) {
+            Some(recorded) => {
+                tracing::error!(
+                    error = %e,
+                    "the cluster spec cannot be read: leaving from what the state file recorded (target groups, API record), \
+                     draining with default timeouts"
+                );
+                spec_error = Some(e.to_string());
+                recorded
+            }
+            None => return Err(e),
+        },
+        Err(e) => return Err(e),
+    };
     if purpose == Purpose::Join {
         for secret in [&names.token, &names.admin, &names.drain] {
             if params.get(secret).is_some_and(|p| !p.secure) {
@@ -100,7 +119,7 @@ pub async fn discover(cfg: &AgentConfig, fx: &Effects, purpose: Purpose) -> Resu
                 .map_err(|e| Error::bad_input("read the Auto Scaling group's node-template tags", format!("group {g} tag {:?}", e.tag), e.problem))?;
         }
     }
-    Ok(Discovery { id, cluster, role, names, params, spec, group, instance_type, template })
+    Ok(Discovery { id, cluster, role, names, params, spec, group, instance_type, template, spec_error })
 }
 
 /// Who and where this instance is, from IMDS. Everything here is input the agent cannot

@@ -944,6 +944,7 @@ impl Joining<'_> {
             fx.zones.change(&api.hosted_zone_id, &changes).await?;
         }
         self.st.api_record = Some(format!("{} A {} (set {})", api.hostname, address, self.me()));
+        self.st.api_zone_id = Some(api.hosted_zone_id.clone());
         Ok(())
     }
 

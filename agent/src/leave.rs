@@ -84,6 +84,10 @@ pub async fn leave(cfg: &AgentConfig, fx: &Effects, hurry: &Hurry, trigger: Trig
         st.step(&fx.fs, StepName::LifecycleCompleted)?;
     }
     st.phase = Phase::Left;
+    if let Some(e) = &d.spec_error {
+        st.last_error = Some(format!("left from what the state file recorded (target groups, API record; drain with default timeouts): {e}"));
+        tracing::warn!("left without the cluster spec: only what the state file recorded was undone");
+    }
     st.target_groups.clear();
     st.api_record = None;
     st.save(&fx.fs)?;
@@ -184,6 +188,10 @@ impl Leaving<'_> {
     /// Deletes this server's own API record.
     async fn remove_api_record(&self) -> Result<()> {
         let api = &self.spec.api;
+        if api.hosted_zone_id.is_empty() {
+            tracing::error!("no API record to remove: the spec cannot be read and the state file recorded no hosted zone");
+            return Ok(());
+        }
         let records = self.fx.zones.records_named(&api.hosted_zone_id, &api.hostname, "A").await?;
         let mine = plan::own_record_deletes(&records, self.instance_id);
         if !mine.is_empty() {

@@ -182,6 +182,10 @@ pub struct State {
     pub phase: Phase,
     pub api_hostname: Option<String>,
     pub api_record: Option<String>,
+    /// The hosted zone of the API record it published (a leave without a readable spec removes
+    /// the record from what is recorded here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_zone_id: Option<String>,
     pub target_groups: Vec<String>,
     /// Steps completed, in order, with the Unix time (ms) each finished.
     pub steps: Vec<Step>,
@@ -235,6 +239,29 @@ pub struct Step {
 }
 
 impl State {
+    /// The spec a leave works from when the cluster spec cannot be read (deleted, a typo): the
+    /// target groups and API record this instance recorded, default drain timeouts, nothing
+    /// else. `None` when nothing was recorded.
+    pub fn recorded_spec(&self, role: Role) -> Option<k3s_asg_aws::spec::ClusterSpec> {
+        use k3s_asg_aws::spec::{ApiSpec, ClusterSpec, TargetGroupSpec};
+        let target_groups: Vec<TargetGroupSpec> = self
+            .target_groups
+            .iter()
+            .filter_map(|tg| {
+                let (arn, port) = tg.rsplit_once(':')?;
+                Some(TargetGroupSpec { arn: arn.to_string(), port: port.parse().ok()?, roles: vec![role], ingress: false })
+            })
+            .collect();
+        let api = match (&self.api_hostname, &self.api_zone_id) {
+            (Some(h), Some(z)) => ApiSpec { hostname: h.clone(), hosted_zone_id: z.clone(), ttl: 30, address: Default::default() },
+            _ => ApiSpec { hostname: String::new(), hosted_zone_id: String::new(), ttl: 30, address: Default::default() },
+        };
+        if target_groups.is_empty() && api.hostname.is_empty() {
+            return None;
+        }
+        Some(ClusterSpec { api, target_groups, readiness: vec![], k3s: Default::default(), drain: Default::default(), snapshots: None })
+    }
+
     /// The state file, or `None` when there is none; a corrupt one is an error naming the file.
     pub fn read(fs: &HostFs) -> Result<Option<State>> {
         match fs.read(STATE_PATH)? {

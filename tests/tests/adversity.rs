@@ -74,3 +74,36 @@ async fn join_refuses_in_a_warm_pool() {
     assert!(cp.file("/etc/rancher/k3s/config.yaml").is_none() && cp.stub_calls().is_empty(), "nothing configured or started");
     assert!(w.param("/k3s-asg/clusters/alpha/token").await.unwrap().is_none(), "no election held");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_spec_does_not_stop_a_leave_from_what_was_recorded() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let tg = w.clusters["alpha"].target_group_arn.clone();
+    let a = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&a, &["join"]).await.unwrap());
+    let b = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&b, &["join"]).await.unwrap());
+    let node = w.launch("alpha", "node").await.unwrap();
+    ok(&w.agent(&node, &["join"]).await.unwrap());
+    // A typo in the spec, then the ASG terminates the node and a server.
+    w.put_spec("alpha", r#"{"api": {"hostnme": "oops"}}"#).await.unwrap();
+    for inst in [&node, &b] {
+        let run = w.agent(inst, &["leave"]).await.unwrap();
+        ok(&run);
+        assert!(run.stderr.contains("leaving from what the state file recorded"), "{}", run.stderr);
+        assert!(!w.members(&tg).await.unwrap().contains(&inst.id), "{}: out of its target group", inst.id);
+        assert!(inst.stub_calls().iter().any(|l| l.contains(&format!("delete node/{}", inst.id))));
+        let st = state(inst);
+        assert_eq!(st.phase, Phase::Left);
+        assert!(st.last_error.is_some_and(|e| e.contains("left from what the state file recorded")));
+    }
+    let records: Vec<String> = w.api_records("alpha").await.unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(records, vec![a.id.clone()], "the leaving server's API record is gone");
+    k3s_asg_testbed::reliability::held(
+        "Adversity",
+        "the cluster spec has a typo when a node and a server leave",
+        1,
+        "each deregisters and the server removes its API record from what its state file recorded",
+    );
+}
