@@ -48,8 +48,14 @@ pub async fn leave(cfg: &AgentConfig, fx: &Effects, hurry: &Hurry, trigger: Trig
         Some(h) => Duration::from_secs(h.global_timeout_s.saturating_sub(LEAVE_MARGIN_S + h.heartbeat_timeout_s).max(1)),
         None => cfg.quorum_timeout,
     };
+    // A resumed leave keeps the first trigger, and with it the reclaim time.
+    let deadline = st.trigger.as_ref().and_then(spot_deadline);
+    if let Some(left) = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now())) {
+        tracing::warn!(seconds_left = left.as_secs(), "a spot interruption: every wait of this leave is budgeted to finish before the reclaim");
+    }
     let ctx = Leaving {
         fx,
+        deadline,
         spec: &d.spec,
         role: d.role,
         instance_id: me,
@@ -105,9 +111,35 @@ struct Leaving<'a> {
     hurry: &'a Hurry,
     quorum_timeout: Duration,
     snapshots: Option<SnapshotStore>,
+    /// A spot reclaim's time, less a margin: every wait ends before it.
+    deadline: Option<std::time::Instant>,
+}
+
+/// Seconds kept back from a spot reclaim for the steps after the waits (delete the Node, stop k3s).
+const SPOT_MARGIN_S: u64 = 15;
+
+/// The instant a spot notice's `time` names, less the margin; `None` for other triggers or an
+/// unreadable notice (then the usual bounds apply).
+pub fn spot_deadline(trigger: &Trigger) -> Option<std::time::Instant> {
+    let Trigger::SpotInterruption(json) = trigger else {
+        return None;
+    };
+    let at = serde_json::from_str::<serde_json::Value>(json).ok()?.get("time")?.as_str()?.to_string();
+    let when = aws_sdk_ec2::primitives::DateTime::from_str(&at, aws_sdk_ec2::primitives::DateTimeFormat::DateTime).ok()?;
+    let when = std::time::SystemTime::try_from(when).ok()?;
+    let left = when.duration_since(std::time::SystemTime::now()).unwrap_or_default().saturating_sub(Duration::from_secs(SPOT_MARGIN_S));
+    Some(std::time::Instant::now() + left)
 }
 
 impl Leaving<'_> {
+    /// `want`, or less so that it ends within `share` of the time left before a spot reclaim.
+    fn budget(&self, want: Duration, share: f64) -> Duration {
+        match self.deadline {
+            None => want,
+            Some(d) => want.min(d.saturating_duration_since(std::time::Instant::now()).mul_f64(share)),
+        }
+    }
+
     async fn steps(&self, st: &mut State) -> Result<()> {
         let fs = &self.fx.fs;
         self.deregister().await?;
@@ -166,7 +198,7 @@ impl Leaving<'_> {
         if waiting.is_empty() {
             return Ok(());
         }
-        let mut w = Waiter::new("target groups to finish draining this instance", Duration::from_secs(delay)).hurry(self.hurry);
+        let mut w = Waiter::new("target groups to finish draining this instance", self.budget(Duration::from_secs(delay), 0.25)).hurry(self.hurry);
         loop {
             let mut still = Vec::new();
             for (arn, port) in &waiting {
@@ -220,6 +252,7 @@ impl Leaving<'_> {
     async fn drain(&self, kubeconfig: Option<&std::path::Path>) {
         let drain = &self.spec.drain;
         let timeout = if hurried(self.hurry) { 10.min(drain.timeout_s) } else { drain.timeout_s };
+        let timeout = self.budget(Duration::from_secs(timeout), 0.8).as_secs().max(1);
         tracing::info!(node = self.instance_id, timeout_s = timeout, "cordoning and draining");
         let run = self.fx.k3s.drain(self.instance_id, kubeconfig, timeout, drain.grace_period_s);
         let result = tokio::select! {
@@ -235,7 +268,8 @@ impl Leaving<'_> {
     /// this server's etcd member keeps quorum, e.g. until a replacement is a Ready member.
     async fn quorum_allows_removal(&self, st: &mut State) -> Result<bool> {
         let mut w =
-            Waiter::new("a Ready replacement control-plane member, so that removing this one keeps quorum", self.quorum_timeout).hurry(self.hurry);
+            Waiter::new("a Ready replacement control-plane member, so that removing this one keeps quorum", self.budget(self.quorum_timeout, 0.8))
+                .hurry(self.hurry);
         loop {
             let members = self.fx.k3s.control_plane_nodes().await?;
             match plan::may_remove_member(&members, self.instance_id) {
@@ -278,7 +312,7 @@ impl Leaving<'_> {
             }
         }
         tracing::info!(store = %store.url(), "the last server of the cluster: saving an etcd snapshot before going");
-        let mut w = Waiter::new("the final etcd snapshot", Duration::from_secs(600)).hurry(self.hurry);
+        let mut w = Waiter::new("the final etcd snapshot", self.budget(Duration::from_secs(600), 0.8)).hurry(self.hurry);
         loop {
             match self.fx.k3s.save_snapshot(FINAL_SNAPSHOT, store).await {
                 Ok(()) => {

@@ -107,3 +107,39 @@ async fn a_broken_spec_does_not_stop_a_leave_from_what_was_recorded() {
         "each deregisters and the server removes its API record from what its state file recorded",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_notice_budgets_every_wait_to_finish_before_the_reclaim() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let tg = w.clusters["alpha"].target_group_arn.clone();
+    let cp = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    // A drain that would run far past a two-minute notice (the spec allows 60 s here, the
+    // workload wants 120 s); the reclaim comes 30 s after the notice.
+    w.agent_env.insert("K3S_STUB_DRAIN_SECONDS".into(), "120".into());
+    let node = w.launch("alpha", "node").await.unwrap();
+    let agent = w.spawn_agent(&node, &["run"]).unwrap();
+    wait_for_phase(&node, Phase::Ready).await;
+    let reclaim = std::time::SystemTime::now() + Duration::from_secs(30);
+    let at = aws_sdk_ec2::primitives::DateTime::from(reclaim).fmt(aws_sdk_ec2::primitives::DateTimeFormat::DateTime).unwrap();
+    node.imds.set("spot/instance-action", Some(&format!(r#"{{"action": "terminate", "time": "{at}"}}"#)));
+    let run = agent.wait(Duration::from_secs(60)).await.unwrap();
+    ok(&run);
+    let drain = node.stub_calls().into_iter().find(|l| l.contains(" drain ")).expect("drained");
+    let timeout: u64 = drain.split("--timeout=").nth(1).and_then(|t| t.trim_end_matches('s').parse().ok()).expect("a drain timeout");
+    assert!(timeout < 30, "the drain was budgeted from the reclaim time, not the spec's 60 s: {drain}");
+    let reclaim_ms = reclaim.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let at_of = |needle: &str| -> u128 {
+        node.stub_calls().iter().find(|l| l.contains(needle)).and_then(|l| l.split('\t').next()?.parse().ok()).unwrap_or(u128::MAX)
+    };
+    assert!(at_of(&format!("delete node/{}", node.id)) < reclaim_ms, "the Node was deleted before the reclaim");
+    assert!(at_of("systemctl\tstop k3s-agent") < reclaim_ms, "k3s stopped before the reclaim");
+    assert!(!w.members(&tg).await.unwrap().contains(&node.id));
+    k3s_asg_testbed::reliability::held(
+        "Adversity",
+        "a spot notice 30 s before the reclaim while the workload wants a 120 s drain",
+        1,
+        "the drain is cut to the budget; the Node is deleted and k3s stopped before the reclaim time",
+    );
+}
