@@ -370,6 +370,15 @@ mod tests {
     }
 
     #[test]
+    fn config_server_outside_a_tagged_group() {
+        let s = spec();
+        let empty = NodeTemplate::default();
+        let mut i = inputs(&s, Role::ControlPlane, Mode::Join, Some("https://10.0.1.5:6443"));
+        i.template = &empty;
+        golden("config-server-join-no-group.yaml", &render_config(&i));
+    }
+
+    #[test]
     fn config_agent_outside_a_tagged_group() {
         let s = spec();
         let empty = NodeTemplate::default();
