@@ -49,10 +49,14 @@ fn main() -> anyhow::Result<()> {
         writeln!(out)?;
     }
     // A fixed order of areas, whatever order the tests ran in.
-    const ORDER: [&str; 8] = [
+    const ORDER: [&str; 12] = [
         "AWS faults",
         "Crashes",
         "Races",
+        "Recovery",
+        "Adversity",
+        "Bootstrap",
+        "Autoscaler",
         "Bad input: agent tags and cluster spec",
         "Bad input: IMDS and SSM",
         "Bad input: coordinator specs",
