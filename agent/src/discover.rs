@@ -4,6 +4,7 @@
 
 use crate::config::AgentConfig;
 use crate::effects::parameters::Param;
+use crate::effects::snapshots::SnapshotStore;
 use crate::effects::Effects;
 use crate::error::{Error, Result};
 use k3s_asg_aws::imds::{Identity, IDENTITY_PATHS};
@@ -66,6 +67,16 @@ pub struct Discovery {
 impl Discovery {
     pub fn param(&self, name: &str) -> Option<&Param> {
         self.params.get(name)
+    }
+
+    /// Where the cluster's snapshots are, if its spec has them (the bucket's region defaults to
+    /// the instance's).
+    pub fn snapshot_store(&self) -> Option<SnapshotStore> {
+        self.spec.snapshots.as_ref().map(|s| SnapshotStore {
+            bucket: s.bucket.clone(),
+            folder: s.folder.clone(),
+            region: s.region.clone().unwrap_or_else(|| self.id.region.clone()),
+        })
     }
 }
 

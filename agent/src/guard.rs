@@ -22,6 +22,7 @@ use crate::error::Result;
 use crate::render;
 use crate::secret::Secret;
 use crate::token;
+use k3s_asg_aws::ec2::InstanceInfo;
 
 /// What the guard did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +44,11 @@ pub async fn check_token(cfg: &AgentConfig, fx: &Effects) -> Result<Outcome> {
     let Some(own_secure) = token::parse_secure(own.expose()) else {
         return Ok(Outcome::Unchanged);
     };
-    let d = discover(cfg, fx, Purpose::Leave).await?;
-    let name = d.names.token.clone();
+    // The token first (the state file names the cluster): discovery only when it changed.
+    let name = match crate::state::State::load(&fx.fs)?.filter(|st| !st.cluster.is_empty()) {
+        Some(st) => cfg.prefix.cluster_token(&st.cluster),
+        None => discover(cfg, fx, Purpose::Leave).await?.names.token,
+    };
     let current = fx.parameters.get(std::slice::from_ref(&name)).await?.remove(&name);
     let was = match &current {
         Some(p) if p.value == own => return Ok(Outcome::Unchanged),
@@ -57,6 +61,7 @@ pub async fn check_token(cfg: &AgentConfig, fx: &Effects) -> Result<Outcome> {
         Some(_) => "replaced",
         None => "missing",
     };
+    let d = discover(cfg, fx, Purpose::Leave).await?;
     let api = &d.spec.api;
     for r in fx.zones.records_named(&api.hosted_zone_id, &api.hostname, "A").await? {
         if r.set_identifier.as_deref() == Some(d.id.instance_id.as_str()) {
@@ -132,18 +137,34 @@ pub const GHOSTS_PER_ROUND: usize = 10;
 
 /// Deletes the Nodes of instances that are terminated or unknown to EC2; returns their names.
 pub async fn collect_ghosts(fx: &Effects, me: &str) -> Result<Vec<String>> {
-    let named: Vec<String> = fx.k3s.nodes().await?.into_iter().filter(|n| n != me && k3s_asg_aws::names::is_instance_id(n)).collect();
+    let gone = |i: Option<&InstanceInfo>| i.is_none_or(|i| i.state == "terminated");
+    let ghosts = delete_nodes_of_dead(fx, me, fx.k3s.nodes().await?, gone, GHOSTS_PER_ROUND).await?;
+    for g in &ghosts {
+        tracing::warn!(node = %g, "deleted the Node of an instance that is terminated (it died without leaving)");
+    }
+    Ok(ghosts)
+}
+
+/// Of `nodes` (other than `me`) named by instance ids, deletes at most `limit` whose instance
+/// `dead` judges from EC2's answer (`None`: EC2 does not know it); returns their names. Nodes
+/// not named by an instance id are never touched.
+pub async fn delete_nodes_of_dead(
+    fx: &Effects,
+    me: &str,
+    nodes: Vec<String>,
+    dead: impl Fn(Option<&InstanceInfo>) -> bool,
+    limit: usize,
+) -> Result<Vec<String>> {
+    let named: Vec<String> = nodes.into_iter().filter(|n| n != me && k3s_asg_aws::names::is_instance_id(n)).collect();
     if named.is_empty() {
         return Ok(vec![]);
     }
     let known = fx.instances.describe(&named).await?;
-    let ghosts: Vec<String> =
-        named.iter().filter(|n| known.iter().find(|i| &i.id == *n).is_none_or(|i| i.state == "terminated")).take(GHOSTS_PER_ROUND).cloned().collect();
-    for g in &ghosts {
-        fx.k3s.delete_node(g, None).await?;
-        tracing::warn!(node = %g, "deleted the Node of an instance that is terminated (it died without leaving)");
+    let doomed: Vec<String> = named.into_iter().filter(|n| dead(known.iter().find(|i| &i.id == n))).take(limit).collect();
+    for node in &doomed {
+        fx.k3s.delete_node(node, None).await?;
     }
-    Ok(ghosts)
+    Ok(doomed)
 }
 
 /// Replaces the published admin kubeconfig with this server's when the published one is older

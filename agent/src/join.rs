@@ -5,7 +5,6 @@
 use crate::config::AgentConfig;
 use crate::discover::{discover, Discovery, Purpose};
 use crate::effects::parameters::Param;
-use crate::effects::snapshots::SnapshotStore;
 use crate::effects::Effects;
 use crate::election::{self, Decision};
 use crate::error::{Error, Result};
@@ -13,9 +12,10 @@ use crate::plan::{self, Mode};
 use crate::recovery;
 use crate::render::{self, ConfigInputs};
 use crate::secret::Secret;
-use crate::state::{Phase, State, StepName};
+use crate::state::{Phase, State, StepName, RESTORE_ATTEMPTS};
 use crate::token;
 use crate::wait::Waiter;
+use k3s_asg_aws::ec2::InstanceInfo;
 use k3s_asg_aws::records::RecordSet;
 use k3s_asg_aws::spec::AddressKind;
 use k3s_asg_aws::tags::Role;
@@ -81,19 +81,6 @@ pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
     Ok(st)
 }
 
-/// Where a cluster's snapshots are, if its spec has them (the bucket's region defaults to the
-/// instance's).
-pub fn snapshot_store(d: &Discovery) -> Option<SnapshotStore> {
-    d.spec.snapshots.as_ref().map(|s| SnapshotStore {
-        bucket: s.bucket.clone(),
-        folder: s.folder.clone(),
-        region: s.region.clone().unwrap_or_else(|| d.id.region.clone()),
-    })
-}
-
-/// Restores of one snapshot tried before the next newest is taken.
-const RESTORE_ATTEMPTS: u32 = 3;
-
 /// What a readiness wait waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Gate {
@@ -138,6 +125,11 @@ struct Joining<'a> {
 impl Joining<'_> {
     fn me(&self) -> &str {
         &self.d.id.instance_id
+    }
+
+    /// The parameter holding election `epoch`'s record.
+    fn election_record(&self, epoch: u64) -> String {
+        format!("{}/{epoch}", self.cfg.prefix.elections(&self.d.cluster))
     }
 
     /// Token: nodes (and servers that joined before) wait for the secure token and a verified
@@ -299,7 +291,7 @@ impl Joining<'_> {
             secured_at: None,
             recovery,
         };
-        let name = format!("{}/{epoch}", self.cfg.prefix.elections(&self.d.cluster));
+        let name = self.election_record(epoch);
         if self.fx.parameters.create_string(&name, &serde_json::to_string(&record).expect("record serialises")).await? {
             self.st.election = Some(format!("won election {epoch}: {why}"));
             self.st.epoch = Some(epoch);
@@ -363,7 +355,7 @@ impl Joining<'_> {
         let Some(epoch) = self.lease.filter(|e| *e > 0) else {
             return Ok(None);
         };
-        let name = format!("{}/{epoch}", self.cfg.prefix.elections(&self.d.cluster));
+        let name = self.election_record(epoch);
         let Some((current, record)) = self.latest_election().await? else {
             return Ok(None);
         };
@@ -625,8 +617,8 @@ impl Joining<'_> {
         let recovery = match self.st.recovery.clone().filter(|r| r.epoch == epoch) {
             Some(r) => r,
             None => {
-                let store = self.snapshot_store();
-                let skip = self.st.failed_snapshots.clone();
+                let store = self.d.snapshot_store();
+                let skip = self.st.failed_snapshots();
                 let newest = match &store {
                     Some(s) => self.fx.snapshots.newest(s, &skip).await?,
                     None => None,
@@ -638,7 +630,7 @@ impl Joining<'_> {
                         s.url(),
                         format!(
                             "every snapshot left in {} failed to restore {RESTORE_ATTEMPTS} times ({}); fix or remove them, \
-                             or clear failed_snapshots in the state file to try them again",
+                             or clear restore_failures in the state file to try them again",
                             s.url(),
                             skip.join(", ")
                         ),
@@ -675,11 +667,6 @@ impl Joining<'_> {
         Ok((Mode::ClusterInit, self.init_token()?, None))
     }
 
-    /// Where this cluster's snapshots are, if the spec has them.
-    fn snapshot_store(&self) -> Option<SnapshotStore> {
-        snapshot_store(&self.d)
-    }
-
     /// Restores snapshot `name` into this server's (stopped) datastore.
     async fn restore(&mut self, name: &str) -> Result<()> {
         let unit = render::unit_name(self.d.role);
@@ -695,7 +682,6 @@ impl Joining<'_> {
             *n += 1;
             if *n >= RESTORE_ATTEMPTS {
                 tracing::error!(snapshot = name, error = %e, "this snapshot failed to restore {RESTORE_ATTEMPTS} times; the next start tries the next newest");
-                self.st.failed_snapshots.push(name.to_string());
                 self.st.recovery = None;
                 // Back through the recovery on the next start (this server still leads its election).
                 self.st.mode = None;
@@ -842,7 +828,7 @@ impl Joining<'_> {
             return Ok(());
         }
         record.secured_at = Some(unix_now());
-        let name = format!("{}/{}", self.cfg.prefix.elections(&self.d.cluster), epoch.number);
+        let name = self.election_record(epoch.number);
         self.fx.parameters.overwrite_string(&name, &serde_json::to_string(&record).expect("record serialises")).await?;
         Ok(())
     }
@@ -854,21 +840,9 @@ impl Joining<'_> {
         if !self.st.recovery.as_ref().is_some_and(|r| r.snapshot.is_some() && Some(r.epoch) == self.lease) {
             return Ok(());
         }
-        let named: Vec<String> = self
-            .fx
-            .k3s
-            .control_plane_nodes()
-            .await?
-            .into_iter()
-            .map(|(n, _)| n)
-            .filter(|n| n != self.me() && k3s_asg_aws::names::is_instance_id(n))
-            .collect();
-        if named.is_empty() {
-            return Ok(());
-        }
-        let live = self.fx.instances.live(&named).await?;
-        for node in named.iter().filter(|n| !live.contains(*n)) {
-            self.fx.k3s.delete_node(node, None).await?;
+        let servers = self.fx.k3s.control_plane_nodes().await?.into_iter().map(|(n, _)| n).collect();
+        let not_running = |i: Option<&InstanceInfo>| i.is_none_or(|i| !i.is_live());
+        for node in crate::guard::delete_nodes_of_dead(self.fx, self.me(), servers, not_running, usize::MAX).await? {
             tracing::info!(node = %node, "deleted the Node of a server lost before the restore");
         }
         Ok(())

@@ -62,7 +62,7 @@ pub async fn leave(cfg: &AgentConfig, fx: &Effects, hurry: &Hurry, trigger: Trig
         drain_kubeconfig: d.param(&d.names.drain).map(|p| p.value.clone()),
         hurry,
         quorum_timeout,
-        snapshots: crate::join::snapshot_store(&d),
+        snapshots: d.snapshot_store(),
     };
     let work = ctx.steps(&mut st);
     match &hook {

@@ -200,11 +200,9 @@ pub struct State {
     #[serde(default)]
     pub waiting_for: Option<String>,
     /// Snapshots that failed to restore here, and how often (a recovery's winner retries one a
-    /// few times, then sets it aside in `failed_snapshots`).
+    /// few times, then sets it aside: `failed_snapshots`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub restore_failures: std::collections::BTreeMap<String, u32>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failed_snapshots: Vec<String>,
     /// The latest election of its cluster when this server joined or won (a later recovery
     /// election means the cluster was brought back without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,7 +236,15 @@ pub struct Step {
     pub at_ms: u128,
 }
 
+/// Restores of one snapshot tried before the next newest is taken.
+pub const RESTORE_ATTEMPTS: u32 = 3;
+
 impl State {
+    /// Snapshots set aside: they failed to restore `RESTORE_ATTEMPTS` times.
+    pub fn failed_snapshots(&self) -> Vec<String> {
+        self.restore_failures.iter().filter(|(_, n)| **n >= RESTORE_ATTEMPTS).map(|(name, _)| name.clone()).collect()
+    }
+
     /// The spec a leave works from when the cluster spec cannot be read (deleted, a typo): the
     /// target groups and API record this instance recorded, default drain timeouts, nothing
     /// else. `None` when nothing was recorded.

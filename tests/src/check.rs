@@ -18,6 +18,15 @@ pub fn state(inst: &Instance) -> State {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: state file is not whole: {e}\n{text}", inst.id))
 }
 
+/// Polls `done` every 100 ms until it holds; fails naming `what` after `within`.
+pub async fn until(what: &str, within: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Polls the state file until the agent reports `phase` (30 s at most).
 pub async fn wait_for_phase(inst: &Instance, phase: Phase) {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -82,14 +82,12 @@ async fn retire(w: &World, old: &Instance, agent: Running, group: &str) -> anyho
     anyhow::ensure!(out.code == 0, "{} did not leave cleanly: {}", old.id, out.stderr);
     w.terminate(old).await?;
     let dereg = w.recorder.calls_by(&old.access_key()).into_iter().find(|c| c.operation == "DeregisterTargets" && c.at_ms >= t0).map(|c| c.at_ms);
-    let stub_at =
-        |needle: &str| old.stub_calls().iter().find(|l| l.contains(needle)).and_then(|l| l.split('\t').next()).and_then(|t| t.parse::<u128>().ok());
     Ok(Leave {
         id: old.id.clone(),
         role: old.role.clone(),
         deregistered: dereg.map(|t| t - t0),
-        drain: stub_at(" drain ").map(|t| t.saturating_sub(t0)),
-        stopped: stub_at("systemctl\tstop").map(|t| t.saturating_sub(t0)),
+        drain: old.stub_call_at(" drain ").map(|t| t.saturating_sub(t0)),
+        stopped: old.stub_call_at("systemctl\tstop").map(|t| t.saturating_sub(t0)),
     })
 }
 

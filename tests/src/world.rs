@@ -52,6 +52,11 @@ impl Instance {
         std::fs::read_to_string(self.root.join("run/k3s-stub/calls.log")).map(|s| s.lines().map(str::to_string).collect()).unwrap_or_default()
     }
 
+    /// When (Unix ms) the first stub call containing `needle` was made.
+    pub fn stub_call_at(&self, needle: &str) -> Option<u128> {
+        self.stub_calls().iter().find(|l| l.contains(needle)).and_then(|l| l.split('\t').next()?.parse().ok())
+    }
+
     /// Forgets the stub calls so far (to look at one phase alone).
     pub fn clear_stub_calls(&self) {
         let _ = std::fs::remove_file(self.root.join("run/k3s-stub/calls.log"));

@@ -2,9 +2,9 @@
 //! that arrives while the agent is still joining, and `join` in a warm pool.
 
 use k3s_asg_agent::state::{Phase, Trigger};
-use k3s_asg_testbed::check::{ok, state, wait_for_phase};
+use k3s_asg_testbed::check::{ok, state, until, wait_for_phase};
 use k3s_asg_testbed::world::World;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_imds_token_is_dropped_and_the_notice_still_seen() {
@@ -41,11 +41,8 @@ async fn a_notice_while_joining_ends_the_join_and_completes_the_hook() {
     let node = w.launch("alpha", "node").await.unwrap();
     w.asg.add(&node.id, "alpha-node", "InService", 30);
     let agent = w.spawn_agent(&node, &["run"]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !w.recorder.calls_by(&node.access_key()).iter().any(|c| c.operation == "GetParameters") {
-        assert!(Instant::now() < deadline, "the join never began");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until("the join to begin", Duration::from_secs(30), || w.recorder.calls_by(&node.access_key()).iter().any(|c| c.operation == "GetParameters"))
+        .await;
     w.asg.set_state(&node.id, "Terminating:Wait");
     node.imds.set("autoscaling/target-lifecycle-state", Some("Terminated"));
     // Well within the join's own 60 s timeout here.
@@ -130,9 +127,7 @@ async fn a_spot_notice_budgets_every_wait_to_finish_before_the_reclaim() {
     let timeout: u64 = drain.split("--timeout=").nth(1).and_then(|t| t.trim_end_matches('s').parse().ok()).expect("a drain timeout");
     assert!(timeout < 30, "the drain was budgeted from the reclaim time, not the spec's 60 s: {drain}");
     let reclaim_ms = reclaim.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
-    let at_of = |needle: &str| -> u128 {
-        node.stub_calls().iter().find(|l| l.contains(needle)).and_then(|l| l.split('\t').next()?.parse().ok()).unwrap_or(u128::MAX)
-    };
+    let at_of = |needle: &str| node.stub_call_at(needle).unwrap_or(u128::MAX);
     assert!(at_of(&format!("delete node/{}", node.id)) < reclaim_ms, "the Node was deleted before the reclaim");
     assert!(at_of("systemctl\tstop k3s-agent") < reclaim_ms, "k3s stopped before the reclaim");
     assert!(!w.members(&tg).await.unwrap().contains(&node.id));

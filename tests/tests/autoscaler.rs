@@ -118,12 +118,7 @@ async fn the_autoscalers_scale_down_is_an_ordered_leave() {
     ok(&agent.wait(std::time::Duration::from_secs(60)).await.unwrap());
     // Deregistered before the Node was deleted; the hook completed with CONTINUE.
     let dereg = w.recorder.calls_by(&node.access_key()).into_iter().find(|c| c.operation == "DeregisterTargets").expect("deregistered").at_ms;
-    let deleted: u128 = node
-        .stub_calls()
-        .iter()
-        .find(|l| l.contains(&format!("delete node/{}", node.id)))
-        .and_then(|l| l.split('\t').next()?.parse().ok())
-        .expect("Node deleted");
+    let deleted = node.stub_call_at(&format!("delete node/{}", node.id)).expect("Node deleted");
     assert!(dereg < deleted, "out of the target group first");
     assert!(!w.members(&tg).await.unwrap().contains(&node.id));
     let actions = w.asg.actions();

@@ -47,12 +47,7 @@ async fn first_server_initialises_then_node_joins() {
     let reg = ops.iter().position(|o| *o == "RegisterTargets").expect("registered");
     let rec = ops.iter().position(|o| *o == "ChangeResourceRecordSets").expect("record");
     assert!(rec < reg, "API record before registration: {ops:?}");
-    let start_ms: u128 = cp
-        .stub_calls()
-        .iter()
-        .find(|l| l.contains("systemctl\tstart k3s"))
-        .and_then(|l| l.split('\t').next().unwrap().parse().ok())
-        .expect("k3s started through systemctl");
+    let start_ms = cp.stub_call_at("systemctl\tstart k3s").expect("k3s started through systemctl");
     assert!(calls[reg].at_ms >= start_ms);
 
     // A worker node joins through the live server, verified by CA hash.

@@ -82,12 +82,9 @@ fn initialisers(servers: &[Instance]) -> Vec<&Instance> {
     servers.iter().filter(|s| s.file("/etc/rancher/k3s/config.yaml").is_some_and(|c| c.contains("cluster-init: true"))).collect()
 }
 
-async fn until<F: Fn() -> bool>(what: &str, f: F) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// The test bed's `until`, with this file's one-minute bound.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    k3s_asg_testbed::check::until(what, Duration::from_secs(60), done).await
 }
 
 /// Waits until a scheduled snapshot holding `marker` is in S3.
@@ -103,7 +100,7 @@ async fn snapshot_with(w: &World, marker: &str) {
 }
 
 fn configured_server(inst: &Instance) -> Option<String> {
-    inst.file("/etc/rancher/k3s/config.yaml")?.lines().find_map(|l| l.strip_prefix("server: ").map(|v| v.trim_matches('"').to_string()))
+    k3s_asg_agent::render::configured(&inst.file("/etc/rancher/k3s/config.yaml")?, "server")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,7 +460,7 @@ async fn a_snapshot_that_will_not_restore_is_set_aside_for_the_next_newest() {
         let run = w.agent(&a, &["join"]).await.unwrap();
         assert_eq!(run.code, 1, "attempt {attempt}: the broken snapshot fails to restore");
     }
-    assert_eq!(state(&a).failed_snapshots, vec![broken.clone()]);
+    assert_eq!(state(&a).failed_snapshots(), vec![broken.clone()]);
     ok(&w.agent(&a, &["join"]).await.unwrap());
     assert_eq!(a.file(DB_STATE).as_deref(), Some("marker: good"));
     assert!(a.file(RESTORED_FROM).is_some_and(|n| n != broken));

@@ -3,7 +3,7 @@
 //! a server in `run` collects the Nodes of instances that died without leaving.
 
 use k3s_asg_agent::state::StepName;
-use k3s_asg_testbed::check::{ok, state};
+use k3s_asg_testbed::check::{ok, state, until};
 use k3s_asg_testbed::world::World;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -139,11 +139,10 @@ async fn the_coordinator_takes_the_default_region_and_stops_on_sigterm() {
     ok(&w.coordinator(&["plan"]).await.unwrap());
     w.recorder.clear();
     let run = w.spawn_coordinator(&["run", "--interval", "3600"]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !w.recorder.calls_by("AKIACOORDINATOR").iter().any(|c| c.operation == "DescribeRules") {
-        assert!(Instant::now() < deadline, "the coordinator never reconciled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until("the coordinator to reconcile", Duration::from_secs(30), || {
+        w.recorder.calls_by("AKIACOORDINATOR").iter().any(|c| c.operation == "DescribeRules")
+    })
+    .await;
     run.sigterm();
     let out = run.wait(Duration::from_secs(30)).await.unwrap();
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -164,16 +163,12 @@ async fn an_old_admin_kubeconfig_is_replaced_by_a_servers_own() {
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
     let run = w.spawn_agent(&b, &["run"]).unwrap();
     // Two guard rounds after its join: the admin kubeconfig was looked at (and kept).
-    let deadline = Instant::now() + Duration::from_secs(30);
     let admin_reads = || {
         let calls = w.recorder.calls_by(&b.access_key());
         let registered = calls.iter().find(|c| c.operation == "DescribeTargetHealth" && c.at_ms > since).map(|c| c.at_ms).unwrap_or(u128::MAX);
         calls.iter().filter(|c| c.operation == "GetParameters" && c.at_ms > registered).count()
     };
-    while admin_reads() < 4 {
-        assert!(Instant::now() < deadline, "the guard did not run");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until("two guard rounds", Duration::from_secs(30), || admin_reads() >= 4).await;
     run.sigterm();
     ok(&run.wait(Duration::from_secs(30)).await.unwrap());
     assert_eq!(w.param(admin).await.unwrap().unwrap(), published, "a young kubeconfig is kept");
