@@ -16,7 +16,7 @@ use crate::state::{Phase, State, StepName, RESTORE_ATTEMPTS};
 use crate::token;
 use crate::wait::Waiter;
 use k3s_asg_aws::ec2::InstanceInfo;
-use k3s_asg_aws::records::RecordSet;
+use k3s_asg_aws::records::{RecordChange, RecordSet};
 use k3s_asg_aws::spec::AddressKind;
 use k3s_asg_aws::tags::Role;
 use std::path::PathBuf;
@@ -914,9 +914,13 @@ impl Joining<'_> {
         for c in &changes {
             tracing::info!(record = %c.record().label(), action = c.action(), purpose = c.purpose(), "API record change");
         }
-        if !changes.is_empty() {
-            fx.zones.change(&api.hosted_zone_id, &changes).await?;
+        // The own record in a request of its own: a stale record that another agent or the
+        // coordinator deletes first must not fail it (Route53 refuses a batch whole).
+        let (own, stale): (Vec<_>, Vec<_>) = changes.into_iter().partition(|c| matches!(c, RecordChange::Upsert { .. }));
+        if !own.is_empty() {
+            fx.zones.change(&api.hosted_zone_id, &own).await?;
         }
+        fx.zones.delete_each(&api.hosted_zone_id, &stale).await?;
         self.st.api_record = Some(format!("{} A {} (set {})", api.hostname, address, self.me()));
         self.st.api_zone_id = Some(api.hosted_zone_id.clone());
         Ok(())

@@ -18,8 +18,29 @@ pub trait Zones: Send + Sync {
     async fn records(&self, zone_id: &str) -> Result<Vec<RecordSet>, Error>;
     /// The record sets named exactly `name` of type `rtype` (one short listing, not the zone).
     async fn records_named(&self, zone_id: &str, name: &str, rtype: &str) -> Result<Vec<RecordSet>, Error>;
-    /// Applies the changes, in order, in as few requests as Route53's limits allow.
+    /// Applies the changes, in order, in as few requests as Route53's limits allow. Route53
+    /// applies a request whole or not at all, and refuses it whole when a `DELETE` does not
+    /// match the current record set exactly: changes that others may race belong in
+    /// [`Zones::delete_each`].
     async fn change(&self, zone_id: &str, changes: &[RecordChange]) -> Result<(), Error>;
+
+    /// Sends each delete in a request of its own, so one that races another writer cannot take
+    /// the others (or a caller's own record) down with it. A record set already gone (another
+    /// agent or the coordinator deleted it first) counts as deleted; one changed since it was
+    /// read is left to whoever changed it. Any other failure is returned.
+    async fn delete_each(&self, zone_id: &str, deletes: &[RecordChange]) -> Result<(), Error> {
+        for d in deletes {
+            let Err(e) = self.change(zone_id, std::slice::from_ref(d)).await else { continue };
+            let r = d.record();
+            let now = self.records_named(zone_id, &r.name, &r.rtype).await?;
+            match now.iter().find(|x| x.set_identifier == r.set_identifier) {
+                None => tracing::info!(record = %r.label(), "already deleted by another writer"),
+                Some(x) if x != r => tracing::info!(record = %r.label(), "changed by another writer since it was read; left alone"),
+                Some(_) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 pub struct Route53(pub aws_sdk_route53::Client);

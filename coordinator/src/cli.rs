@@ -16,7 +16,8 @@ use std::time::Duration;
 /// its `_k3s-asg.<hostname>` TXT record; anything else is reported as a conflict.
 ///
 /// Exit codes: 0 done (for `apply`: the region matches the desired state);
-/// 2 bad input (a spec names the field); 1 any other failure.
+/// 2 bad input (a spec names the field; a plan over the rules quota is printed,
+/// and only API records of stopped instances are collected); 1 any other failure.
 #[derive(Debug, Parser)]
 #[command(name = "k3s-asg-coordinator", version)]
 struct Cli {
@@ -120,12 +121,12 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
             } else {
                 print!("{}", crate::render::text(&p));
             }
-            Ok(())
+            reconcile::refusal(&p, &settings).map_or(Ok(()), Err)
         }
         Command::Apply => {
             let p = reconcile::apply(&settings, &fx, &Warm::cold()).await?;
             print!("{}", crate::render::text(&p));
-            Ok(())
+            reconcile::refusal(&p, &settings).map_or(Ok(()), Err)
         }
         Command::Lambda => crate::lambda::serve(settings, fx, warm).await,
         Command::Kubeconfig { .. } => unreachable!("handled above"),
@@ -134,7 +135,19 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
                 .map_err(|e| Error::failed("install SIGTERM handler", "", e.to_string()))?;
             loop {
                 match reconcile::apply(&settings, &fx, &warm).await {
-                    Ok(p) => tracing::info!(rules = p.rules.len(), records = p.records.len(), conflicts = p.conflicts.len(), "reconciled"),
+                    Ok(p) => match reconcile::refusal(&p, &settings) {
+                        // Kept running: the API garbage is still collected every round.
+                        Some(e) => {
+                            tracing::error!(error = %e, api_garbage = p.api_garbage.len(), "plan refused; only API records of stopped instances were collected")
+                        }
+                        None => tracing::info!(
+                            rules = p.rules.len(),
+                            records = p.records.len(),
+                            api_garbage = p.api_garbage.len(),
+                            conflicts = p.conflicts.len(),
+                            "reconciled"
+                        ),
+                    },
                     Err(e) if e.bad_input => return Err(e),
                     Err(e) => tracing::error!(error = %e, "reconcile failed; will retry"),
                 }

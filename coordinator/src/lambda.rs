@@ -48,10 +48,15 @@ pub async fn serve(settings: Settings, fx: Effects, warm: Warm) -> Result<(), Er
                 shared.2.invalidate(&kind);
             }
             let p = reconcile::apply(&shared.0, &shared.1, &shared.2).await.map_err(|e| -> lambda_runtime::Error { Box::new(e) })?;
+            if let Some(e) = reconcile::refusal(&p, &shared.0) {
+                // A failed invocation, so the operator's alarms see it; API garbage was collected.
+                tracing::error!(plan = %crate::render::text(&p), "plan refused");
+                return Err(Box::new(e) as lambda_runtime::Error);
+            }
             Ok::<Value, lambda_runtime::Error>(json!({
                 "event": kind,
                 "rule_changes": p.rules.len(),
-                "record_changes": p.records.len(),
+                "record_changes": p.records.len() + p.api_garbage.len(),
                 "conflicts": p.conflicts,
                 "notes": p.notes,
             }))

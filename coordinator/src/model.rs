@@ -104,6 +104,12 @@ pub enum RuleChange {
 pub struct Plan {
     pub rules: Vec<RuleChange>,
     pub records: Vec<RecordChange>,
+    /// API records of instances that no longer run: collected even when the rest of the plan
+    /// is refused, so a bad spec never keeps dead servers in the API name.
+    pub api_garbage: Vec<RecordChange>,
+    /// Why the rules and endpoint records of this plan must not be applied (bad input: a quota
+    /// the plan exceeds). Shown with the plan; `apply` then performs only `api_garbage`.
+    pub refused: Vec<String>,
     /// Things in the way that we do not own: reported, never touched.
     pub conflicts: Vec<String>,
     /// Decisions worth telling the operator (health overrides).
@@ -112,6 +118,15 @@ pub struct Plan {
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty() && self.records.is_empty()
+        self.rules.is_empty() && self.records.is_empty() && self.api_garbage.is_empty()
+    }
+
+    /// The changes `apply` performs: everything, or only the API garbage when the plan is refused.
+    pub fn applicable(&self) -> (&[RuleChange], &[RecordChange]) {
+        if self.refused.is_empty() {
+            (&self.rules, &self.records)
+        } else {
+            (&[], &[])
+        }
     }
 }

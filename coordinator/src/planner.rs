@@ -1,5 +1,6 @@
 //! The diff: desired vs observed → the changes to make (pure). The whole plan
-//! is checked against the ALB quota before anything is written.
+//! is checked against the ALB quota before anything is written: a plan over
+//! quota is refused whole, except the API records of dead instances.
 
 use crate::model::*;
 use k3s_asg_aws::names::fqdn;
@@ -12,7 +13,7 @@ pub const MAX_PRIORITY: u32 = 50_000;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error(
-        "the plan needs {needed} listener rules on the load balancer but its quota is {quota} (rules_quota in the region spec); nothing was applied"
+        "the plan needs {needed} listener rules on the load balancer but its quota is {quota} (rules_quota in the region spec); no rule or endpoint record was changed"
     )]
     Quota { needed: usize, quota: u32 },
     #[error("listener {listener} has no free priority left")]
@@ -39,6 +40,7 @@ pub fn owner_set_id(region: &str, hostname: &str) -> String {
 
 pub fn plan(d: &Desired, o: &Observed) -> Result<Plan, PlanError> {
     let mut p = Plan::default();
+    // Over quota, the plan is still made and shown in full, but refused (see Plan::refused).
     let blocked = plan_rules(d, o, &mut p)?;
     plan_records(d, o, &blocked, &mut p);
     plan_api_garbage(d, o, &mut p);
@@ -64,7 +66,7 @@ fn plan_api_garbage(d: &Desired, o: &Observed, p: &mut Plan) {
     for r in api_records(d, &o.records) {
         let id = r.set_identifier.as_deref().unwrap_or_default();
         if !o.live_instances.contains(id) {
-            p.records.push(RecordChange::Delete { purpose: format!("API record of stopped instance {id}"), record: r.clone() });
+            p.api_garbage.push(RecordChange::Delete { purpose: format!("API record of stopped instance {id}"), record: r.clone() });
         }
     }
 }
@@ -157,7 +159,7 @@ fn plan_rules(d: &Desired, o: &Observed, p: &mut Plan) -> Result<BTreeSet<String
             observed.len() - deletes + p.rules.iter().filter(|c| matches!(c, RuleChange::Create { listener: l, .. } if l == listener)).count();
     }
     if total_after > d.rules_quota as usize {
-        return Err(PlanError::Quota { needed: total_after, quota: d.rules_quota });
+        p.refused.push(PlanError::Quota { needed: total_after, quota: d.rules_quota }.to_string());
     }
     Ok(blocked)
 }
@@ -359,9 +361,14 @@ mod tests {
             desired((0..5).map(|i| want(&format!("endpoint e{i}"), true, spec(&format!("e{i}.example.com"), &[(TG_A, 1)]))).collect(), vec![]);
         d.rules_quota = 4;
         let o = Observed::default();
-        assert_eq!(plan(&d, &o).unwrap_err(), PlanError::Quota { needed: 5, quota: 4 });
+        let refused = plan(&d, &o).unwrap();
+        assert_eq!(refused.refused, vec![PlanError::Quota { needed: 5, quota: 4 }.to_string()]);
+        assert_eq!(refused.rules.len(), 5, "the refused plan is still shown whole");
+        assert!(refused.applicable().0.is_empty() && refused.applicable().1.is_empty());
         d.rules_quota = 5;
-        assert_eq!(plan(&d, &o).unwrap().rules.len(), 5);
+        let p = plan(&d, &o).unwrap();
+        assert!(p.refused.is_empty());
+        assert_eq!(p.applicable().0.len(), 5);
     }
 
     fn rec(name: &str, rtype: &str, set_id: &str, data: RecordData) -> RecordSet {
@@ -409,10 +416,11 @@ mod tests {
         let o = Observed { rules: vec![], records, live_instances: ["i-0000000000000000a".to_string()].into() };
         let p = plan(&d, &o).unwrap();
         assert!(
-            matches!(&p.records[..], [RecordChange::Delete { record, .. }] if record.set_identifier.as_deref() == Some("i-0000000000000000b")),
+            matches!(&p.api_garbage[..], [RecordChange::Delete { record, .. }] if record.set_identifier.as_deref() == Some("i-0000000000000000b")),
             "{:?}",
-            p.records
+            p.api_garbage
         );
+        assert!(p.records.is_empty());
     }
 
     #[test]

@@ -147,6 +147,11 @@ async fn apply_health(specs: &mut crate::source::Specs, fx: &Effects) -> Result<
     Ok(notes)
 }
 
+/// Bad input (exit 2) when the plan was refused: it names the region spec, which holds the quota.
+pub fn refusal(p: &Plan, s: &Settings) -> Option<Error> {
+    (!p.refused.is_empty()).then(|| Error::bad_input("check plan", s.prefix.region(&s.region), p.refused.join("; ")))
+}
+
 /// Applies the plan; returns it. Retries the whole reconcile when a rule
 /// priority was taken by a concurrent coordinator.
 /// On any failure `warm` forgets what it kept, so the next reconcile reads everything.
@@ -177,8 +182,9 @@ async fn apply_inner(s: &Settings, fx: &Effects, warm: &Warm) -> Result<Plan, Er
 
 async fn perform(p: &Plan, s: &Settings, fx: &Effects, warm: &Warm) -> Result<(), Error> {
     // Reordering first (one call per listener), so new rules find their slots free.
+    let (rules, records) = p.applicable();
     let mut moves: BTreeMap<&str, Vec<(String, u32)>> = BTreeMap::new();
-    for c in &p.rules {
+    for c in rules {
         if let RuleChange::Reprioritize { listener, arn, to, .. } = c {
             moves.entry(listener).or_default().push((arn.clone(), *to));
         }
@@ -186,7 +192,7 @@ async fn perform(p: &Plan, s: &Settings, fx: &Effects, warm: &Warm) -> Result<()
     for pairs in moves.values() {
         fx.alb.set_priorities(pairs).await?;
     }
-    for c in &p.rules {
+    for c in rules {
         match c {
             RuleChange::Create { listener, priority, spec, .. } => {
                 let arn = fx.alb.create_rule(listener, *priority, spec, &s.owner).await?;
@@ -198,11 +204,15 @@ async fn perform(p: &Plan, s: &Settings, fx: &Effects, warm: &Warm) -> Result<()
         }
     }
     let mut by_zone: BTreeMap<&str, Vec<RecordChange>> = BTreeMap::new();
-    for c in &p.records {
+    for c in records {
         by_zone.entry(&c.record().zone_id).or_default().push(c.clone());
     }
     for (zone, changes) in by_zone {
         fx.zones.change(zone, &changes).await?;
+    }
+    // Each on its own: an agent may delete the same stale record first.
+    for c in &p.api_garbage {
+        fx.zones.delete_each(&c.record().zone_id, std::slice::from_ref(c)).await?;
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ pub fn text(p: &Plan) -> String {
             RuleChange::Reprioritize { host, from, to, arn, .. } => format!("~ order  host {host}: priority {from} → {to}   {arn}\n"),
         });
     }
-    for c in &p.records {
+    for c in p.records.iter().chain(&p.api_garbage) {
         let (sign, purpose, r) = match c {
             RecordChange::Upsert { purpose, record } => ("+", purpose, record),
             RecordChange::Delete { purpose, record } => ("-", purpose, record),
@@ -43,6 +43,9 @@ pub fn text(p: &Plan) -> String {
     }
     for c in &p.conflicts {
         out.push_str(&format!("! conflict: {c}\n"));
+    }
+    for r in &p.refused {
+        out.push_str(&format!("! refused: {r}\n"));
     }
     if p.is_empty() && p.conflicts.is_empty() {
         out.push_str("no changes: the region matches the desired state\n");

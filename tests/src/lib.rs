@@ -22,6 +22,7 @@ pub mod moto;
 pub mod recorder;
 pub mod reliability;
 pub mod roll;
+pub mod route53_batch;
 pub mod supervisor;
 pub mod world;
 

@@ -48,6 +48,10 @@ struct Inner {
     /// (Two cluster-inits were seen once in ~340 ten-server races before this; not reproduced in
     /// 200 more without it, so this is the likeliest cause, not a proven one.)
     writes: tokio::sync::Mutex<()>,
+    /// A record set (its `<ResourceRecordSet>` XML and set identifier) that Route53 listings
+    /// show but moto does not hold, until a change batch tries to delete it: what an agent sees
+    /// when another writer deletes a record between its read and its write.
+    phantom: Mutex<Option<(String, String)>>,
 }
 
 /// What the proxy does to a call picked for a fault. Half of the kinds strike before moto
@@ -87,6 +91,7 @@ impl Recorder {
             fault_rate: Mutex::new(0.0),
             scripted: Default::default(),
             writes: tokio::sync::Mutex::new(()),
+            phantom: Mutex::new(None),
         });
         let router = axum::Router::new().fallback(forward).with_state(inner.clone());
         let served = serve("127.0.0.1:0", router).await?;
@@ -119,6 +124,16 @@ impl Recorder {
 
     pub fn clear_scripted(&self) {
         self.inner.scripted.lock().unwrap().clear();
+    }
+
+    /// Lists an `A` record `name` (set `set_identifier`, MultiValueAnswer, TTL 30, `value`) in
+    /// every Route53 listing, though the zone does not hold it, until a change batch deletes
+    /// it: the batch then meets Route53's "not found", as after a concurrent delete.
+    pub fn phantom_api_record(&self, name: &str, set_identifier: &str, value: &str) {
+        let xml = format!(
+            "<ResourceRecordSet><Name>{name}.</Name><Type>A</Type><SetIdentifier>{set_identifier}</SetIdentifier><MultiValueAnswer>true</MultiValueAnswer><TTL>30</TTL><ResourceRecords><ResourceRecord><Value>{value}</Value></ResourceRecord></ResourceRecords></ResourceRecordSet>"
+        );
+        *self.inner.phantom.lock().unwrap() = Some((xml, set_identifier.to_string()));
     }
 
     pub fn route(&self, service: &str, upstream: String) {
@@ -222,6 +237,55 @@ fn unavailable() -> Response {
     Response::builder().status(503).body(Body::from("Service Unavailable")).unwrap()
 }
 
+/// Route53's batch semantics (see [`crate::route53_batch`]): the batch is checked against the
+/// zone's records as moto holds them, and refused whole with `InvalidChangeBatch` when Route53
+/// would refuse it. Called with the write lock held, so nothing changes between the check and
+/// moto's apply.
+async fn route53_refusal(client: &reqwest::Client, upstream: &str, path: &str, headers: &HeaderMap, body: &[u8]) -> Option<Response> {
+    let changes = match crate::route53_batch::parse_changes(&String::from_utf8_lossy(body)) {
+        Ok(c) => c,
+        Err(e) => return Some(error_response("route53", 400, "InvalidInput", &format!("change batch does not parse: {e}"))),
+    };
+    let list_path = path.trim_end_matches('/');
+    let mut current = Vec::new();
+    let mut start: Option<(String, String, Option<String>)> = None;
+    loop {
+        let mut url = format!("{upstream}{list_path}?maxitems=300");
+        if let Some((name, rtype, id)) = start.take() {
+            url.push_str(&format!("&name={name}&type={rtype}"));
+            if let Some(id) = id {
+                url.push_str(&format!("&identifier={id}"));
+            }
+        }
+        // Route53 is never under moto's signature check (see World::with_separate_route53), so
+        // the caller's Authorization header serves only to route the call to moto's Route53.
+        let mut req = client.get(url);
+        for (k, v) in headers.iter() {
+            if k == "authorization" || k == "host" {
+                req = req.header(k, v);
+            }
+        }
+        let text = match req.send().await {
+            Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
+            Ok(r) => return Some(error_response("route53", 400, "NoSuchHostedZone", &format!("listing the zone failed: {}", r.status()))),
+            Err(e) => return Some(error_response("route53", 503, "ServiceUnavailable", &e.to_string())),
+        };
+        let (sets, next) = match crate::route53_batch::parse_listing(&text) {
+            Ok(l) => l,
+            Err(e) => return Some(error_response("route53", 500, "InternalError", &format!("zone listing does not parse: {e}"))),
+        };
+        current.extend(sets);
+        match next {
+            Some(n) => start = Some(n),
+            None => break,
+        }
+    }
+    match crate::route53_batch::check(&current, &changes) {
+        Ok(()) => None,
+        Err(problems) => Some(error_response("route53", 400, "InvalidChangeBatch", &format!("[{}]", problems.join(", ")))),
+    }
+}
+
 async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
@@ -266,6 +330,18 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     // K3S_ASG_TESTBED_CONCURRENT_WRITES=1 turns the serialisation off (to reproduce moto's race).
     let serialise = mutating(&op) && std::env::var_os("K3S_ASG_TESTBED_CONCURRENT_WRITES").is_none();
     let _serialised = if serialise { Some(inner.writes.lock().await) } else { None };
+    if op == "ChangeResourceRecordSets" {
+        let mut phantom = inner.phantom.lock().unwrap();
+        if phantom.as_ref().is_some_and(|(_, id)| String::from_utf8_lossy(&body).contains(&format!("<SetIdentifier>{id}</SetIdentifier>"))) {
+            *phantom = None;
+        }
+    }
+    if op == "ChangeResourceRecordSets" {
+        if let Some(refusal) = route53_refusal(&inner.client, &upstream, parts.uri.path(), &parts.headers, &body).await {
+            record(400);
+            return refusal;
+        }
+    }
     let (status, headers, bytes) = match out.send().await {
         Ok(resp) => {
             let status = resp.status();
@@ -287,6 +363,13 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         }
         _ => record(status.as_u16()),
     }
+    let phantom = inner.phantom.lock().unwrap().as_ref().map(|(xml, _)| xml.clone());
+    let bytes = match phantom {
+        Some(xml) if op == "ListResourceRecordSets" && status.is_success() => {
+            String::from_utf8_lossy(&bytes).replacen("<ResourceRecordSets>", &format!("<ResourceRecordSets>{xml}"), 1).into_bytes().into()
+        }
+        _ => bytes,
+    };
     let mut resp = Response::builder().status(status);
     for (k, v) in headers.iter() {
         if k != "content-length" && k != "transfer-encoding" && k != "connection" {

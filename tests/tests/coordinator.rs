@@ -165,9 +165,15 @@ async fn limits_and_bad_specs_refuse_before_the_first_write() {
     w.create_alb(443, 2).await.unwrap();
     w.recorder.clear();
     let run = w.coordinator(&["apply"]).await.unwrap();
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(run.stderr.contains("quota is 2"), "{}", run.stderr);
+    // Over quota is bad input: exit 2 naming the region spec, and the refused plan is shown.
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("quota is 2") && run.stderr.contains("/k3s-asg/regions/us-east-1"), "{}", run.stderr);
+    assert_eq!(run.stdout.matches("+ rule").count(), 3, "{}", run.stdout);
+    assert!(run.stdout.contains("! refused:"), "{}", run.stdout);
     assert!(writes(&w).is_empty(), "{:?}", writes(&w));
+    let plan = w.coordinator(&["plan"]).await.unwrap();
+    assert_eq!(plan.code, 2, "{}", plan.stderr);
+    assert_eq!(plan.stdout, run.stdout);
 
     let zone = w.zone_id().to_string();
     w.put_param(
