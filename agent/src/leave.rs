@@ -89,6 +89,9 @@ pub async fn leave(cfg: &AgentConfig, fx: &Effects, hurry: &Hurry, trigger: Trig
         tracing::info!(group = %h.group, hook = %h.hook, "completed the lifecycle action with CONTINUE");
         st.step(&fx.fs, StepName::LifecycleCompleted)?;
     }
+    if st.trigger.as_ref().is_some_and(Trigger::returns) && d.role.is_server() {
+        forget_membership(fx, &mut st)?;
+    }
     st.phase = Phase::Left;
     if let Some(e) = &d.spec_error {
         st.last_error = Some(format!("left from what the state file recorded (target groups, API record; drain with default timeouts): {e}"));
@@ -98,6 +101,25 @@ pub async fn leave(cfg: &AgentConfig, fx: &Effects, hurry: &Hurry, trigger: Trig
     st.api_record = None;
     st.save(&fx.fs)?;
     tracing::info!("left the cluster");
+    Ok(())
+}
+
+/// A server taken out of service (not terminated) comes back later: k3s will not re-add an
+/// etcd member that was removed while its `server/db` remains, so the datastore goes, and the
+/// server joins the live cluster when it returns (never initialises one: `mode` is `join`).
+/// Where quorum kept the member, the datastore stays and the server comes back as that member.
+fn forget_membership(fx: &Effects, st: &mut State) -> Result<()> {
+    if !st.steps.iter().any(|s| s.name == StepName::NodeDeleted) {
+        tracing::warn!("this server's etcd member was kept (quorum): keeping its datastore to come back as that member");
+        return Ok(());
+    }
+    fx.fs.remove_dir(render::SERVER_DB_PATH)?;
+    st.mode = Some(crate::plan::Mode::Join);
+    st.server_url = None;
+    tracing::info!(
+        path = render::SERVER_DB_PATH,
+        "etcd member removed; wiped the datastore so the server joins again as a new member when it returns"
+    );
     Ok(())
 }
 
@@ -226,9 +248,7 @@ impl Leaving<'_> {
         }
         let records = self.fx.zones.records_named(&api.hosted_zone_id, &api.hostname, "A").await?;
         let mine = plan::own_record_deletes(&records, self.instance_id);
-        if !mine.is_empty() {
-            self.fx.zones.change(&api.hosted_zone_id, &mine).await?;
-        }
+        self.fx.zones.delete_each(&api.hosted_zone_id, &mine).await?;
         Ok(())
     }
 

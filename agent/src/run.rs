@@ -5,7 +5,10 @@
 //! exits 0); IMDS `autoscaling/target-lifecycle-state` = `Terminated`;
 //! a spot `spot/instance-action`; optionally a rebalance recommendation. A
 //! second SIGTERM during leave skips the remaining waits but still cleans up.
-//! An instance that boots into a warm pool (`Warmed:*`) waits for `InService`.
+//! An instance that boots into a warm pool (`Warmed:*`) or in `Standby` waits for `InService`;
+//! one that the group takes out of service after it joined (back to a warm pool on scale-in,
+//! or into `Standby`) leaves (a server also wipes its datastore once its etcd member is gone)
+//! and joins again when it is put back in service.
 
 use crate::config::AgentConfig;
 use crate::effects::Effects;
@@ -20,11 +23,20 @@ use tokio::signal::unix::{signal, SignalKind};
 
 pub const POLL: Duration = Duration::from_secs(1);
 
-/// Reads IMDS once: a reason to leave, if any.
-pub async fn notice(cfg: &AgentConfig, fx: &Effects) -> Result<Option<Trigger>> {
+/// A target lifecycle state in which the instance must serve nothing but is not going away.
+pub fn out_of_service(target_state: &str) -> bool {
+    let s = target_state.trim();
+    (s.starts_with("Warmed:") && s != "Warmed:Terminated") || s == "Standby"
+}
+
+/// Reads IMDS once: a reason to leave, if any. `joined`: whether this instance serves now
+/// (only then is being taken out of service a reason to leave).
+pub async fn notice(cfg: &AgentConfig, fx: &Effects, joined: bool) -> Result<Option<Trigger>> {
     if let Some(state) = fx.metadata.get("autoscaling/target-lifecycle-state").await? {
-        if state.trim() == "Terminated" {
-            return Ok(Some(Trigger::LifecycleTerminated));
+        match state.trim() {
+            "Terminated" | "Warmed:Terminated" => return Ok(Some(Trigger::LifecycleTerminated)),
+            s if joined && out_of_service(s) => return Ok(Some(Trigger::OutOfService(s.to_string()))),
+            _ => {}
         }
     }
     if let Some(action) = fx.metadata.get("spot/instance-action").await? {
@@ -38,6 +50,18 @@ pub async fn notice(cfg: &AgentConfig, fx: &Effects) -> Result<Option<Trigger>> 
 
 pub async fn run(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| Error::failed("install SIGTERM handler", "", e.to_string()))?;
+    loop {
+        serve_once(cfg, fx, &mut term).await?;
+        // Taken out of service (warm pool, Standby) and left: serve again once back in service.
+        if !State::load(&fx.fs)?.is_some_and(|s| s.phase == Phase::Left && s.trigger.as_ref().is_some_and(Trigger::returns)) {
+            return Ok(());
+        }
+        tracing::info!("left while out of service; joining again once the instance is put back in service");
+    }
+}
+
+/// Join (unless a leave is to be finished), watch, leave once.
+async fn serve_once(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::Signal) -> Result<()> {
     let resuming = State::load(&fx.fs)?.is_some_and(|s| s.phase == Phase::Leaving);
     let trigger = if resuming {
         tracing::info!("a previous leave did not finish; finishing it");
@@ -47,7 +71,7 @@ pub async fn run(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
         tokio::select! {
             r = join_when_in_service(cfg, fx) => {
                 r?;
-                watch(cfg, fx, &mut term).await?
+                watch(cfg, fx, term).await?
             }
             _ = term.recv() => Trigger::Sigterm,
             t = next_notice(cfg, fx) => {
@@ -91,16 +115,16 @@ pub async fn run(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
     }
 }
 
-/// In a warm pool, prepare nothing and wait until the instance is put in service.
+/// In a warm pool or in Standby, prepare nothing and wait until the instance is put in service.
 async fn join_when_in_service(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
     let mut logged = false;
     loop {
         let state = fx.metadata.get("autoscaling/target-lifecycle-state").await?.unwrap_or_default();
-        if !state.trim().starts_with("Warmed:") {
+        if !out_of_service(&state) {
             break;
         }
         if !logged {
-            tracing::info!(state = state.trim(), "instance is in a warm pool; waiting for InService before joining");
+            tracing::info!(state = state.trim(), "instance is out of service (warm pool or Standby); waiting for InService before joining");
             logged = true;
         }
         // Hours in a warm pool must not hit the unit's start timeout: each poll extends it.
@@ -115,7 +139,7 @@ async fn join_when_in_service(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
 /// On SIGTERM: whether AWS says this instance is going away (a notice in IMDS, or EC2 shows it
 /// shutting down, stopping or gone). Only then does a SIGTERM mean leave.
 async fn going_away(cfg: &AgentConfig, fx: &Effects) -> Result<Option<Trigger>> {
-    if let Some(t) = notice(cfg, fx).await? {
+    if let Some(t) = notice(cfg, fx, false).await? {
         return Ok(Some(t));
     }
     let Some(id) = crate::effects::metadata::required(fx.metadata.as_ref(), "instance-id").await? else {
@@ -136,10 +160,10 @@ async fn going_away(cfg: &AgentConfig, fx: &Effects) -> Result<Option<Trigger>> 
     })
 }
 
-/// Polls IMDS until it gives a reason to leave.
+/// Polls IMDS until it gives a reason to leave (joining: being out of service is none).
 async fn next_notice(cfg: &AgentConfig, fx: &Effects) -> Trigger {
     loop {
-        if let Ok(Some(t)) = notice(cfg, fx).await {
+        if let Ok(Some(t)) = notice(cfg, fx, false).await {
             return t;
         }
         tokio::time::sleep(POLL).await;
@@ -189,7 +213,7 @@ async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::
                         Err(e) => tracing::warn!(error = %e, "could not check the node's cluster; will retry"),
                     }
                 }
-                match notice(cfg, fx).await {
+                match notice(cfg, fx, true).await {
                     Ok(Some(t)) => return Ok(t),
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "could not read instance metadata; will retry"),

@@ -169,6 +169,17 @@ pub enum Trigger {
     Command,
     /// `run` found a leave that had not finished.
     Resume,
+    /// The group took the instance out of service without terminating it (its target
+    /// lifecycle state: back to a warm pool on scale-in, or `Standby`): leave, and join again
+    /// once it is `InService`.
+    OutOfService(String),
+}
+
+impl Trigger {
+    /// Whether the instance comes back after this leave (and `run` joins again).
+    pub fn returns(&self) -> bool {
+        matches!(self, Trigger::OutOfService(_))
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

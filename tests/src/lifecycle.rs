@@ -178,13 +178,17 @@ async fn handle(State(state): State<Arc<Mutex<AsgState>>>, body: String) -> Resp
             let Some((_, ls)) = s.instances.get(&id).cloned() else {
                 return error("ValidationError", &format!("No active Lifecycle Action found with instance ID {id}"));
             };
-            if !ls.starts_with("Terminating:Wait") {
-                return error("ValidationError", &format!("No active Lifecycle Action found with instance ID {id}"));
-            }
+            // The terminating hook pauses a scale-in in Terminating:Wait, or in Warmed:Pending:Wait
+            // when the instance goes back to the warm pool instead (instance reuse policy).
+            let next = match ls.as_str() {
+                "Terminating:Wait" => "Terminating:Proceed",
+                "Warmed:Pending:Wait" => "Warmed:Pending:Proceed",
+                _ => return error("ValidationError", &format!("No active Lifecycle Action found with instance ID {id}")),
+            };
             let result = f.get("LifecycleActionResult").cloned().unwrap_or_default();
             s.actions.push((action.clone(), id.clone(), hook, result));
             if action == "CompleteLifecycleAction" {
-                s.instances.get_mut(&id).unwrap().1 = "Terminating:Proceed".into();
+                s.instances.get_mut(&id).unwrap().1 = next.into();
             }
             xml(&action, "")
         }

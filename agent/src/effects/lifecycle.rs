@@ -50,7 +50,9 @@ impl Lifecycle for AutoScaling {
         let Some(inst) = resp.auto_scaling_instances().first() else {
             return Ok(None);
         };
-        if !inst.lifecycle_state().unwrap_or_default().starts_with("Terminating:Wait") {
+        // Terminating, terminating from the warm pool, or going back to the warm pool on
+        // scale-in (that pauses in `Warmed:Pending:Wait` for the terminating hook).
+        if !["Terminating:Wait", "Warmed:Terminating:Wait", "Warmed:Pending:Wait"].contains(&inst.lifecycle_state().unwrap_or_default()) {
             return Ok(None);
         }
         let group = inst.auto_scaling_group_name().unwrap_or_default().to_string();
