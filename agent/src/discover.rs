@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 pub struct Names {
     pub config: String,
     pub token: String,
+    pub agent_token: String,
     pub admin: String,
     pub drain: String,
 }
@@ -28,6 +29,7 @@ impl Names {
         Names {
             config: cfg.prefix.cluster_config(cluster),
             token: cfg.prefix.cluster_token(cluster),
+            agent_token: cfg.prefix.agent_token(cluster),
             admin: cfg.prefix.admin_kubeconfig(cluster),
             drain: cfg.prefix.drain_kubeconfig(cluster),
         }
@@ -69,6 +71,16 @@ impl Discovery {
         self.params.get(name)
     }
 
+    /// The parameter this instance joins with: the server token for a server; for a node the
+    /// agent token, or the server token read as a fallback (`server_token_fallback`).
+    pub fn join_token_name(&self) -> &str {
+        if self.role.is_server() || (!self.params.contains_key(&self.names.agent_token) && self.params.contains_key(&self.names.token)) {
+            &self.names.token
+        } else {
+            &self.names.agent_token
+        }
+    }
+
     /// Where the cluster's snapshots are, if its spec has them (the bucket's region defaults to
     /// the instance's).
     pub fn snapshot_store(&self) -> Option<SnapshotStore> {
@@ -80,6 +92,28 @@ impl Discovery {
     }
 }
 
+/// A cluster that has no agent token yet (it began before agents published one; the next
+/// server join publishes it): a node falls back to the server token where its instance role
+/// still lets it read it (the shared policy of earlier releases). A refusal is no error: the
+/// node waits for the agent token.
+pub async fn server_token_fallback(fx: &Effects, names: &Names, params: &BTreeMap<String, Param>) -> BTreeMap<String, Param> {
+    if params.contains_key(&names.agent_token) {
+        return BTreeMap::new();
+    }
+    match fx.parameters.get(std::slice::from_ref(&names.token)).await {
+        Ok(found) => {
+            if found.contains_key(&names.token) {
+                tracing::warn!(parameter = %names.agent_token, "the cluster has no agent token yet: joining with the server token (the next control-plane join publishes the agent token)");
+            }
+            found
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "the server token is not readable here (as it should be for a node)");
+            BTreeMap::new()
+        }
+    }
+}
+
 pub async fn discover(cfg: &AgentConfig, fx: &Effects, purpose: Purpose) -> Result<Discovery> {
     let id = identity(fx).await?;
     let tags = instance_tags(cfg, fx, &id.instance_id).await?;
@@ -87,11 +121,17 @@ pub async fn discover(cfg: &AgentConfig, fx: &Effects, purpose: Purpose) -> Resu
     let group = tags.get(GROUP_NAME_TAG).map(|g| g.trim().to_string()).filter(|g| !g.is_empty());
     let names = Names::new(cfg, &cluster);
     let wanted = match purpose {
-        Purpose::Join if role.is_server() => vec![names.config.clone(), names.token.clone(), names.drain.clone(), names.admin.clone()],
-        Purpose::Join => vec![names.config.clone(), names.token.clone(), names.drain.clone()],
+        Purpose::Join if role.is_server() => {
+            vec![names.config.clone(), names.token.clone(), names.agent_token.clone(), names.drain.clone(), names.admin.clone()]
+        }
+        // A node never asks for the server token or the admin kubeconfig (its policy denies them).
+        Purpose::Join => vec![names.config.clone(), names.agent_token.clone(), names.drain.clone()],
         Purpose::Leave => vec![names.config.clone(), names.drain.clone()],
     };
-    let params = fx.parameters.get(&wanted).await?;
+    let mut params = fx.parameters.get(&wanted).await?;
+    if purpose == Purpose::Join && !role.is_server() {
+        params.extend(server_token_fallback(fx, &names, &params).await);
+    }
     let mut spec_error = None;
     let spec = match cluster_spec(&params, &names.config) {
         Ok(spec) => spec,
@@ -111,7 +151,7 @@ pub async fn discover(cfg: &AgentConfig, fx: &Effects, purpose: Purpose) -> Resu
         Err(e) => return Err(e),
     };
     if purpose == Purpose::Join {
-        for secret in [&names.token, &names.admin, &names.drain] {
+        for secret in [&names.token, &names.agent_token, &names.admin, &names.drain] {
             if params.get(secret).is_some_and(|p| !p.secure) {
                 return Err(Error::bad_input(
                     "read parameters",

@@ -102,10 +102,16 @@ pub async fn node_rejoin_reason(cfg: &AgentConfig, fx: &Effects) -> Result<Optio
     let Some(configured) = render::configured(&config, "token") else {
         return Ok(None);
     };
-    let name = cfg.prefix.cluster_token(&st.cluster);
-    let Some(current) = fx.parameters.get(std::slice::from_ref(&name)).await?.remove(&name) else {
+    let names = crate::discover::Names::new(cfg, &st.cluster);
+    let mut found = fx.parameters.get(std::slice::from_ref(&names.agent_token)).await?;
+    found.extend(crate::discover::server_token_fallback(fx, &names, &found).await);
+    let name = if found.contains_key(&names.agent_token) { names.agent_token.clone() } else { names.token.clone() };
+    let Some(current) = found.remove(&name) else {
         return Ok(None);
     };
+    if name == names.agent_token && configured.contains("::server:") {
+        return Ok(Some(format!("parameter {name} was published: joining again with the agent token instead of the server token")));
+    }
     let Some(secure) = token::parse_secure(current.value.expose()) else {
         return Ok(None);
     };

@@ -58,6 +58,7 @@ pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
             j.secure_the_token().await?;
         }
         j.publish_kubeconfigs().await?;
+        j.publish_agent_token().await?;
         j.st.step(&fx.fs, StepName::Kubeconfigs)?;
         j.forget_lost_servers().await?;
         j.publish_api_record().await?;
@@ -497,14 +498,29 @@ impl Joining<'_> {
         let mut first = true;
         loop {
             if !first {
-                let refresh = [names.token.clone(), names.drain.clone()];
-                self.d.params.extend(fx.parameters.get(&refresh).await?);
+                let join_token = if self.d.role.is_server() { &names.token } else { &names.agent_token };
+                let refresh = [join_token.clone(), names.drain.clone()];
+                let fresh = fx.parameters.get(&refresh).await?;
+                for name in &refresh {
+                    if !fresh.contains_key(name) {
+                        self.d.params.remove(name);
+                    }
+                }
+                self.d.params.extend(fresh);
+                if !self.d.role.is_server() {
+                    let fallback = crate::discover::server_token_fallback(fx, &names, &self.d.params).await;
+                    self.d.params.extend(fallback);
+                }
             }
             first = false;
-            let reason = match self.d.param(&names.token).map(|p| p.value.clone()) {
-                None => format!("parameter {} does not exist yet", names.token),
+            let token_name = self.d.join_token_name().to_string();
+            let reason = match self.d.param(&token_name).map(|p| p.value.clone()) {
+                None if token_name == names.agent_token => {
+                    format!("parameter {token_name} does not exist yet (a control-plane instance publishes it once it is ready)")
+                }
+                None => format!("parameter {token_name} does not exist yet"),
                 Some(t) => match token::parse_secure(t.expose()) {
-                    None => format!("parameter {} is not yet in k3s's secure form (the first server is starting)", names.token),
+                    None => format!("parameter {token_name} is not yet in k3s's secure form (the first server is starting)"),
                     Some(secure) => {
                         let records = fx.zones.records_named(&api.hosted_zone_id, &api.hostname, "A").await?;
                         let candidates = plan::join_candidates(&records, self.me(), configured.as_deref());
@@ -538,7 +554,7 @@ impl Joining<'_> {
                 self.st.waiting_for = Some(reason.clone());
                 self.st.save(&fx.fs)?;
             }
-            w.pending(reason).await.map_err(|why| Error::failed("wait for a server to join", &names.token, why))?;
+            w.pending(reason).await.map_err(|why| Error::failed("wait for a server to join", self.d.join_token_name(), why))?;
         }
     }
 
@@ -888,6 +904,38 @@ impl Joining<'_> {
                 tracing::info!(parameter = %names.drain, "replaced the drain kubeconfig (recovery)");
             } else if fx.parameters.create_secure(&names.drain, &Secret::new(kc)).await? {
                 tracing::info!(parameter = %names.drain, "published the drain kubeconfig");
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the agent token nodes join with (`token::agent_token_of` this server's secure
+    /// token, as k3s writes it), when the token parameter holds that same secure token: only a
+    /// server of the cluster the parameter describes speaks for it. Deterministic, so servers
+    /// that publish at once write the same value; a new cluster (recovery without a snapshot)
+    /// replaces it.
+    async fn publish_agent_token(&mut self) -> Result<()> {
+        let (fx, names) = (self.fx, self.d.names.clone());
+        let Some(own) = fx.fs.read(render::SERVER_TOKEN_PATH)?.and_then(|t| token::parse_secure(t.trim())) else {
+            return Ok(());
+        };
+        let fresh = fx.parameters.get(&[names.token.clone(), names.agent_token.clone()]).await?;
+        let published = fresh.get(&names.token).and_then(|p| token::parse_secure(p.value.expose()));
+        if published.as_ref() != Some(&own) {
+            tracing::warn!(parameter = %names.token, "the token parameter does not hold this server's secure token: not publishing an agent token");
+            return Ok(());
+        }
+        let want = Secret::new(token::agent_token_of(&own));
+        match fresh.get(&names.agent_token) {
+            Some(p) if p.value.expose() == want.expose() => {}
+            None => {
+                if fx.parameters.create_secure(&names.agent_token, &want).await? {
+                    tracing::info!(parameter = %names.agent_token, "published the agent token nodes join with");
+                }
+            }
+            Some(_) => {
+                fx.parameters.overwrite_secure(&names.agent_token, &want).await?;
+                tracing::warn!(parameter = %names.agent_token, "replaced the agent token: it belonged to another token of this cluster");
             }
         }
         Ok(())

@@ -48,7 +48,7 @@ pub struct ConfigInputs<'a> {
 /// Renders `/etc/rancher/k3s/config.yaml`.
 ///
 /// Merge rule: the agent sets the identity keys (`node-name`, `node-ip`,
-/// `token`, `server`/`cluster-init`) and the spec may not set them; for list
+/// `token`, `agent-token` on servers, `server`/`cluster-init`) and the spec may not set them; for list
 /// keys (`tls-san`, `node-label`, `disable`, `*-arg`, ...) the spec's entries
 /// are appended after the agent's; every other key comes from the spec.
 /// Values are written as JSON scalars, which YAML reads unchanged.
@@ -58,6 +58,10 @@ pub fn render_config(i: &ConfigInputs<'_>) -> String {
     out.push_str(&format!("node-name: {}\n", q(i.instance_id)));
     out.push_str(&format!("node-ip: {}\n", q(i.node_ip)));
     out.push_str(&format!("token: {}\n", q(i.token)));
+    if i.role.is_server() {
+        // Nodes join with this (published as `agent-token`), never with the server token.
+        out.push_str(&format!("agent-token: {}\n", q(&crate::token::agent_password(crate::token::password_of(i.token)))));
+    }
     match (i.mode, i.server_url) {
         (Mode::ClusterInit, _) | (Mode::Join, None) => out.push_str("cluster-init: true\n"),
         (Mode::Join, Some(url)) => out.push_str(&format!("server: {}\n", q(url))),

@@ -40,6 +40,21 @@ pub fn parse_secure(token: &str) -> Option<SecureToken> {
     Some(SecureToken { ca_hash: hash.to_ascii_lowercase(), password: password.to_string() })
 }
 
+/// The agent token's password, derived from the server token's: every server of a cluster
+/// configures the same `agent-token` without another parameter to agree on, a recovery that
+/// starts a new cluster with a new token gets a new agent token with it, and the server token
+/// cannot be recovered from it (SHA-256 of a domain label and the password).
+pub fn agent_password(server_password: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("k3s-asg agent-token v1\n{server_password}").as_bytes());
+    hex::encode(&digest[..16])
+}
+
+/// The agent token in k3s's secure form, for the cluster of this secure server token.
+pub fn agent_token_of(server: &SecureToken) -> String {
+    format!("K10{}::node:{}", server.ca_hash, agent_password(&server.password))
+}
+
 /// The password part k3s derives a cluster from: the whole election token, or the
 /// part after `server:` of a secure token.
 pub fn password_of(token: &str) -> &str {
@@ -71,5 +86,18 @@ mod tests {
         assert_eq!(password_of(&t), "secretpw");
         assert_eq!(election_creator(&t), None);
         assert!(parse_secure("K10short::server:x").is_none());
+    }
+
+    #[test]
+    fn agent_token_follows_the_server_token() {
+        let hash = "b".repeat(64);
+        let server = parse_secure(&format!("K10{hash}::server:secretpw")).unwrap();
+        let agent = agent_token_of(&server);
+        let parsed = parse_secure(&agent).unwrap();
+        assert_eq!(parsed.ca_hash, hash);
+        assert_eq!(parsed.password, agent_password("secretpw"));
+        assert_eq!(parsed.password.len(), 32);
+        assert!(agent.contains("::node:") && !agent.contains("secretpw"));
+        assert_ne!(agent_password("secretpw"), agent_password("another"));
     }
 }

@@ -35,6 +35,11 @@ impl Prefix {
     pub fn cluster_token(&self, cluster: &str) -> String {
         format!("{}/clusters/{cluster}/token", self.0)
     }
+    /// k3s's agent token in its secure form (`K10<ca hash>::node:<password>`): what nodes join
+    /// with. Nodes never read the server token.
+    pub fn agent_token(&self, cluster: &str) -> String {
+        format!("{}/clusters/{cluster}/agent-token", self.0)
+    }
     pub fn admin_kubeconfig(&self, cluster: &str) -> String {
         format!("{}/clusters/{cluster}/kubeconfig/admin", self.0)
     }

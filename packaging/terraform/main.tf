@@ -41,12 +41,16 @@ module "region" {
   coordinator_zip          = local.coordinator_zip
   coordinator_architecture = var.coordinator_architecture
   coordinator_subnet_ids   = length(var.coordinator_subnet_ids) > 0 ? var.coordinator_subnet_ids : var.subnet_ids
+  prefix                   = var.prefix
+  # The cluster's API zone too: the coordinator removes API records of instances that are gone.
+  coordinator_zone_ids = concat([var.hosted_zone_id], var.coordinator_zone_ids)
 }
 
 module "cluster" {
   source = "./cluster"
 
   cluster                      = var.cluster
+  prefix                       = var.prefix
   ami_id                       = var.ami_id
   node_ami_id                  = var.node_ami_id
   os                           = var.os

@@ -8,6 +8,18 @@ variable "region" {
   type        = string
 }
 
+variable "prefix" {
+  description = "SSM prefix of the parameters (the programs' --prefix / K3S_ASG_PREFIX): a leading '/', no trailing '/'. The IAM policies are rendered for it."
+  type        = string
+  default     = "/k3s-asg"
+}
+
+variable "coordinator_zone_ids" {
+  description = "More Route53 zones the coordinator may change (A and TXT records, UPSERT and DELETE), besides zone_id and hosted_zone_id: the zones of shared endpoints' hostnames."
+  type        = list(string)
+  default     = []
+}
+
 variable "ami_id" {
   description = "AMI baked with packaging/ami (k3s, air-gap images, k3s-asg-agent and its unit). A change rolls the control plane (and the nodes, unless node_ami_id holds them back) through an instance refresh."
   type        = string

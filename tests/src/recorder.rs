@@ -17,6 +17,12 @@ pub struct Call {
     pub operation: String,
     pub at_ms: u128,
     pub status: u16,
+    /// The request as sent (for the IAM proof's capture: `Recorder::write_capture`).
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    pub target: Option<String>,
+    pub body: String,
 }
 
 impl Call {
@@ -138,6 +144,28 @@ impl Recorder {
 
     pub fn route(&self, service: &str, upstream: String) {
         self.inner.routes.lock().unwrap().insert(service.to_string(), upstream);
+    }
+
+    /// Writes the calls of `callers` (all when empty) as JSON lines, the capture format of
+    /// `tests/tools/iam_eval` (caller, service, operation, method, path, query, headers, body).
+    pub fn write_capture(&self, path: &std::path::Path, callers: &[&str]) -> std::io::Result<usize> {
+        let mut out = String::new();
+        let calls: Vec<Call> = self.calls().into_iter().filter(|c| callers.is_empty() || callers.contains(&c.caller.as_str())).collect();
+        for c in &calls {
+            let (p, q) = c.path.split_once('?').unwrap_or((c.path.as_str(), ""));
+            let mut headers = serde_json::Map::new();
+            if let Some(t) = &c.target {
+                headers.insert("x-amz-target".into(), t.clone().into());
+            }
+            let line = serde_json::json!({
+                "caller": c.caller, "service": c.service, "operation": c.operation, "method": c.method,
+                "path": p, "query": q, "headers": headers, "body": c.body, "status": c.status,
+            });
+            out.push_str(&line.to_string());
+            out.push('\n');
+        }
+        std::fs::write(path, out)?;
+        Ok(calls.len())
     }
 
     pub fn clear(&self) {
@@ -291,8 +319,21 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
     let (caller, service) = credential(&parts.headers);
     let op = operation(&parts.method, parts.uri.path(), &parts.headers, &body);
+    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let path_and_query = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let body_text = String::from_utf8_lossy(&body).into_owned();
     let record = |status: u16| {
-        inner.calls.lock().unwrap().push(Call { caller: caller.clone(), service: service.clone(), operation: op.clone(), at_ms: now_ms(), status })
+        inner.calls.lock().unwrap().push(Call {
+            caller: caller.clone(),
+            service: service.clone(),
+            operation: op.clone(),
+            at_ms: now_ms(),
+            status,
+            method: parts.method.to_string(),
+            path: path_and_query.clone(),
+            target: target.clone(),
+            body: body_text.clone(),
+        })
     };
     let scripted = inner.scripted.lock().unwrap().get(&op).cloned();
     if let Some((status, code, message)) = scripted {

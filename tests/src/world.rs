@@ -393,8 +393,10 @@ impl World {
             Some(i) => vec![&i.cluster],
             None => self.clusters.keys().collect(),
         };
-        let parameters =
-            clusters.iter().flat_map(|c| ["token", "kubeconfig/admin", "kubeconfig/drain"].map(|p| format!("/k3s-asg/clusters/{c}/{p}"))).collect();
+        let parameters = clusters
+            .iter()
+            .flat_map(|c| ["token", "agent-token", "kubeconfig/admin", "kubeconfig/drain"].map(|p| format!("/k3s-asg/clusters/{c}/{p}")))
+            .collect();
         SecretScan { ssm: self.ssm.clone(), parameters, roots: inst.map(|i| vec![i.root.clone()]).unwrap_or_default() }
     }
 
@@ -436,8 +438,15 @@ impl World {
 
     /// Creates the region's shared ALB with one listener on `port` and writes the region spec.
     pub async fn create_alb(&self, port: u16, rules_quota: u32) -> anyhow::Result<(String, String)> {
-        let second = create_subnet(&self.ec2, &self.vpc_id, &format!("127.{}.16.0/20", self.net), "b").await?;
-        let lb = self.elb.create_load_balancer().name("shared").subnets(&self.subnet_id).subnets(second).send().await?;
+        self.create_alb_in("/k3s-asg", 0, port, rules_quota).await
+    }
+
+    /// The ALB of installation `nth` (0, 1, …) whose parameters live under `prefix`: its own load
+    /// balancer and subnet, its region spec `{prefix}/regions/{region}`.
+    pub async fn create_alb_in(&self, prefix: &str, nth: u8, port: u16, rules_quota: u32) -> anyhow::Result<(String, String)> {
+        let second = create_subnet(&self.ec2, &self.vpc_id, &format!("127.{}.{}.0/20", self.net, 16 * (nth + 1)), "b").await?;
+        let name = if nth == 0 { "shared".to_string() } else { format!("shared-{nth}") };
+        let lb = self.elb.create_load_balancer().name(name).subnets(&self.subnet_id).subnets(second).send().await?;
         let alb = lb.load_balancers()[0].load_balancer_arn().context("alb arn")?.to_string();
         use aws_sdk_elasticloadbalancingv2::types::{Action, ActionTypeEnum, FixedResponseActionConfig, ProtocolEnum};
         let listener = self
@@ -456,7 +465,7 @@ impl World {
             .await?;
         let listener = listener.listeners()[0].listener_arn().context("listener arn")?.to_string();
         let spec = serde_json::json!({ "alb_arn": alb, "listener_arns": [listener], "zone": ZONE_NAME, "rules_quota": rules_quota });
-        self.put_param(&format!("/k3s-asg/regions/{REGION}"), &spec.to_string()).await?;
+        self.put_param(&format!("{prefix}/regions/{REGION}"), &spec.to_string()).await?;
         Ok((alb, listener))
     }
 

@@ -312,7 +312,7 @@ const ENV_CASES: &[EnvCase] = &[
     EnvCase {
         name: "SSM: not decryptable (KMS access denied)",
         breaks: Break::Ssm("AccessDeniedException", KMS_DENIED),
-        expect: &["/k3s-asg/clusters/alpha/token", "AccessDeniedException", "kms:Decrypt"],
+        expect: &["/k3s-asg/clusters/alpha/agent-token", "AccessDeniedException", "kms:Decrypt"],
     },
     EnvCase {
         name: "SSM: KMS key gone",

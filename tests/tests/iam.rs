@@ -1,6 +1,9 @@
 //! The IAM policies in packaging/iam/ are sufficient: join, leave and a
 //! coordinator apply pass against moto with IAM enforcement on, each program
-//! signing as an IAM user that holds only its policy's actions.
+//! signing as an IAM user that holds only its role's policy's actions (control
+//! plane, node, coordinator), and every call they made, with its resources and
+//! condition values, is allowed by the role's policy rendered for the cluster
+//! (evaluated offline by tests/tools/iam_eval; the denials are proven there too).
 //!
 //! What moto checks: the action of each call and the request's SigV4
 //! signature. What it does not: the Resource and Condition elements (a
@@ -67,6 +70,25 @@ fn credentials(key: &(String, String)) -> [(String, String); 2] {
     [("AWS_ACCESS_KEY_ID".into(), key.0.clone()), ("AWS_SECRET_ACCESS_KEY".into(), key.1.clone())]
 }
 
+/// Renders a policy template of packaging/iam with the test bed's own values into `dir`.
+fn render(dir: &std::path::Path, template: &str, vars: &serde_json::Value) -> std::path::PathBuf {
+    let root = k3s_asg_testbed::repo_root();
+    let vars_file = dir.join("vars.json");
+    std::fs::write(&vars_file, vars.to_string()).unwrap();
+    let out = dir.join(template.replace(".json.tftpl", ".json"));
+    let run = std::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/tools/iam_eval/render.py"))
+        .arg(root.join("packaging/iam").join(template))
+        .arg("--vars")
+        .arg(&vars_file)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "render {template}: {}", String::from_utf8_lossy(&run.stderr));
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_leave_and_apply_pass_with_only_the_policies_actions() {
     let mut w = World::with_separate_route53().await.unwrap();
@@ -78,12 +100,14 @@ async fn join_leave_and_apply_pass_with_only_the_policies_actions() {
     let node = w.launch("alpha", "node").await.unwrap();
 
     let moto = w.moto.url();
-    let agent = actions_of("agent-policy.json");
-    let coordinator = actions_of("coordinator-policy.json");
-    let agent_key = iam_user(&moto, "k3s-asg-agent", &actions_only(&agent));
+    let control_plane = actions_of("examples/control-plane-policy.json");
+    let node_policy = actions_of("examples/node-policy.json");
+    let coordinator = actions_of("examples/coordinator-policy.json");
+    let cp_key = iam_user(&moto, "k3s-asg-control-plane", &actions_only(&control_plane));
+    let node_key = iam_user(&moto, "k3s-asg-node", &actions_only(&node_policy));
     let coordinator_key = iam_user(&moto, "k3s-asg-coordinator", &actions_only(&coordinator));
     // Controls: one action short each, to show enforcement is really on.
-    let mut short = agent.clone();
+    let mut short = control_plane.clone();
     assert!(short.remove("ssm:GetParameters"));
     let agent_short = iam_user(&moto, "agent-short", &actions_only(&short));
     let mut short = coordinator.clone();
@@ -100,8 +124,10 @@ async fn join_leave_and_apply_pass_with_only_the_policies_actions() {
     assert_ne!(denied.code, 0, "an apply without CreateRule must fail:\n{}", denied.stderr);
     assert!(denied.stderr.contains("CreateRule") && denied.stderr.contains("AccessDenied"), "{}", denied.stderr);
 
-    w.agent_env.extend(credentials(&agent_key));
+    w.recorder.clear();
+    w.agent_env.extend(credentials(&cp_key));
     ok(&w.agent(&cp, &["join"]).await.unwrap());
+    w.agent_env.extend(credentials(&node_key));
     ok(&w.agent(&node, &["join"]).await.unwrap());
     w.coordinator_env.extend(credentials(&coordinator_key));
     ok(&w.coordinator(&["apply"]).await.unwrap());
@@ -115,26 +141,55 @@ async fn join_leave_and_apply_pass_with_only_the_policies_actions() {
     assert!(hosts.contains(&"blog.example.com".to_string()), "{hosts:?}");
     let calls = w.recorder.calls();
     let callers: BTreeSet<String> = calls.iter().map(|c| c.caller.clone()).collect();
-    assert!(callers.contains(&agent_key.0) && callers.contains(&coordinator_key.0), "{callers:?}");
-    // Route53, outside moto's enforcement: every call was one the caller's policy allows.
-    let mut route53 = 0;
-    for c in calls.iter().filter(|c| c.service == "route53") {
-        let action = format!("route53:{}", c.operation);
-        let allowed = if c.caller == agent_key.0 {
-            &agent
-        } else if c.caller == coordinator_key.0 {
-            &coordinator
-        } else {
-            continue;
-        };
-        assert!(allowed.contains(&action), "{} called {action}, which its policy lacks", c.caller);
-        route53 += 1;
-    }
-    assert!(route53 > 0, "Route53 calls were made and checked");
+    assert!(callers.contains(&cp_key.0) && callers.contains(&node_key.0) && callers.contains(&coordinator_key.0), "{callers:?}");
+    // The node joined with the agent token and never asked for the server token.
+    let config = node.file("/etc/rancher/k3s/config.yaml").unwrap();
+    assert!(config.contains("::node:") && !config.contains("::server:"), "{config}");
+    assert!(
+        !calls.iter().any(|c| c.caller == node_key.0 && (c.body.contains("/clusters/alpha/token\"") || c.body.contains("kubeconfig/admin"))),
+        "a node asked for the server token or the admin kubeconfig"
+    );
+
+    // Proof by evaluation: every call each program made (with its real resource ARNs and
+    // condition values: parameter names, target group ARNs, the record names, types and actions
+    // of each change batch) is allowed by its role's policy rendered for this cluster.
+    let dir = tempfile::tempdir().unwrap();
+    let c = &w.clusters["alpha"];
+    let rule_arns = vec![listener.replace(":listener/", ":listener-rule/") + "/*"];
+    let vars = serde_json::json!({
+        "partition": "aws", "region": "us-east-1", "account_id": "123456789012", "dns_suffix": "amazonaws.com",
+        "prefix": "/k3s-asg", "cluster": "alpha", "cluster_tag": "Cluster", "role_tag": "Role",
+        "hosted_zone_id": c.zone_id, "api_hostname": c.hostname, "target_group_arns": [tg],
+        "owner": "k3s-asg", "listener_arns": [listener], "listener_rule_arns": rule_arns,
+        "hosted_zone_arns": [format!("arn:aws:route53:::hostedzone/{}", c.zone_id)],
+        "bucket": "k3s-asg-snapshots", "folder": "clusters/alpha",
+    });
+    let cp_policy = render(dir.path(), "control-plane-policy.json.tftpl", &vars);
+    let node_file = render(dir.path(), "node-policy.json.tftpl", &vars);
+    let coordinator_file = render(dir.path(), "coordinator-policy.json.tftpl", &vars);
+    let capture = dir.path().join("capture.jsonl");
+    let n = w.recorder.write_capture(&capture, &[&cp_key.0, &node_key.0, &coordinator_key.0]).unwrap();
+    assert!(n > 20, "{n} calls captured");
+    let root = k3s_asg_testbed::repo_root();
+    assert!(std::process::Command::new(root.join("scripts/setup-iam-eval")).status().unwrap().success());
+    let check = std::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/tools/iam_eval/capture_check.py"))
+        .arg(&capture)
+        .arg("--caller")
+        .arg(format!("{}={}", cp_key.0, cp_policy.display()))
+        .arg("--caller")
+        .arg(format!("{}={}", node_key.0, node_file.display()))
+        .arg("--caller")
+        .arg(format!("{}={}", coordinator_key.0, coordinator_file.display()))
+        .output()
+        .unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(check.status.success(), "a call was not allowed by its role's policy:\n{report}");
+    println!("{report}");
     k3s_asg_testbed::reliability::held(
         "Least privilege",
-        "join (server, node), leave (node) and coordinator apply under moto's IAM enforcement, as users holding only their policy's actions",
+        "join (server, node), leave (node) and coordinator apply under moto's IAM enforcement, one user per role holding only its policy's actions",
         1,
-        "all exit 0; a user one action short is refused (AccessDenied) for the agent and the coordinator; every Route53 call was an allowed action",
+        "all exit 0; a user one action short is refused (AccessDenied); the node joins with the agent token and never asks for the server token; every captured call (real ARNs and condition values) is allowed by its role's policy rendered for the cluster, by evaluation (tests/tools/iam_eval)",
     );
 }

@@ -57,7 +57,12 @@ async fn first_server_initialises_then_node_joins() {
     ok(&run);
     let nconf = node.file("/etc/rancher/k3s/config.yaml").unwrap();
     assert!(nconf.contains(&format!("server: \"https://{}:6443\"", cp.ip)), "{nconf}");
-    assert!(nconf.contains(&format!("token: \"{token}\"")));
+    // The node joins with the agent token the server published, never the server token.
+    let agent = w.param("/k3s-asg/clusters/alpha/agent-token").await.unwrap().expect("agent token published");
+    let (server_ca, agent_ca) = (token.split("::").next().unwrap(), agent.split("::").next().unwrap());
+    assert_eq!(server_ca, agent_ca, "the same cluster CA");
+    assert!(agent.contains("::node:") && !agent.contains(token.rsplit(':').next().unwrap()), "{agent}");
+    assert!(nconf.contains(&format!("token: \"{agent}\"")) && !nconf.contains("::server:"), "{nconf}");
     assert!(!nconf.contains("tls-san"));
     assert!(node.file("/etc/systemd/system/k3s-agent.service").is_some());
     assert_eq!(w.members(&tg).await.unwrap(), {

@@ -190,8 +190,10 @@ async fn total_loss_without_snapshots_starts_one_new_cluster_and_says_so() {
     assert!(st.recovery.as_ref().is_some_and(|r| r.outcome.contains("the old cluster's state is gone")), "{:?}", st.recovery);
     let logged = runs.iter().map(|r| r.as_ref().unwrap().stderr.clone()).collect::<String>();
     assert!(logged.contains("the old cluster's state is gone"), "said in the log");
-    // The node re-joins the new cluster with the new token.
-    let password = new_token.rsplit_once("::server:").unwrap().1.to_string();
+    // The node re-joins the new cluster with the new cluster's agent token.
+    let agent_token = w.param("/k3s-asg/clusters/alpha/agent-token").await.unwrap().expect("agent token");
+    assert_eq!(agent_token.split("::").next(), new_token.split("::").next(), "the agent token of the new cluster (its CA)");
+    let password = agent_token.rsplit_once("::node:").unwrap().1.to_string();
     until("the node to join the new cluster", || {
         node.file("/etc/rancher/k3s/config.yaml").is_some_and(|c| c.contains(&password)) && state(&node).phase == Phase::Ready
     })

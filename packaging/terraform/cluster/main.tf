@@ -15,6 +15,8 @@ terraform {
 }
 
 data "aws_partition" "current" {}
+data "aws_region" "current" {}
+data "aws_caller_identity" "current" {}
 
 data "aws_service_principal" "ec2" {
   service_name = "ec2"
@@ -72,14 +74,8 @@ locals {
     for key, n in local.wanted_names :
     key => length(n.name) <= n.max ? n.name : "${substr(n.name, 0, n.max - 9)}-${substr(sha1(n.name), 0, 8)}"
   }
-
-  # The policies in packaging/iam are written for the aws partition; in another (aws-cn,
-  # aws-us-gov) their ARNs and the SSM endpoint in kms:ViaService take that partition's forms.
-  agent_policy = replace(
-    replace(file("${path.module}/../../iam/agent-policy.json"), "arn:aws:", "arn:${local.partition}:"),
-    "ssm.*.amazonaws.com", "ssm.*.${data.aws_partition.current.dns_suffix}",
-  )
 }
+
 
 resource "aws_lb_target_group" "ingress" {
   #checkov:skip=CKV_AWS_378:the ALB terminates TLS; it reaches k3s's ingress inside the VPC over HTTP
@@ -200,7 +196,7 @@ locals {
 
 resource "aws_ssm_parameter" "cluster_spec" {
   #checkov:skip=CKV2_AWS_34:the cluster spec holds no secret and is a String parameter by contract (README "SSM parameters")
-  name = "/k3s-asg/clusters/${var.cluster}/config"
+  name = "${var.prefix}/clusters/${var.cluster}/config"
   type = "String"
   value = jsonencode(merge({
     api = { hostname = var.api_hostname, hosted_zone_id = var.hosted_zone_id, ttl = 30, address = "private" }
@@ -250,8 +246,34 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "snapshots" {
   }
 }
 
-# One instance role per cluster role: both get the agent's policy, only the control plane
-# gets the snapshot bucket.
+# One instance role per cluster role, each with its own policy rendered from
+# packaging/iam/<role>-policy.json.tftpl (docs/iam.md): this cluster's parameters only (a node:
+# its spec, the agent token and the drain kubeconfig, never the server token or the admin
+# kubeconfig, and it writes none), this cluster's target groups, lifecycle actions only in this
+# cluster's groups of the same role, and (control plane only) A records of the API hostname in its
+# zone, UPSERT and DELETE. The template variables are documented in docs/iam.md.
+locals {
+  policy_vars = {
+    partition   = local.partition
+    region      = data.aws_region.current.name
+    account_id  = data.aws_caller_identity.current.account_id
+    dns_suffix  = data.aws_partition.current.dns_suffix
+    prefix      = var.prefix
+    cluster     = var.cluster
+    cluster_tag = "Cluster"
+    role_tag    = "Role"
+    # Route53's forms: the zone id without "/hostedzone/", the name lower case without its dot.
+    hosted_zone_id    = trimprefix(var.hosted_zone_id, "/hostedzone/")
+    api_hostname      = lower(trimsuffix(var.api_hostname, "."))
+    target_group_arns = [aws_lb_target_group.ingress.arn]
+  }
+  instance_policies = {
+    for role in keys(local.roles) : role => templatefile("${path.module}/../../iam/${role}-policy.json.tftpl", local.policy_vars)
+  }
+}
+
+# One instance role (and instance profile) per cluster role, each with its role's policy (above);
+# only the control plane gets the snapshot bucket.
 resource "aws_iam_role" "agent" {
   for_each = local.roles
   name     = local.names["role-${each.key}"]
@@ -265,7 +287,7 @@ resource "aws_iam_role_policy" "agent" {
   for_each = local.roles
   name     = "k3s-asg-agent"
   role     = aws_iam_role.agent[each.key].id
-  policy   = local.agent_policy
+  policy   = local.instance_policies[each.key]
 }
 
 resource "aws_iam_role_policy" "snapshots" {

@@ -4,7 +4,12 @@ output "ingress_target_group_arn" {
 
 output "admin_kubeconfig_parameter" {
   description = "Read it with: k3s-asg-coordinator kubeconfig <cluster>"
-  value       = "/k3s-asg/clusters/${var.cluster}/kubeconfig/admin"
+  value       = "${var.prefix}/clusters/${var.cluster}/kubeconfig/admin"
+}
+
+output "instance_policies" {
+  description = "Each instance role's policy (packaging/iam/<role>-policy.json.tftpl rendered for this cluster), by role: control-plane and node."
+  value       = local.instance_policies
 }
 
 output "auto_scaling_groups" {

@@ -7,6 +7,16 @@ variable "cluster" {
   }
 }
 
+variable "prefix" {
+  description = "SSM prefix of the parameters (the agents' --prefix / K3S_ASG_PREFIX): a leading '/', no trailing '/'. The instance roles may read and write under it only this cluster's parameters."
+  type        = string
+  default     = "/k3s-asg"
+  validation {
+    condition     = can(regex("^(/[A-Za-z0-9_.-]+)+$", var.prefix))
+    error_message = "prefix: a leading '/' and no trailing '/', e.g. /k3s-asg."
+  }
+}
+
 variable "ami_id" {
   description = "AMI baked with packaging/ami (k3s, air-gap images, k3s-asg-agent and its unit). A change rolls the control plane (and the nodes, unless node_ami_id holds them back) through an instance refresh."
   type        = string

@@ -47,11 +47,26 @@ locals {
   # module names its Auto Scaling rule so.
   event_rule_prefix = "k3s-asg-coordinator-asg-"
 
-  # packaging/iam is written for the aws partition (see ../cluster).
-  coordinator_policy = replace(
-    replace(file("${path.module}/../../iam/coordinator-policy.json"), "arn:aws:", "arn:${local.partition}:"),
-    "ssm.*.amazonaws.com", "ssm.*.${data.aws_partition.current.dns_suffix}",
-  )
+  # The coordinator's owner id: as given, else derived from the prefix exactly as the coordinator
+  # derives it (k3s-asg for /k3s-asg, k3s-asg-staging for /k3s-asg-staging), so two installations
+  # with their own prefixes never share one.
+  owner = var.owner != "" ? var.owner : replace(trimprefix(var.prefix, "/"), "/", ".")
+
+  # The coordinator's policy (packaging/iam/coordinator-policy.json.tftpl, docs/iam.md): this
+  # region's specs (never a secret: it lists the cluster parameters without decryption and has no
+  # KMS permission), rules only on this region's listeners, created with its owner tag and changed
+  # only while they carry it, and A and TXT records (UPSERT, DELETE) only in the zones it serves:
+  # zone_id and coordinator_zone_ids (shared endpoints' zones, clusters' API zones).
+  coordinator_policy = templatefile("${path.module}/../../iam/coordinator-policy.json.tftpl", {
+    partition          = local.partition
+    region             = local.region
+    account_id         = local.account
+    prefix             = var.prefix
+    owner              = local.owner
+    listener_arns      = local.listener_arns
+    listener_rule_arns = [for arn in local.listener_arns : "${replace(arn, ":listener/", ":listener-rule/")}/*"]
+    hosted_zone_arns   = [for id in distinct([for z in concat([var.zone_id], var.coordinator_zone_ids) : trimprefix(z, "/hostedzone/")]) : "arn:${local.partition}:route53:::hostedzone/${id}"]
+  })
 }
 
 # --- The shared ALB (or an existing one: alb_arn and listener_arns) ---
@@ -197,6 +212,13 @@ resource "aws_iam_role_policy" "coordinator" {
   name   = "k3s-asg-coordinator"
   role   = aws_iam_role.coordinator.id
   policy = local.coordinator_policy
+
+  lifecycle {
+    precondition {
+      condition     = length(local.listener_arns) > 0
+      error_message = "listener_arns: with alb_arn, give the listeners the coordinator manages rules on (its policy names them)."
+    }
+  }
 }
 
 # Logs, and the network interfaces a function in a VPC needs.
@@ -267,7 +289,7 @@ resource "aws_lambda_function" "coordinator" {
   }
 
   environment {
-    variables = { K3S_ASG_PREFIX = var.prefix, K3S_ASG_OWNER = var.owner, K3S_ASG_REFRESH_S = tostring(var.refresh_s) }
+    variables = { K3S_ASG_PREFIX = var.prefix, K3S_ASG_OWNER = local.owner, K3S_ASG_REFRESH_S = tostring(var.refresh_s) }
   }
 
   depends_on = [aws_iam_role_policy_attachment.coordinator_logs]

@@ -36,3 +36,8 @@ output "wildcard_record" {
   description = "The record sending the clusters' names to the ALB."
   value       = aws_route53_record.wildcard.name
 }
+
+output "coordinator_policy" {
+  description = "The coordinator role's policy: packaging/iam/coordinator-policy.json.tftpl rendered for this region."
+  value       = local.coordinator_policy
+}

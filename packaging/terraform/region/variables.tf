@@ -13,6 +13,12 @@ variable "zone_id" {
   type        = string
 }
 
+variable "coordinator_zone_ids" {
+  description = "More Route53 zones the coordinator may change besides zone_id: the zones of the shared endpoints' hostnames and of the clusters' API hostnames (it removes the API records of instances that are gone). Only A and TXT records, UPSERT and DELETE."
+  type        = list(string)
+  default     = []
+}
+
 variable "alb_arn" {
   description = "An existing ALB to share; empty: this module creates one (alb_subnet_ids)."
   type        = string
@@ -78,15 +84,19 @@ variable "rules_quota" {
 }
 
 variable "prefix" {
-  description = "SSM prefix of the specs (K3S_ASG_PREFIX)."
+  description = "SSM prefix of the specs (K3S_ASG_PREFIX): a leading '/', no trailing '/'."
   type        = string
   default     = "/k3s-asg"
+  validation {
+    condition     = can(regex("^(/[A-Za-z0-9_.-]+)+$", var.prefix))
+    error_message = "prefix: a leading '/' and no trailing '/', e.g. /k3s-asg."
+  }
 }
 
 variable "owner" {
-  description = "Owner id of the coordinator's rules and records (K3S_ASG_OWNER)."
+  description = "Owner id of the coordinator's rules and records (K3S_ASG_OWNER); empty: derived from prefix, as the coordinator derives it (k3s-asg for /k3s-asg)."
   type        = string
-  default     = "k3s-asg"
+  default     = ""
 }
 
 variable "refresh_s" {

@@ -1,6 +1,8 @@
-# `terraform test` (Terraform 1.7 or later): plans the example against a mocked AWS provider, so it
-# needs no credentials and no network. It checks what `terraform validate` cannot: the
-# expressions evaluated with real values, and the names AWS limits in length.
+# `terraform test` (Terraform 1.11 or later: override_during): plans the example against a mocked
+# AWS provider, so it needs no credentials and no network. It checks what `terraform validate`
+# cannot: the expressions evaluated with real values, the names AWS limits in length, and the
+# per-role IAM policies rendered from packaging/iam/*.tftpl (what each role may and may not name;
+# tests/tools/iam_eval/ evaluates them as AWS would).
 
 mock_provider "aws" {
   mock_data "aws_partition" {
@@ -99,6 +101,95 @@ run "existing_alb" {
   assert {
     condition     = module.region.alb_security_group_id == null
     error_message = "no ALB security group is created for an existing ALB"
+  }
+  # The coordinator's policy: rules on this region's listeners only, changed only while they carry
+  # its owner tag; no parameter write and no KMS (it never decrypts a secret).
+  assert {
+    condition     = jsonencode([for s in jsondecode(module.region.coordinator_policy).Statement : s.Resource if s.Sid == "CreateRulesOwnedByThisCoordinatorOnTheRegionsListeners"]) == jsonencode([var.listener_arns])
+    error_message = "the coordinator creates rules on the region's listeners only"
+  }
+  assert {
+    condition = jsonencode([for s in jsondecode(module.region.coordinator_policy).Statement : s.Resource if s.Sid == "ChangeOnlyRulesThisCoordinatorOwns"]) == jsonencode([[
+      "arn:aws-us-gov:elasticloadbalancing:us-gov-west-1:123456789012:listener-rule/app/shared/0123456789abcdef/0123456789abcdef/*"
+    ]])
+    error_message = "the coordinator changes rules of the region's listeners only"
+  }
+  assert {
+    condition     = !strcontains(module.region.coordinator_policy, "kms:") && !strcontains(module.region.coordinator_policy, "ssm:PutParameter")
+    error_message = "the coordinator neither decrypts nor writes parameters"
+  }
+  assert {
+    condition     = jsonencode([for s in jsondecode(module.region.coordinator_policy).Statement : s.Resource if s.Sid == "ReadThisRegionsSpec"]) == jsonencode(["arn:aws-us-gov:ssm:us-gov-west-1:123456789012:parameter/k3s-asg/regions/us-gov-west-1"])
+    error_message = "the coordinator reads its own region's spec"
+  }
+}
+
+# Each instance role's own policy, for one cluster. The target group's ARN is known only after
+# apply: the override makes it known to the plan.
+run "per_role_instance_policies" {
+  command = plan
+
+  variables {
+    cluster      = "alpha"
+    api_hostname = "API.Alpha.example.com."
+  }
+
+  override_resource {
+    target          = module.cluster.aws_lb_target_group.ingress
+    override_during = plan
+    values = {
+      arn = "arn:aws-us-gov:elasticloadbalancing:us-gov-west-1:123456789012:targetgroup/alpha-ingress/0123456789abcdef"
+    }
+  }
+
+  assert {
+    condition     = keys(module.cluster.instance_policies) == ["control-plane", "node"]
+    error_message = "one policy per role"
+  }
+  # A node: never the server token, the admin kubeconfig or any kubeconfig but the drain one, and
+  # no write of any kind.
+  assert {
+    condition = alltrue([for needle in ["/token\"", "kubeconfig/admin", "kubeconfig/*", "/election", "ssm:PutParameter", "ssm:GetParametersByPath", "route53:ChangeResourceRecordSets", "kms:Encrypt\"", "control-plane\""] :
+    !strcontains(module.cluster.instance_policies["node"], needle)])
+    error_message = "the node policy names the server token, the admin kubeconfig, the elections, a write, or the control plane's groups"
+  }
+  assert {
+    condition = jsonencode(jsondecode(module.cluster.instance_policies["node"]).Statement[0].Resource) == jsonencode([
+      "arn:aws-us-gov:ssm:us-gov-west-1:123456789012:parameter/k3s-asg/clusters/alpha/config",
+      "arn:aws-us-gov:ssm:us-gov-west-1:123456789012:parameter/k3s-asg/clusters/alpha/agent-token",
+      "arn:aws-us-gov:ssm:us-gov-west-1:123456789012:parameter/k3s-asg/clusters/alpha/kubeconfig/drain",
+    ])
+    error_message = "a node reads its cluster's spec, agent token and drain kubeconfig, in the partition, region and account"
+  }
+  assert {
+    condition = alltrue([for p in values(module.cluster.instance_policies) :
+      jsonencode([for s in jsondecode(p).Statement : s.Resource if startswith(s.Sid, "RegisterInto")]) == jsonencode([["arn:aws-us-gov:elasticloadbalancing:us-gov-west-1:123456789012:targetgroup/alpha-ingress/0123456789abcdef"]])
+    ])
+    error_message = "both roles register into this cluster's target group only"
+  }
+  assert {
+    condition = jsonencode([for s in jsondecode(module.cluster.instance_policies["node"]).Statement : s.Condition if startswith(s.Sid, "LifecycleOf")]) == jsonencode([{
+      StringEquals = { "autoscaling:ResourceTag/Cluster" = "alpha", "autoscaling:ResourceTag/Role" = "node" }
+    }])
+    error_message = "a node completes lifecycle actions in this cluster's node groups only"
+  }
+  # The control plane: its own cluster's secrets, and only A records of the API hostname (as
+  # Route53 normalises it) in its zone, UPSERT or DELETE.
+  assert {
+    condition = jsonencode([for s in jsondecode(module.cluster.instance_policies["control-plane"]).Statement : s.Condition["ForAllValues:StringEquals"] if s.Sid == "UpsertOrDeleteApiARecordsOnly"]) == jsonencode([{
+      "route53:ChangeResourceRecordSetsActions"               = ["UPSERT", "DELETE"]
+      "route53:ChangeResourceRecordSetsNormalizedRecordNames" = ["api.alpha.example.com"]
+      "route53:ChangeResourceRecordSetsRecordTypes"           = ["A"]
+    }])
+    error_message = "the control plane changes only A records of its API hostname, UPSERT or DELETE"
+  }
+  assert {
+    condition     = jsonencode([for s in jsondecode(module.cluster.instance_policies["control-plane"]).Statement : s.Resource if s.Sid == "UpsertOrDeleteApiARecordsOnly"]) == jsonencode(["arn:aws-us-gov:route53:::hostedzone/Z0123"])
+    error_message = "the control plane changes records in the API hostname's zone only"
+  }
+  assert {
+    condition     = !strcontains(module.cluster.instance_policies["control-plane"], "/clusters/*") && strcontains(module.cluster.instance_policies["control-plane"], "/clusters/alpha/token")
+    error_message = "the control plane reaches its own cluster's parameters only"
   }
 }
 

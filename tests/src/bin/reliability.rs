@@ -89,6 +89,16 @@ fn main() -> anyhow::Result<()> {
         }
         writeln!(out)?;
     }
+    // The IAM denial table (tests/tools/iam_eval/denial_table.py), when scripts/reliability made one.
+    if let Some(table) = std::env::var_os("K3S_ASG_DENIAL_TABLE").and_then(|p| std::fs::read_to_string(p).ok()) {
+        writeln!(
+            out,
+            "## Least privilege: what each role is denied\n\nEvaluated offline against the policies rendered from `packaging/iam/*.tftpl` \
+             (`tests/tools/iam_eval/denial_table.py`, @cloud-copilot/iam-simulate); the `allowed` rows are controls, so a policy that \
+             denies everything cannot pass.\n\n{}\n",
+            table.trim_end()
+        )?;
+    }
     writeln!(
         out,
         "## Not covered here\n\n- Real AWS: every figure is against moto 5.2.5 and the test bed's doubles (IMDS, Auto Scaling \
