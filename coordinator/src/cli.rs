@@ -24,9 +24,12 @@ struct Cli {
     /// SSM parameter prefix of this region's k3s-asg parameters.
     #[arg(long, env = "K3S_ASG_PREFIX", default_value = k3s_asg_aws::params::DEFAULT_PREFIX, global = true)]
     prefix: String,
-    /// Owner id written on the rules and records this coordinator creates.
-    #[arg(long, env = "K3S_ASG_OWNER", default_value = "k3s-asg", global = true)]
-    owner: String,
+    /// Owner id written on the rules (tag `k3s-asg:owner`) and record claims this coordinator
+    /// creates. Default: derived from --prefix, so installations with their own prefixes never
+    /// share one (`k3s-asg` for `/k3s-asg`, `k3s-asg-staging` for `/k3s-asg-staging`,
+    /// `team.k3s-asg` for `/team/k3s-asg`). Claims also name the region and the load balancer.
+    #[arg(long, env = "K3S_ASG_OWNER", global = true)]
+    owner: Option<String>,
     /// Seconds `run` and Lambda mode keep the specs read from SSM, the ALB's listeners and
     /// the rules' owner tags between reconciles (0: read everything every time). Rules and
     /// records themselves are read on every reconcile; a failed reconcile, and in Lambda
@@ -100,7 +103,8 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
     let region = sdk.region().map(|r| r.to_string()).ok_or_else(|| {
         Error::bad_input("read settings", "--region", "set --region, AWS_REGION, AWS_DEFAULT_REGION or a region in the AWS profile")
     })?;
-    let settings = Settings { prefix, region, owner: cli.owner.clone() };
+    let owner = cli.owner.clone().filter(|o| !o.trim().is_empty()).unwrap_or_else(|| default_owner(&prefix));
+    let settings = Settings { prefix, region, owner };
     if let Command::Kubeconfig { cluster } = &cli.command {
         return print_kubeconfig(&aws_sdk_ssm::Client::new(&sdk), &settings.prefix, cluster).await;
     }
@@ -137,8 +141,11 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
                 match reconcile::apply(&settings, &fx, &warm).await {
                     Ok(p) => match reconcile::refusal(&p, &settings) {
                         // Kept running: the API garbage is still collected every round.
-                        Some(e) => {
+                        Some(e) if !p.refused.is_empty() => {
                             tracing::error!(error = %e, api_garbage = p.api_garbage.len(), "plan refused; only API records of stopped instances were collected")
+                        }
+                        Some(e) => {
+                            tracing::error!(error = %e, rules = p.rules.len(), records = p.records.len(), "reconciled without the inputs left out")
                         }
                         None => tracing::info!(
                             rules = p.rules.len(),
@@ -165,6 +172,12 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
     }
 }
 
+/// The owner id an installation gets unless told otherwise: its prefix without the leading `/`,
+/// with `/` as `.` (tag values and TXT claims both take it).
+pub fn default_owner(prefix: &Prefix) -> String {
+    prefix.as_str().trim_start_matches('/').replace('/', ".")
+}
+
 /// The operator asked for the secret: it goes to stdout only, never to the log.
 async fn print_kubeconfig(ssm: &aws_sdk_ssm::Client, prefix: &Prefix, cluster: &str) -> Result<(), Error> {
     k3s_asg_aws::names::check_cluster_name(cluster).map_err(|why| Error::bad_input("read kubeconfig", "CLUSTER", why))?;
@@ -177,4 +190,17 @@ async fn print_kubeconfig(ssm: &aws_sdk_ssm::Client, prefix: &Prefix, cluster: &
     })?;
     print!("{}", resp.parameter().and_then(|p| p.value()).unwrap_or_default());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_follow_the_prefix() {
+        let owner = |p: &str| default_owner(&Prefix::new(p).unwrap());
+        assert_eq!(owner("/k3s-asg"), "k3s-asg", "earlier releases' owner, kept");
+        assert_eq!(owner("/k3s-asg-staging"), "k3s-asg-staging");
+        assert_eq!(owner("/team/k3s-asg"), "team.k3s-asg");
+    }
 }

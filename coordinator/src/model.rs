@@ -110,6 +110,9 @@ pub struct Plan {
     /// Why the rules and endpoint records of this plan must not be applied (bad input: a quota
     /// the plan exceeds). Shown with the plan; `apply` then performs only `api_garbage`.
     pub refused: Vec<String>,
+    /// Inputs left out of the plan (bad input: a cluster name the agent would refuse). The rest
+    /// of the plan is applied; the run still ends with exit 2 naming them.
+    pub left_out: Vec<String>,
     /// Things in the way that we do not own: reported, never touched.
     pub conflicts: Vec<String>,
     /// Decisions worth telling the operator (health overrides).

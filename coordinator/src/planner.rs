@@ -25,8 +25,42 @@ pub fn owner_record_name(hostname: &str) -> String {
     fqdn(&format!("_k3s-asg.{hostname}"))
 }
 
-pub fn owner_value(owner: &str, region: &str) -> String {
-    format!("\"heritage=k3s-asg,owner={owner},region={region}\"")
+/// The claim's value: who owns the records (owner and region) and the load balancer they point
+/// at, so two installations sharing a zone (even with one owner id) never take each other's.
+pub fn owner_value(owner: &str, region: &str, alb: &AliasTarget) -> String {
+    format!("\"heritage=k3s-asg,owner={owner},region={region},alb={}\"", fqdn(&alb.dns_name))
+}
+
+/// How a claim's value relates to this coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// Our owner, region and load balancer.
+    Ours,
+    /// Our owner and region, written before claims named the load balancer: ours only where the
+    /// records point at our load balancer.
+    Legacy,
+    Foreign,
+}
+
+fn claim_of(values: &[String], owner: &str, region: &str, alb: &AliasTarget) -> Claim {
+    let mut best = Claim::Foreign;
+    for v in values {
+        let fields: BTreeMap<&str, &str> = v.trim_matches('"').split(',').filter_map(|kv| kv.split_once('=')).collect();
+        if fields.get("heritage") != Some(&"k3s-asg") || fields.get("owner") != Some(&owner) || fields.get("region") != Some(&region) {
+            continue;
+        }
+        match fields.get("alb") {
+            Some(a) if fqdn(a) == fqdn(&alb.dns_name) => return Claim::Ours,
+            Some(_) => {}
+            None => best = Claim::Legacy,
+        }
+    }
+    best
+}
+
+/// Whether a record is an alias to a load balancer other than ours (never changed or deleted).
+fn points_elsewhere(r: &RecordSet, alb: &AliasTarget) -> bool {
+    matches!(&r.data, RecordData::Alias(a) if fqdn(&a.dns_name) != fqdn(&alb.dns_name))
 }
 
 /// `SetIdentifier`s are unique in the zone (moto deletes loosely by identifier).
@@ -168,8 +202,11 @@ fn plan_records(d: &Desired, o: &Observed, blocked: &BTreeSet<String>, p: &mut P
     let find = |zone: &str, name: &str, rtype: &str, set_id: &str| {
         o.records.iter().find(|r| r.zone_id == zone && r.name == name && r.rtype == rtype && r.set_identifier.as_deref() == Some(set_id))
     };
-    let value = owner_value(&d.owner, &d.region);
-    let is_ours = |r: &RecordSet| matches!(&r.data, RecordData::Txt { values, .. } if values.contains(&value));
+    let value = owner_value(&d.owner, &d.region, &d.alb);
+    let claim_kind = |r: &RecordSet| match &r.data {
+        RecordData::Txt { values, .. } => claim_of(values, &d.owner, &d.region, &d.alb),
+        _ => Claim::Foreign,
+    };
     let mut wanted: BTreeMap<(String, String), &DesiredEndpointRecord> = BTreeMap::new();
     for want in &d.records {
         wanted.insert((want.zone_id.clone(), fqdn(&want.hostname)), want);
@@ -191,37 +228,55 @@ fn plan_records(d: &Desired, o: &Observed, blocked: &BTreeSet<String>, p: &mut P
             region: Some(d.region.clone()),
             data: RecordData::Alias(d.alb.clone()),
         };
-        let owned = claim.is_some_and(is_ours);
-        if !owned {
-            if let Some(a) = alias {
-                p.conflicts.push(format!(
-                    "{}: record {} A (SetIdentifier {}) exists without this owner's claim; left alone",
-                    want.purpose, a.name, alias_id
-                ));
-                continue;
-            }
-            if claim.is_some() {
+        let desired_claim = RecordSet {
+            zone_id: want.zone_id.clone(),
+            name: owner_name.clone(),
+            rtype: "TXT".into(),
+            set_identifier: Some(owner_id.clone()),
+            region: Some(d.region.clone()),
+            data: RecordData::Txt { ttl: 300, values: vec![value.clone()] },
+        };
+        let kind = claim.map(claim_kind);
+        // Whatever the claim says, an alias to another load balancer is another installation's.
+        if let Some(a) = alias.filter(|a| points_elsewhere(a, &d.alb)) {
+            let target = if let RecordData::Alias(t) = &a.data { t.dns_name.as_str() } else { "?" };
+            p.conflicts.push(format!(
+                "{}: record {} A (SetIdentifier {alias_id}) points at another load balancer ({target}); left alone",
+                want.purpose, a.name
+            ));
+            continue;
+        }
+        match kind {
+            Some(Claim::Ours) => {}
+            // Adopted: the claim now names our load balancer.
+            Some(Claim::Legacy) => p.records.push(RecordChange::Upsert { purpose: want.purpose.clone(), record: desired_claim }),
+            Some(Claim::Foreign) => {
                 p.conflicts.push(format!("{}: claim record {owner_name} belongs to another owner; left alone", want.purpose));
                 continue;
             }
-            p.records.push(RecordChange::Upsert {
-                purpose: want.purpose.clone(),
-                record: RecordSet {
-                    zone_id: want.zone_id.clone(),
-                    name: owner_name.clone(),
-                    rtype: "TXT".into(),
-                    set_identifier: Some(owner_id.clone()),
-                    region: Some(d.region.clone()),
-                    data: RecordData::Txt { ttl: 300, values: vec![value.clone()] },
-                },
-            });
+            None => {
+                if let Some(a) = alias {
+                    p.conflicts.push(format!(
+                        "{}: record {} A (SetIdentifier {}) exists without this owner's claim; left alone",
+                        want.purpose, a.name, alias_id
+                    ));
+                    continue;
+                }
+                p.records.push(RecordChange::Upsert { purpose: want.purpose.clone(), record: desired_claim });
+            }
         }
         if alias != Some(&desired_alias) {
             p.records.push(RecordChange::Upsert { purpose: want.purpose.clone(), record: desired_alias });
         }
     }
-    // Garbage: records we claimed for hostnames no endpoint wants any more.
-    for claim in o.records.iter().filter(|r| r.rtype == "TXT" && r.region.as_deref() == Some(&d.region) && is_ours(r)) {
+    // Garbage: records we claimed for hostnames no endpoint wants any more, only where they
+    // point at our load balancer (a legacy claim without its alias is left: it may be another
+    // installation's).
+    for claim in o.records.iter().filter(|r| r.rtype == "TXT" && r.region.as_deref() == Some(&d.region)) {
+        let kind = claim_kind(claim);
+        if kind == Claim::Foreign {
+            continue;
+        }
         let Some(hostname) = claim.name.strip_prefix("_k3s-asg.").map(|h| h.trim_end_matches('.').to_string()) else {
             continue;
         };
@@ -232,8 +287,12 @@ fn plan_records(d: &Desired, o: &Observed, blocked: &BTreeSet<String>, p: &mut P
             continue;
         }
         let purpose = format!("gone endpoint {hostname}");
-        if let Some(a) = find(&claim.zone_id, &fqdn(&hostname), "A", &alias_set_id(&d.region, &hostname)) {
-            p.records.push(RecordChange::Delete { purpose: purpose.clone(), record: a.clone() });
+        let alias = find(&claim.zone_id, &fqdn(&hostname), "A", &alias_set_id(&d.region, &hostname));
+        match (alias, kind) {
+            (Some(a), _) if points_elsewhere(a, &d.alb) => continue,
+            (None, Claim::Legacy) => continue,
+            (Some(a), _) => p.records.push(RecordChange::Delete { purpose: purpose.clone(), record: a.clone() }),
+            (None, _) => {}
         }
         p.records.push(RecordChange::Delete { purpose, record: claim.clone() });
     }
@@ -436,9 +495,57 @@ mod tests {
             "_k3s-asg.old.example.com.",
             "TXT",
             "us-east-1/old.example.com/owner",
-            RecordData::Txt { ttl: 300, values: vec![owner_value("other", "us-east-1")] },
+            RecordData::Txt { ttl: 300, values: vec![owner_value("other", "us-east-1", &alb())] },
         );
         let p = plan(&desired(vec![], vec![]), &Observed { rules: vec![], records: vec![theirs, foreign], ..Default::default() }).unwrap();
         assert!(p.records.is_empty());
+    }
+
+    #[test]
+    fn installations_sharing_a_zone_never_take_each_others_records() {
+        let other_alb = AliasTarget { dns_name: "staging-1.us-east-1.elb.amazonaws.com.".into(), hosted_zone_id: "ZALB".into() };
+        let staging_claim = rec(
+            "_k3s-asg.staging.example.com.",
+            "TXT",
+            "us-east-1/staging.example.com/owner",
+            RecordData::Txt { ttl: 300, values: vec![owner_value("me", "us-east-1", &other_alb)] },
+        );
+        let staging_alias = rec("staging.example.com.", "A", "us-east-1/staging.example.com", RecordData::Alias(other_alb.clone()));
+        // Same owner and region, another load balancer: not garbage of ours.
+        let o = Observed { rules: vec![], records: vec![staging_claim.clone(), staging_alias.clone()], ..Default::default() };
+        assert!(plan(&desired(vec![], vec![]), &o).unwrap().records.is_empty());
+        // A legacy claim (no load balancer named) is ours only where the alias points at ours.
+        let legacy = |host: &str| {
+            rec(
+                &format!("_k3s-asg.{host}."),
+                "TXT",
+                &format!("us-east-1/{host}/owner"),
+                RecordData::Txt { ttl: 300, values: vec!["\"heritage=k3s-asg,owner=me,region=us-east-1\"".into()] },
+            )
+        };
+        let theirs = rec("staging.example.com.", "A", "us-east-1/staging.example.com", RecordData::Alias(other_alb.clone()));
+        let o = Observed { rules: vec![], records: vec![legacy("staging.example.com"), theirs], ..Default::default() };
+        assert!(plan(&desired(vec![], vec![]), &o).unwrap().records.is_empty(), "a legacy claim on another load balancer's alias");
+        let o = Observed { rules: vec![], records: vec![legacy("staging.example.com")], ..Default::default() };
+        assert!(plan(&desired(vec![], vec![]), &o).unwrap().records.is_empty(), "a legacy claim without its alias is left");
+        let ours = rec("old.example.com.", "A", "us-east-1/old.example.com", RecordData::Alias(alb()));
+        let o = Observed { rules: vec![], records: vec![legacy("old.example.com"), ours], ..Default::default() };
+        assert_eq!(plan(&desired(vec![], vec![]), &o).unwrap().records.len(), 2, "a legacy claim on our alias is collected");
+        // A wanted hostname: a legacy claim on our alias is adopted (the claim rewritten), an alias
+        // to another load balancer is a conflict whatever the claim says.
+        let ep = DesiredEndpointRecord { purpose: "endpoint blog".into(), zone_id: "Z1".into(), hostname: "blog.example.com".into() };
+        let d = desired(vec![], vec![ep]);
+        let blog = rec("blog.example.com.", "A", "us-east-1/blog.example.com", RecordData::Alias(alb()));
+        let p = plan(&d, &Observed { rules: vec![], records: vec![legacy("blog.example.com"), blog], ..Default::default() }).unwrap();
+        assert!(matches!(&p.records[..], [RecordChange::Upsert { record, .. }] if record.rtype == "TXT" && record.values()[0].contains(",alb=")));
+        let blog_elsewhere = rec("blog.example.com.", "A", "us-east-1/blog.example.com", RecordData::Alias(other_alb));
+        let mine = rec(
+            "_k3s-asg.blog.example.com.",
+            "TXT",
+            "us-east-1/blog.example.com/owner",
+            RecordData::Txt { ttl: 300, values: vec![owner_value("me", "us-east-1", &alb())] },
+        );
+        let p = plan(&d, &Observed { rules: vec![], records: vec![mine, blog_elsewhere], ..Default::default() }).unwrap();
+        assert!(p.records.is_empty() && p.conflicts[0].contains("another load balancer"), "{p:?}");
     }
 }

@@ -102,6 +102,7 @@ pub async fn compute_plan(s: &Settings, fx: &Effects, warm: &Warm) -> Result<Pla
     }
     let mut p = plan(&d, &observed).map_err(|e| Error::failed("plan", s.prefix.region(&s.region), e.to_string()))?;
     p.notes = health_notes;
+    p.left_out = specs.left_out.clone();
     Ok(p)
 }
 
@@ -147,9 +148,15 @@ async fn apply_health(specs: &mut crate::source::Specs, fx: &Effects) -> Result<
     Ok(notes)
 }
 
-/// Bad input (exit 2) when the plan was refused: it names the region spec, which holds the quota.
+/// Bad input (exit 2) when the plan was refused (naming the region spec, which holds the quota)
+/// or left inputs out (naming their parameters).
 pub fn refusal(p: &Plan, s: &Settings) -> Option<Error> {
-    (!p.refused.is_empty()).then(|| Error::bad_input("check plan", s.prefix.region(&s.region), p.refused.join("; ")))
+    if !p.refused.is_empty() {
+        let mut why = p.refused.clone();
+        why.extend(p.left_out.iter().cloned());
+        return Some(Error::bad_input("check plan", s.prefix.region(&s.region), why.join("; ")));
+    }
+    (!p.left_out.is_empty()).then(|| Error::bad_input("read specs", format!("{}/clusters", s.prefix.as_str()), p.left_out.join("; ")))
 }
 
 /// Applies the plan; returns it. Retries the whole reconcile when a rule

@@ -44,6 +44,9 @@ pub fn text(p: &Plan) -> String {
     for c in &p.conflicts {
         out.push_str(&format!("! conflict: {c}\n"));
     }
+    for l in &p.left_out {
+        out.push_str(&format!("! left out: {l}\n"));
+    }
     for r in &p.refused {
         out.push_str(&format!("! refused: {r}\n"));
     }

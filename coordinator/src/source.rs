@@ -11,6 +11,9 @@ pub struct Specs {
     pub region: RegionSpec,
     pub clusters: BTreeMap<String, ClusterSpec>,
     pub endpoints: BTreeMap<String, EndpointSpec>,
+    /// Parameters left out, and why: a cluster whose name the agent would refuse (bad input,
+    /// reported with the plan; nothing is applied for it, the rest is).
+    pub left_out: Vec<String>,
 }
 
 #[async_trait]
@@ -58,11 +61,19 @@ impl SpecSource for Ssm {
         let region_spec = RegionSpec::parse(&region_name, &region_json).map_err(Error::spec)?;
         let clusters_path = format!("{}/clusters", prefix.as_str());
         let mut clusters = BTreeMap::new();
+        let mut left_out = Vec::new();
         for (name, value) in self.by_path(&clusters_path).await? {
             let Some(cluster) = name.strip_prefix(&format!("{clusters_path}/")).and_then(|r| r.strip_suffix("/config")) else {
                 continue;
             };
             if cluster.contains('/') {
+                continue;
+            }
+            // The agent's own rule: a name it would refuse (`Alpha` beside `alpha`) would otherwise
+            // be lower-cased into another cluster's rule and flip it on every apply.
+            if let Err(why) = k3s_asg_aws::names::check_cluster_name(cluster) {
+                tracing::error!(parameter = %name, "{why}; the cluster is left out of the plan");
+                left_out.push(format!("{name}: {why} (agents refuse it); nothing is applied for it"));
                 continue;
             }
             clusters.insert(cluster.to_string(), ClusterSpec::parse(&name, &value).map_err(Error::spec)?);
@@ -75,6 +86,6 @@ impl SpecSource for Ssm {
             };
             endpoints.insert(ep.to_string(), EndpointSpec::parse(&name, &value).map_err(Error::spec)?);
         }
-        Ok(Specs { region: region_spec, clusters, endpoints })
+        Ok(Specs { region: region_spec, clusters, endpoints, left_out })
     }
 }

@@ -128,7 +128,7 @@ mod tests {
         )
         .unwrap();
         Loaded {
-            specs: Specs { region, clusters: BTreeMap::new(), endpoints: BTreeMap::new() },
+            specs: Specs { region, clusters: BTreeMap::new(), endpoints: BTreeMap::new(), left_out: vec![] },
             alias: AliasTarget { dns_name: "a.".into(), hosted_zone_id: "Z".into() },
             listeners: BTreeMap::new(),
             zone_names: BTreeMap::new(),

@@ -434,3 +434,95 @@ async fn kubeconfig_command_prints_the_admin_kubeconfig() {
     assert!(out.stdout.contains("server: https://api.alpha.us-east-1.example.com:6443"));
     assert!(!out.stderr.contains("client-key-data"), "the secret stays out of the log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_name_the_agent_would_refuse_is_left_out_never_flipped_into_another() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    w.create_cluster("bravo").await.unwrap();
+    let (_alb, listener) = w.create_alb(443, 100).await.unwrap();
+    // `Alpha` beside `alpha`, pointing at bravo's target group: lower-cased, it would take
+    // alpha's wildcard rule on every other apply.
+    let bravo = w.default_spec(&w.clusters["bravo"]);
+    w.put_param("/k3s-asg/clusters/Alpha/config", &bravo.to_string()).await.unwrap();
+    let alpha_tg = w.clusters["alpha"].target_group_arn.clone();
+    for round in 0..3 {
+        w.recorder.clear();
+        let run = w.coordinator(&["apply"]).await.unwrap();
+        assert_eq!(run.code, 2, "round {round}: {}", run.stderr);
+        assert!(run.stderr.contains("/k3s-asg/clusters/Alpha/config") && run.stderr.contains("not a valid cluster name"), "{}", run.stderr);
+        assert!(run.stdout.contains("! left out: /k3s-asg/clusters/Alpha/config"), "{}", run.stdout);
+        let rules = w.rules(&listener).await.unwrap();
+        let alpha_rule = k3s_asg_testbed::world::rule_for_host(&rules, "*--alpha.us-east-1.example.com").expect("alpha's rule, applied");
+        let forwards: Vec<String> = alpha_rule
+            .actions()
+            .iter()
+            .flat_map(|a| {
+                a.forward_config()
+                    .map(|f| f.target_groups().iter().filter_map(|t| t.target_group_arn().map(str::to_string)).collect::<Vec<_>>())
+                    .unwrap_or_default()
+            })
+            .chain(alpha_rule.actions().iter().filter_map(|a| a.target_group_arn().map(str::to_string)))
+            .collect();
+        assert_eq!(forwards, vec![alpha_tg.clone()], "round {round}: alpha's rule forwards to alpha only");
+        if round > 0 {
+            assert!(writes(&w).is_empty(), "round {round}: nothing flips: {:?}", writes(&w));
+        }
+    }
+    k3s_asg_testbed::reliability::held(
+        "Bad input: coordinator specs",
+        "a cluster parameter named `Alpha` beside `alpha`, three applies",
+        1,
+        "exit 2 naming /k3s-asg/clusters/Alpha/config, left out of the plan; alpha's rule is applied and never switched; no writes after the first apply",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_installations_sharing_a_zone_converge_and_keep_their_records() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    w.create_alb(443, 100).await.unwrap();
+    // Staging: its own prefix and ALB, the same zone, and (as an operator might) the same owner.
+    const STAGING: &str = "/k3s-asg-staging";
+    w.create_alb_in(STAGING, 1, 443, 100).await.unwrap();
+    let spec = w.default_spec(&w.clusters["alpha"]);
+    w.put_param(&format!("{STAGING}/clusters/alpha/config"), &spec.to_string()).await.unwrap();
+    let zone = w.zone_id().to_string();
+    let endpoint = |host: &str| serde_json::json!({ "hostname": host, "hosted_zone_id": zone, "clusters": { "alpha": 1 } }).to_string();
+    w.put_param("/k3s-asg/endpoints/blog", &endpoint("blog.example.com")).await.unwrap();
+    w.put_param(&format!("{STAGING}/endpoints/blog"), &endpoint("blog-staging.example.com")).await.unwrap();
+    let production = ["--owner", "k3s-asg", "apply"];
+    let staging = ["--owner", "k3s-asg", "--prefix", STAGING, "apply"];
+    let alias_of = |recs: &[aws_sdk_route53::types::ResourceRecordSet], host: &str| {
+        recs.iter()
+            .find(|r| r.name() == format!("{host}.") && r.r#type().as_str() == "A")
+            .and_then(|r| r.alias_target().map(|a| a.dns_name().to_string()))
+    };
+    let mut first_targets = None;
+    for round in 0..5 {
+        w.recorder.clear();
+        ok(&w.coordinator(&production).await.unwrap());
+        ok(&w.coordinator(&staging).await.unwrap());
+        let recs = records(&w).await;
+        let targets = (
+            alias_of(&recs, "blog.example.com").expect("production's record"),
+            alias_of(&recs, "blog-staging.example.com").expect("staging's record"),
+        );
+        assert_ne!(targets.0, targets.1, "each points at its own ALB");
+        let claims = recs.iter().filter(|r| r.name().starts_with("_k3s-asg.")).count();
+        assert_eq!(claims, 2, "both ownership claims kept");
+        match &first_targets {
+            None => first_targets = Some(targets),
+            Some(t) => {
+                assert_eq!(t, &targets, "round {round}: records unchanged");
+                assert!(writes(&w).is_empty(), "round {round}: no writes after the first round: {:?}", writes(&w));
+            }
+        }
+    }
+    k3s_asg_testbed::reliability::held(
+        "Races",
+        "two installations (prefixes /k3s-asg and /k3s-asg-staging, own ALBs, one owner id) sharing a hosted zone, 5 rounds of applies each",
+        1,
+        "no writes after the first round; each keeps its latency record and claim (claims name the load balancer; an alias to another load balancer is never changed or deleted)",
+    );
+}
