@@ -54,6 +54,11 @@ pub struct Cli {
     /// cluster's secure token; a missing or replaced token is republished.
     #[arg(long, env = "K3S_ASG_TOKEN_CHECK", default_value_t = 60, global = true)]
     token_check: u64,
+    /// Seconds (±20 % jitter) between `run`'s reads of the cluster spec: added target groups are
+    /// registered into, removed ones deregistered from (after connection draining), and a
+    /// server's API record follows a renamed `api.hostname`.
+    #[arg(long, env = "K3S_ASG_SPEC_CHECK", default_value_t = 60, global = true)]
+    spec_check: u64,
     /// Seconds a server that holds its cluster's token waits, with no server of the cluster
     /// answering and none that could still come up, before it takes part in a recovery
     /// election (restore the newest etcd snapshot, or start a new cluster without one).
@@ -131,6 +136,7 @@ fn config(cli: &Cli) -> Result<AgentConfig> {
         recovery_grace: Duration::from_secs(cli.recovery_grace),
         kubeconfig_max_age: Duration::from_secs(cli.kubeconfig_max_age_days * 86_400),
         token_check: Duration::from_secs(cli.token_check.max(1)),
+        spec_check: Duration::from_secs(cli.spec_check.max(1)),
         ..AgentConfig::default()
     })
 }

@@ -30,6 +30,8 @@ pub struct AgentConfig {
     pub recovery_grace: Duration,
     /// How often a server in `run` checks that the token parameter still holds its cluster's token.
     pub token_check: Duration,
+    /// How often `run` re-reads the cluster spec and converges the instance to it (jittered).
+    pub spec_check: Duration,
 }
 
 impl Default for AgentConfig {
@@ -45,6 +47,7 @@ impl Default for AgentConfig {
             quorum_timeout: Duration::from_secs(600),
             election_lease: Duration::from_secs(300),
             token_check: Duration::from_secs(60),
+            spec_check: Duration::from_secs(60),
             recovery_grace: Duration::from_secs(180),
             kubeconfig_max_age: Duration::from_secs(275 * 86_400),
         }

@@ -110,7 +110,15 @@ pub async fn node_rejoin_reason(cfg: &AgentConfig, fx: &Effects) -> Result<Optio
         return Ok(None);
     };
     if name == names.agent_token && configured.contains("::server:") {
-        return Ok(Some(format!("parameter {name} was published: joining again with the agent token instead of the server token")));
+        // Joined with the server token before the agent token existed: the same cluster (the
+        // same CA) is no reason to join again; servers not yet restarted with the agent token
+        // would refuse it. It changes at the node's next join.
+        let same_cluster =
+            token::parse_secure(&configured).zip(token::parse_secure(current.value.expose())).is_some_and(|(c, a)| c.ca_hash == a.ca_hash);
+        if same_cluster {
+            return Ok(None);
+        }
+        return Ok(Some(format!("parameter {name} names another cluster's CA than this node joined: its cluster was started anew")));
     }
     let Some(secure) = token::parse_secure(current.value.expose()) else {
         return Ok(None);

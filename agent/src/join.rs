@@ -21,7 +21,31 @@ use k3s_asg_aws::spec::AddressKind;
 use k3s_asg_aws::tags::Role;
 use std::path::PathBuf;
 
+/// Joins; AWS being busy or out of reach (throttling, a 5xx, a timeout: `Error::transient`,
+/// after the SDK's own retries) is one more reason to wait, with backoff and jitter, within
+/// `--join-timeout`: every step looks before it acts, so the join starts over where it was. Any
+/// other failure ends it at once.
 pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
+    let mut w = Waiter::new("AWS to answer the join's calls", cfg.join_timeout)
+        .max_delay(std::time::Duration::from_secs(30))
+        .first_delay(std::time::Duration::from_secs(2));
+    loop {
+        match join_once(cfg, fx).await {
+            Err(e) if e.transient => {
+                tracing::warn!(error = %e, "AWS is busy or out of reach; the join goes on after a pause");
+                if let Some(st) = State::load(&fx.fs)? {
+                    let mut st = st;
+                    st.last_error = Some(e.to_string());
+                    st.save(&fx.fs)?;
+                }
+                w.pending(format!("{}: {}", e.step, e.detail)).await.map_err(|_| e)?;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn join_once(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
     // An instance in a warm pool configures and registers nothing (`run` waits for InService).
     if let Some(state) = fx.metadata.get("autoscaling/target-lifecycle-state").await?.filter(|s| s.trim().starts_with("Warmed:")) {
         return Err(Error::failed(
@@ -33,6 +57,15 @@ pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
     let d = discover(cfg, fx, Purpose::Join).await?;
     tracing::info!(instance = %d.id.instance_id, cluster = %d.cluster, role = %d.role, "joining");
     let mut st = State::begin(&fx.fs, &d.id.instance_id, &d.cluster, d.role, Phase::Joining)?;
+    // A server that published under another name before a spec rename: that record goes once the
+    // new one is published (`publish_api_record`).
+    if let (true, Some(host), Some(zone)) = (d.role.is_server(), st.api_hostname.clone(), st.api_zone_id.clone()) {
+        let renamed = k3s_asg_aws::names::fqdn(&host) != k3s_asg_aws::names::fqdn(&d.spec.api.hostname) || zone != d.spec.api.hosted_zone_id;
+        if renamed && st.api_record.is_some() && st.api_previous.is_none() {
+            st.api_previous = Some((host, zone));
+            st.save(&fx.fs)?;
+        }
+    }
     st.api_hostname = d.role.is_server().then(|| d.spec.api.hostname.clone());
     st.step(&fx.fs, StepName::Identity)?;
     let mut j = Joining { cfg, fx, d, st, lease: None, renewed: None };
@@ -58,7 +91,14 @@ pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
             j.secure_the_token().await?;
         }
         j.publish_kubeconfigs().await?;
-        j.publish_agent_token().await?;
+        // Never a reason to fail the join (an instance role of an earlier release may not write
+        // it: nodes then keep the server token); AWS being busy still is, as everywhere.
+        if let Err(e) = j.publish_agent_token().await {
+            if e.transient {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "could not publish the agent token; nodes join with the server token where their role may read it");
+        }
         j.st.step(&fx.fs, StepName::Kubeconfigs)?;
         j.forget_lost_servers().await?;
         j.publish_api_record().await?;
@@ -259,7 +299,17 @@ impl Joining<'_> {
     async fn live_servers(&self) -> Result<Vec<String>> {
         let (fx, d, api) = (self.fx, &self.d, &self.d.spec.api);
         let mut addresses = std::collections::BTreeMap::new();
-        for r in fx.zones.records_named(&api.hosted_zone_id, &api.hostname, "A").await? {
+        // Route53 busy (its budget is the account's): EC2's control-plane instances below still
+        // show every server that could be live.
+        let records = match fx.zones.records_named(&api.hosted_zone_id, &api.hostname, "A").await {
+            Ok(r) => r,
+            Err(e) if e.transient => {
+                tracing::debug!(error = %e, "Route53 is busy; looking for live servers through EC2 only");
+                vec![]
+            }
+            Err(e) => return Err(e),
+        };
+        for r in records {
             if r.set_identifier.as_deref() != Some(self.me()) {
                 for ip in r.values() {
                     addresses.insert(ip.clone(), r.set_identifier.clone().unwrap_or_default());
@@ -496,11 +546,30 @@ impl Joining<'_> {
         let configured = self.st.server_url.clone();
         let mut w = Waiter::new("the join token and a live k3s server", cfg.join_timeout);
         let mut first = true;
+        // The API records as last read, and when to read them again: Route53's request budget is
+        // the whole account's (5 a second), so a waiting agent reads them once the token is
+        // secure and then at most every 10–20 s, probing the servers it already knows in between
+        // (those probes go to the servers, not to AWS).
+        let mut records: Option<Vec<RecordSet>> = None;
+        let mut read_again_at = std::time::Instant::now();
+        // Waited for the token with everyone else (a boot): the first read comes 0–10 s after the
+        // token turns secure, not at the same moment as the herd's.
+        let mut herd = false;
+        let mut spread = false;
         loop {
             if !first {
                 let join_token = if self.d.role.is_server() { &names.token } else { &names.agent_token };
                 let refresh = [join_token.clone(), names.drain.clone()];
-                let fresh = fx.parameters.get(&refresh).await?;
+                let fresh = match fx.parameters.get(&refresh).await {
+                    Ok(f) => f,
+                    Err(e) if e.transient => {
+                        w.pending(format!("SSM is busy ({})", e.detail))
+                            .await
+                            .map_err(|why| Error::failed("wait for a server to join", self.d.join_token_name(), why))?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 for name in &refresh {
                     if !fresh.contains_key(name) {
                         self.d.params.remove(name);
@@ -514,6 +583,13 @@ impl Joining<'_> {
             }
             first = false;
             let token_name = self.d.join_token_name().to_string();
+            let secure_now = self.d.param(&token_name).is_some_and(|p| token::parse_secure(p.value.expose()).is_some());
+            if !secure_now && !herd {
+                herd = true;
+            } else if secure_now && herd && records.is_none() && read_again_at <= std::time::Instant::now() && !spread {
+                spread = true;
+                read_again_at = std::time::Instant::now() + std::time::Duration::from_millis(rand::random::<u64>() % 10_000);
+            }
             let reason = match self.d.param(&token_name).map(|p| p.value.clone()) {
                 None if token_name == names.agent_token => {
                     format!("parameter {token_name} does not exist yet (a control-plane instance publishes it once it is ready)")
@@ -521,8 +597,28 @@ impl Joining<'_> {
                 None => format!("parameter {token_name} does not exist yet"),
                 Some(t) => match token::parse_secure(t.expose()) {
                     None => format!("parameter {token_name} is not yet in k3s's secure form (the first server is starting)"),
+                    Some(_) if records.is_none() && herd && std::time::Instant::now() < read_again_at => {
+                        "the token is secure; reading the API records after a random pause (a fleet booting together spreads its Route53 reads)"
+                            .to_string()
+                    }
                     Some(secure) => {
-                        let records = fx.zones.records_named(&api.hosted_zone_id, &api.hostname, "A").await?;
+                        if records.is_none() || std::time::Instant::now() >= read_again_at {
+                            read_again_at = std::time::Instant::now() + std::time::Duration::from_millis(10_000 + rand::random::<u64>() % 10_000);
+                            match fx.zones.records_named(&api.hosted_zone_id, &api.hostname, "A").await {
+                                Ok(r) => records = Some(r),
+                                Err(e) if e.transient && records.is_some() => {
+                                    tracing::debug!(error = %e, "Route53 is busy; probing the servers known")
+                                }
+                                Err(e) if e.transient => {
+                                    w.pending(format!("Route53 is busy ({})", e.detail))
+                                        .await
+                                        .map_err(|why| Error::failed("wait for a server to join", self.d.join_token_name(), why))?;
+                                    continue;
+                                }
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        let records = records.clone().unwrap_or_default();
                         let candidates = plan::join_candidates(&records, self.me(), configured.as_deref());
                         let mut found = None;
                         for ip in &candidates {
@@ -971,13 +1067,17 @@ impl Joining<'_> {
         fx.zones.delete_each(&api.hosted_zone_id, &stale).await?;
         self.st.api_record = Some(format!("{} A {} (set {})", api.hostname, address, self.me()));
         self.st.api_zone_id = Some(api.hosted_zone_id.clone());
+        let me = self.me().to_string();
+        crate::converge::forget_previous_api(fx, &mut self.st, &me, &self.d.names).await?;
         Ok(())
     }
 
     /// Registers into every target group of the role, only now that the node can serve.
     async fn register(&mut self) -> Result<()> {
         let (fx, d) = (self.fx, &self.d);
-        let mut registered = Vec::new();
+        // What was recorded stays recorded (a spec edited since: `run` deregisters it after
+        // draining, a leave undoes it), and what is registered now is added.
+        let mut registered = self.st.target_groups.clone();
         for tg in d.spec.target_groups_for(d.role) {
             let members = fx.target_groups.members(&tg.arn).await?;
             let missing = plan::missing_registrations(&d.spec, d.role, self.me(), |arn| (arn == tg.arn).then_some(members.as_slice()));
@@ -985,7 +1085,10 @@ impl Joining<'_> {
                 fx.target_groups.register(&tg.arn, self.me(), tg.port).await?;
                 tracing::info!(target_group = %tg.arn, port = tg.port, "registered");
             }
-            registered.push(format!("{}:{}", tg.arn, tg.port));
+            let entry = format!("{}:{}", tg.arn, tg.port);
+            if !registered.contains(&entry) {
+                registered.push(entry);
+            }
         }
         self.st.target_groups = registered;
         Ok(())

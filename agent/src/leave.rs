@@ -53,10 +53,19 @@ pub async fn leave(cfg: &AgentConfig, fx: &Effects, hurry: &Hurry, trigger: Trig
     if let Some(left) = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now())) {
         tracing::warn!(seconds_left = left.as_secs(), "a spot interruption: every wait of this leave is budgeted to finish before the reclaim");
     }
+    // Undo what the instance was put into (the state file), and whatever the spec says now: a
+    // spec edited since the join (or since `run` last converged) must not leave it registered.
+    let spec = with_recorded(&d.spec, &st, d.role);
+    let differs =
+        |(h, z): &(String, String)| k3s_asg_aws::names::fqdn(h) != k3s_asg_aws::names::fqdn(&spec.api.hostname) || *z != spec.api.hosted_zone_id;
+    let old_api: Vec<crate::converge::ApiName> =
+        st.api_hostname.clone().zip(st.api_zone_id.clone()).into_iter().chain(st.api_previous.clone()).filter(differs).collect();
     let ctx = Leaving {
         fx,
         deadline,
-        spec: &d.spec,
+        spec: &spec,
+        old_api,
+        returning: st.trigger.as_ref().is_some_and(Trigger::returns),
         role: d.role,
         instance_id: me,
         drain_kubeconfig: d.param(&d.names.drain).map(|p| p.value.clone()),
@@ -64,7 +73,7 @@ pub async fn leave(cfg: &AgentConfig, fx: &Effects, hurry: &Hurry, trigger: Trig
         quorum_timeout,
         snapshots: d.snapshot_store(),
     };
-    let work = ctx.steps(&mut st);
+    let work = ctx.steps_through_busy_aws(&mut st);
     match &hook {
         None => work.await?,
         Some(h) => {
@@ -89,9 +98,6 @@ pub async fn leave(cfg: &AgentConfig, fx: &Effects, hurry: &Hurry, trigger: Trig
         tracing::info!(group = %h.group, hook = %h.hook, "completed the lifecycle action with CONTINUE");
         st.step(&fx.fs, StepName::LifecycleCompleted)?;
     }
-    if st.trigger.as_ref().is_some_and(Trigger::returns) && d.role.is_server() {
-        forget_membership(fx, &mut st)?;
-    }
     st.phase = Phase::Left;
     if let Some(e) = &d.spec_error {
         st.last_error = Some(format!("left from what the state file recorded (target groups, API record; drain with default timeouts): {e}"));
@@ -105,17 +111,23 @@ pub async fn leave(cfg: &AgentConfig, fx: &Effects, hurry: &Hurry, trigger: Trig
 }
 
 /// A server taken out of service (not terminated) comes back later: k3s will not re-add an
-/// etcd member that was removed while its `server/db` remains, so the datastore goes, and the
-/// server joins the live cluster when it returns (never initialises one: `mode` is `join`).
-/// Where quorum kept the member, the datastore stays and the server comes back as that member.
+/// etcd member that was removed while its `server/db` remains, so once its member is gone the
+/// datastore goes, and `config.yaml` with it (no k3s start before the agent renders again can
+/// begin a cluster from it); the server joins the live cluster when it returns, never
+/// initialises one (`mode` is `join`). Recorded in the state file (`member_removed`), so a
+/// resumed leave still wipes. Where the member was kept (quorum, or the last server), the
+/// datastore stays and the server comes back as that member.
 fn forget_membership(fx: &Effects, st: &mut State) -> Result<()> {
-    if !st.steps.iter().any(|s| s.name == StepName::NodeDeleted) {
-        tracing::warn!("this server's etcd member was kept (quorum): keeping its datastore to come back as that member");
+    if !st.member_removed {
+        tracing::warn!("this server's etcd member was kept: keeping its datastore to come back as that member");
         return Ok(());
     }
     fx.fs.remove_dir(render::SERVER_DB_PATH)?;
+    fx.fs.remove_file(render::CONFIG_PATH)?;
     st.mode = Some(crate::plan::Mode::Join);
     st.server_url = None;
+    st.member_removed = false;
+    st.save(&fx.fs)?;
     tracing::info!(
         path = render::SERVER_DB_PATH,
         "etcd member removed; wiped the datastore so the server joins again as a new member when it returns"
@@ -123,10 +135,26 @@ fn forget_membership(fx: &Effects, st: &mut State) -> Result<()> {
     Ok(())
 }
 
+/// The spec with every target group the state file recorded for this instance added.
+fn with_recorded(spec: &ClusterSpec, st: &State, role: Role) -> ClusterSpec {
+    let mut spec = spec.clone();
+    for (arn, port) in crate::converge::recorded_groups(st) {
+        if !spec.target_groups_for(role).any(|tg| tg.arn == arn && tg.port == port) {
+            spec.target_groups.push(k3s_asg_aws::spec::TargetGroupSpec { arn, port, roles: vec![role], ingress: false });
+        }
+    }
+    spec
+}
+
 /// What the leave steps work from.
 struct Leaving<'a> {
     fx: &'a Effects,
     spec: &'a ClusterSpec,
+    /// The API names the state file recorded (and a rename's previous one), when the spec now
+    /// names another: their records go too.
+    old_api: Vec<crate::converge::ApiName>,
+    /// The instance comes back after this leave (warm pool, Standby).
+    returning: bool,
     role: Role,
     instance_id: &'a str,
     drain_kubeconfig: Option<Secret>,
@@ -162,11 +190,41 @@ impl Leaving<'_> {
         }
     }
 
+    /// The steps, started over (each looks before it acts) while AWS is busy or out of reach
+    /// (`Error::transient`), with backoff and jitter, for up to 10 minutes (a spot notice: 80 % of
+    /// what is left); any other failure ends the leave at once.
+    async fn steps_through_busy_aws(&self, st: &mut State) -> Result<()> {
+        let mut w = Waiter::new("AWS to answer the leave's calls", self.budget(Duration::from_secs(600), 0.8))
+            .max_delay(Duration::from_secs(15))
+            .first_delay(Duration::from_secs(1))
+            .hurry(self.hurry);
+        loop {
+            match self.steps(st).await {
+                Err(e) if e.transient => {
+                    tracing::warn!(error = %e, "AWS is busy or out of reach; the leave goes on after a pause");
+                    w.pending(format!("{}: {}", e.step, e.detail)).await.map_err(|_| e)?;
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn steps(&self, st: &mut State) -> Result<()> {
         let fs = &self.fx.fs;
         self.deregister().await?;
         st.step(fs, StepName::Deregistered)?;
-        if self.role.is_server() {
+        // The last server going back to a warm pool or into Standby keeps its member, its
+        // datastore and its API record: it is the cluster, and a server that finds its record
+        // waits for it rather than recovering a new cluster behind it.
+        let keep_cluster = self.returning && self.role.is_server() && self.last_member().await?;
+        if keep_cluster {
+            tracing::warn!(
+                "the last server of the cluster is taken out of service: keeping its etcd member, datastore and API record \
+                 (the cluster is down until it, or a recovery, brings it back)"
+            );
+            st.last_error = Some("the last server left service: its member, datastore and API record were kept".into());
+        }
+        if self.role.is_server() && !keep_cluster {
             self.remove_api_record().await?;
             st.step(fs, StepName::ApiRecordRemoved)?;
         }
@@ -181,7 +239,9 @@ impl Leaving<'_> {
                 if self.role.is_server() && self.final_snapshot(st).await? {
                     st.step(fs, StepName::FinalSnapshot)?;
                 }
-                if self.role.is_server() && !self.quorum_allows_removal(st).await? {
+                if keep_cluster {
+                    // Nothing to remove: see above.
+                } else if self.role.is_server() && !self.quorum_allows_removal(st).await? {
                     tracing::error!(
                         node = self.instance_id,
                         "not deleting this server's Node (and so its etcd member): quorum would be lost; \
@@ -190,6 +250,7 @@ impl Leaving<'_> {
                     st.last_error = Some("etcd member kept: removing it would have lost quorum".into());
                 } else {
                     self.fx.k3s.delete_node(self.instance_id, kubeconfig.as_deref()).await?;
+                    st.member_removed = self.role.is_server();
                     st.step(fs, StepName::NodeDeleted)?;
                 }
             }
@@ -197,7 +258,20 @@ impl Leaving<'_> {
         if active {
             self.fx.services.stop(unit).await?;
         }
-        st.step(fs, StepName::K3sStopped)
+        st.step(fs, StepName::K3sStopped)?;
+        if self.returning && self.role.is_server() {
+            forget_membership(self.fx, st)?;
+        }
+        Ok(())
+    }
+
+    /// Whether this server is the only control-plane member left.
+    async fn last_member(&self) -> Result<bool> {
+        if !self.fx.services.is_active(render::unit_name(self.role)).await? {
+            return Ok(false);
+        }
+        let members = self.fx.k3s.control_plane_nodes().await?;
+        Ok(!members.iter().any(|(n, _)| n != self.instance_id))
     }
 
     /// Deregisters, then waits until the groups report us gone or their delay has passed.
@@ -239,16 +313,20 @@ impl Leaving<'_> {
         }
     }
 
-    /// Deletes this server's own API record.
+    /// Deletes this server's own API record (under the spec's name, and under the name the state
+    /// file recorded when the spec was renamed since).
     async fn remove_api_record(&self) -> Result<()> {
         let api = &self.spec.api;
-        if api.hosted_zone_id.is_empty() {
+        if api.hosted_zone_id.is_empty() && self.old_api.is_empty() {
             tracing::error!("no API record to remove: the spec cannot be read and the state file recorded no hosted zone");
             return Ok(());
         }
-        let records = self.fx.zones.records_named(&api.hosted_zone_id, &api.hostname, "A").await?;
-        let mine = plan::own_record_deletes(&records, self.instance_id);
-        self.fx.zones.delete_each(&api.hosted_zone_id, &mine).await?;
+        let current = (!api.hosted_zone_id.is_empty()).then(|| (api.hostname.clone(), api.hosted_zone_id.clone()));
+        for (hostname, zone) in current.into_iter().chain(self.old_api.clone()) {
+            let records = self.fx.zones.records_named(&zone, &hostname, "A").await?;
+            let mine = plan::own_record_deletes(&records, self.instance_id);
+            self.fx.zones.delete_each(&zone, &mine).await?;
+        }
         Ok(())
     }
 

@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod converge;
 pub mod discover;
 pub mod effects;
 pub mod election;

@@ -120,7 +120,8 @@ async fn join_when_in_service(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
     let mut logged = false;
     loop {
         let state = fx.metadata.get("autoscaling/target-lifecycle-state").await?.unwrap_or_default();
-        if !out_of_service(&state) {
+        // Terminated from the warm pool: nothing to join (the notice ends `run`).
+        if !out_of_service(&state) && state.trim() != "Warmed:Terminated" {
             break;
         }
         if !logged {
@@ -174,8 +175,10 @@ async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::
     tracing::info!("joined; watching for SIGTERM, lifecycle and spot notices");
     let st = State::load(&fx.fs)?;
     let server = st.as_ref().and_then(|s| s.role).is_some_and(|r| r.is_server());
-    let (me, cluster, api_hostname) = st.map(|s| (s.instance_id, s.cluster, s.api_hostname)).unwrap_or_default();
+    let (me, cluster) = st.map(|s| (s.instance_id, s.cluster)).unwrap_or_default();
     let mut last_guard = std::time::Instant::now();
+    let next_spec_check = || std::time::Instant::now() + cfg.spec_check.mul_f64(0.8 + rand::random::<f64>() * 0.4);
+    let mut spec_check_at = next_spec_check();
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(Trigger::Sigterm),
@@ -188,7 +191,9 @@ async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::
                     if let Err(e) = crate::guard::collect_ghosts(fx, &me).await {
                         tracing::warn!(error = %e, "could not collect the Nodes of dead instances; will retry");
                     }
-                    if let Some(host) = api_hostname.as_deref() {
+                    // The API name as now recorded (a spec edit may have renamed it since the join).
+                    let host = State::load(&fx.fs).ok().flatten().and_then(|s| s.api_hostname);
+                    if let Some(host) = host.as_deref() {
                         if let Err(e) = crate::guard::refresh_admin_kubeconfig(cfg, fx, &cluster, host).await {
                             tracing::warn!(error = %e, "could not check the published admin kubeconfig; will retry");
                         }
@@ -211,6 +216,20 @@ async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::
                         }
                         Ok(None) => {}
                         Err(e) => tracing::warn!(error = %e, "could not check the node's cluster; will retry"),
+                    }
+                }
+                if std::time::Instant::now() >= spec_check_at {
+                    spec_check_at = next_spec_check();
+                    // A notice or SIGTERM ends it (a removed group's draining can be long): the
+                    // state file says where the instance is, and the leave undoes that.
+                    tokio::select! {
+                        r = crate::converge::converge(cfg, fx) => {
+                            if let Err(e) = r {
+                                tracing::warn!(error = %e, "could not converge to the cluster spec; will retry");
+                            }
+                        }
+                        _ = term.recv() => return Ok(Trigger::Sigterm),
+                        t = next_notice(cfg, fx) => return Ok(t),
                     }
                 }
                 match notice(cfg, fx, true).await {

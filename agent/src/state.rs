@@ -193,6 +193,14 @@ pub struct State {
     pub phase: Phase,
     pub api_hostname: Option<String>,
     pub api_record: Option<String>,
+    /// A server's Node (and with it its etcd member) was deleted by a leave that has not yet
+    /// wiped the datastore (a return from a warm pool or Standby): see `leave::forget_membership`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub member_removed: bool,
+    /// The API name (hostname, zone) this server published under before a spec rename, until its
+    /// record there is removed and the kubeconfigs point at the new name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_previous: Option<(String, String)>,
     /// The hosted zone of the API record it published (a leave without a readable spec removes
     /// the record from what is recorded here).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -49,6 +49,12 @@ impl Waiter {
         self
     }
 
+    /// The first delay (default 200 ms): longer for waits on a busy service.
+    pub fn first_delay(mut self, first: Duration) -> Self {
+        self.delay = first.min(self.max_delay);
+        self
+    }
+
     /// Stops waiting (with `Err`) once `hurry` is set.
     pub fn hurry(mut self, hurry: &Hurry) -> Self {
         self.hurry = Some(hurry.clone());

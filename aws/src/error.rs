@@ -14,6 +14,9 @@ pub struct Error {
     pub bad_input: bool,
     /// Worth trying again at once (a concurrent writer took a rule priority).
     pub retry: bool,
+    /// AWS was busy or out of reach (throttling, a 5xx, a timeout, a dropped connection) after
+    /// the SDK's own retries: worth waiting for and trying again, within the caller's deadline.
+    pub transient: bool,
     pub step: &'static str,
     pub resource: String,
     pub detail: String,
@@ -22,7 +25,7 @@ pub struct Error {
 
 impl Error {
     pub fn failed(step: &'static str, resource: impl Into<String>, detail: impl Into<String>) -> Self {
-        Error { bad_input: false, retry: false, step, resource: resource.into(), detail: detail.into(), source: None }
+        Error { bad_input: false, retry: false, transient: false, step, resource: resource.into(), detail: detail.into(), source: None }
     }
 
     pub fn bad_input(step: &'static str, resource: impl Into<String>, detail: impl Into<String>) -> Self {
@@ -33,7 +36,9 @@ impl Error {
     /// kept as the source.
     #[cfg(feature = "sdk")]
     pub fn sdk<E: std::error::Error + Send + Sync + 'static>(step: &'static str, resource: impl Into<String>, err: E) -> Self {
-        Self::failed(step, resource, crate::sdk_error_text(&err)).caused_by(err)
+        let text = crate::sdk_error_text(&err);
+        let transient = is_transient(&err.to_string(), &text);
+        Error { transient, ..Self::failed(step, resource, text).caused_by(err) }
     }
 
     /// A failure with an underlying error (I/O, a spawned program): its text is the detail, and it
@@ -68,6 +73,28 @@ impl Error {
     }
 }
 
+/// Whether an SDK error (its own text, and the text with its causes) says AWS was busy or out of
+/// reach rather than that the request was wrong: the SDK's dispatch, timeout and response
+/// failures, throttling, and server-side errors.
+pub fn is_transient(top: &str, full: &str) -> bool {
+    const FAILURES: [&str; 3] = ["dispatch failure", "request has timed out", "response error"];
+    const CODES: [&str; 12] = [
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "RequestThrottled",
+        "PriorRequestNotComplete",
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "InternalFailure",
+        "InternalServerError",
+        "Rate exceeded",
+    ];
+    FAILURES.iter().any(|f| top.starts_with(f)) || CODES.iter().any(|c| full.contains(c))
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.resource.is_empty() {
@@ -98,6 +125,16 @@ mod tests {
         assert_eq!(e.exit_code(), 1);
         assert_eq!(e.to_string(), "install SIGTERM handler: no");
         assert!(!e.retry);
+    }
+
+    #[test]
+    fn transient_failures_are_told_from_wrong_requests() {
+        assert!(is_transient("service error", "service error: unhandled error (ThrottlingException): Rate exceeded"));
+        assert!(is_transient("service error", "service error: RequestLimitExceeded: Request limit exceeded."));
+        assert!(is_transient("dispatch failure", "dispatch failure: io error: connection reset"));
+        assert!(is_transient("request has timed out", "request has timed out"));
+        assert!(!is_transient("service error", "service error: AccessDeniedException: not authorized"));
+        assert!(!is_transient("service error", "service error: ParameterNotFound"));
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub struct Observed {
     pub records: Vec<RecordSet>,
     /// Which of the instances named by API records are still pending or running.
     pub live_instances: std::collections::BTreeSet<String>,
+    /// Which of them EC2 in this region knows at all (any state): a record under a name no spec
+    /// uses is collected only for an instance EC2 here reports stopped or gone, never for one it
+    /// does not know (another region's, another account's).
+    pub known_instances: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

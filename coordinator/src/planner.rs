@@ -86,20 +86,27 @@ pub fn api_record_instances(d: &Desired, records: &[RecordSet]) -> Vec<String> {
     api_records(d, records).filter_map(|r| r.set_identifier.clone()).collect::<BTreeSet<_>>().into_iter().collect()
 }
 
+/// The agents' API records: `A` records named by an instance id, under a cluster's API name, or
+/// (MultiValueAnswer, as agents write them) under any other name of a cluster's API zone: a name
+/// no spec uses any more (`api.hostname` renamed) is collected once its instances are gone.
 fn api_records<'a>(d: &'a Desired, records: &'a [RecordSet]) -> impl Iterator<Item = &'a RecordSet> {
     records.iter().filter(move |r| {
+        let named = d.api_names.iter().any(|(z, n)| *z == r.zone_id && *n == r.name);
+        let multivalue = matches!(r.data, RecordData::Values { multivalue: true, .. });
         r.rtype == "A"
             && matches!(r.data, RecordData::Values { .. })
-            && d.api_names.iter().any(|(z, n)| *z == r.zone_id && *n == r.name)
+            && (named || (multivalue && d.api_names.iter().any(|(z, _)| *z == r.zone_id)))
             && r.set_identifier.as_deref().is_some_and(k3s_asg_aws::names::is_instance_id)
     })
 }
 
-/// API records of instances that no longer run (DESIGN.md): removed.
+/// API records of instances that no longer run (DESIGN.md): removed. Under a name no spec uses
+/// any more, only where EC2 here knows the instance (stopped or terminated).
 fn plan_api_garbage(d: &Desired, o: &Observed, p: &mut Plan) {
     for r in api_records(d, &o.records) {
         let id = r.set_identifier.as_deref().unwrap_or_default();
-        if !o.live_instances.contains(id) {
+        let named = d.api_names.iter().any(|(z, n)| *z == r.zone_id && *n == r.name);
+        if !o.live_instances.contains(id) && (named || o.known_instances.contains(id)) {
             p.api_garbage.push(RecordChange::Delete { purpose: format!("API record of stopped instance {id}"), record: r.clone() });
         }
     }
@@ -469,16 +476,26 @@ mod tests {
         let api =
             |id: &str| rec("api.alpha.example.com.", "A", id, RecordData::Values { ttl: 30, values: vec!["127.0.0.1".into()], multivalue: true });
         let manual = api("manual");
-        let other_name = rec("api.bravo.example.com.", "A", "i-0000000000000000c", RecordData::Values { ttl: 30, values: vec![], multivalue: true });
-        let records = vec![api("i-0000000000000000a"), api("i-0000000000000000b"), manual, other_name];
-        assert_eq!(api_record_instances(&d, &records), vec!["i-0000000000000000a".to_string(), "i-0000000000000000b".to_string()]);
-        let o = Observed { rules: vec![], records, live_instances: ["i-0000000000000000a".to_string()].into() };
-        let p = plan(&d, &o).unwrap();
-        assert!(
-            matches!(&p.api_garbage[..], [RecordChange::Delete { record, .. }] if record.set_identifier.as_deref() == Some("i-0000000000000000b")),
-            "{:?}",
-            p.api_garbage
+        // A name no spec uses any more (api.hostname renamed), in the API zone: collected too once
+        // its instance is gone; a plain (not MultiValueAnswer) record there is nobody's API record.
+        let old_name =
+            rec("api-old.alpha.example.com.", "A", "i-0000000000000000c", RecordData::Values { ttl: 30, values: vec![], multivalue: true });
+        let plain = rec("www.example.com.", "A", "i-0000000000000000d", RecordData::Values { ttl: 30, values: vec![], multivalue: false });
+        let records = vec![api("i-0000000000000000a"), api("i-0000000000000000b"), manual, old_name, plain];
+        assert_eq!(
+            api_record_instances(&d, &records),
+            ["i-0000000000000000a", "i-0000000000000000b", "i-0000000000000000c"].map(String::from).to_vec()
         );
+        let live: std::collections::BTreeSet<String> = ["i-0000000000000000a".to_string()].into();
+        let o = Observed { rules: vec![], records: records.clone(), live_instances: live.clone(), known_instances: live.clone() };
+        let p = plan(&d, &o).unwrap();
+        let gone: Vec<&str> = p.api_garbage.iter().filter_map(|c| c.record().set_identifier.as_deref()).collect();
+        assert_eq!(gone, vec!["i-0000000000000000b"], "under another name, an instance EC2 here does not know is left (another region's)");
+        let known = ["i-0000000000000000a", "i-0000000000000000c"].map(String::from).into();
+        let o = Observed { rules: vec![], records, live_instances: live, known_instances: known };
+        let p = plan(&d, &o).unwrap();
+        let gone: Vec<&str> = p.api_garbage.iter().filter_map(|c| c.record().set_identifier.as_deref()).collect();
+        assert_eq!(gone, vec!["i-0000000000000000b", "i-0000000000000000c"]);
         assert!(p.records.is_empty());
     }
 

@@ -98,7 +98,9 @@ pub async fn compute_plan(s: &Settings, fx: &Effects, warm: &Warm) -> Result<Pla
     }
     let ids = crate::planner::api_record_instances(&d, &observed.records);
     if !ids.is_empty() {
-        observed.live_instances = fx.instances.live(&ids).await?;
+        let found = fx.instances.describe(&ids).await?;
+        observed.live_instances = found.iter().filter(|i| i.is_live()).map(|i| i.id.clone()).collect();
+        observed.known_instances = found.into_iter().map(|i| i.id).collect();
     }
     let mut p = plan(&d, &observed).map_err(|e| Error::failed("plan", s.prefix.region(&s.region), e.to_string()))?;
     p.notes = health_notes;

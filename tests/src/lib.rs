@@ -23,6 +23,7 @@ pub mod recorder;
 pub mod reliability;
 pub mod roll;
 pub mod route53_batch;
+pub mod storm;
 pub mod supervisor;
 pub mod world;
 

@@ -3,6 +3,7 @@
 //! instance), then forwarded unchanged.
 
 use crate::http::{serve, Served};
+use crate::route53_batch::Rrset;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -54,6 +55,11 @@ struct Inner {
     /// (Two cluster-inits were seen once in ~340 ten-server races before this; not reproduced in
     /// 200 more without it, so this is the likeliest cause, not a proven one.)
     writes: tokio::sync::Mutex<()>,
+    /// Route53's account-wide request budget (requests a second; a token bucket as deep as one
+    /// second's worth): calls beyond it are answered with Route53's throttling error.
+    route53_budget: Mutex<Option<(f64, f64, std::time::Instant)>>,
+    /// Share of the other services' calls answered with their throttling error.
+    throttle_rate: Mutex<f64>,
     /// A record set (its `<ResourceRecordSet>` XML and set identifier) that Route53 listings
     /// show but moto does not hold, until a change batch tries to delete it: what an agent sees
     /// when another writer deletes a record between its read and its write.
@@ -91,13 +97,16 @@ impl Recorder {
     pub async fn start(upstream: String) -> anyhow::Result<Recorder> {
         let inner = Arc::new(Inner {
             upstream,
-            client: reqwest::Client::new(),
+            // Bounded: a stalled moto must not hold the write lock for ever.
+            client: reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build()?,
             calls: Mutex::new(Vec::new()),
             routes: Default::default(),
             fault_rate: Mutex::new(0.0),
             scripted: Default::default(),
             writes: tokio::sync::Mutex::new(()),
             phantom: Mutex::new(None),
+            route53_budget: Mutex::new(None),
+            throttle_rate: Mutex::new(0.0),
         });
         let router = axum::Router::new().fallback(forward).with_state(inner.clone());
         let served = serve("127.0.0.1:0", router).await?;
@@ -140,6 +149,13 @@ impl Recorder {
             "<ResourceRecordSet><Name>{name}.</Name><Type>A</Type><SetIdentifier>{set_identifier}</SetIdentifier><MultiValueAnswer>true</MultiValueAnswer><TTL>30</TTL><ResourceRecords><ResourceRecord><Value>{value}</Value></ResourceRecord></ResourceRecords></ResourceRecordSet>"
         );
         *self.inner.phantom.lock().unwrap() = Some((xml, set_identifier.to_string()));
+    }
+
+    /// Throttles as AWS does under load: Route53 at `route53_per_s` requests a second for all
+    /// callers together (its account limit is 5), and `others` (0.0–1.0) of every other call.
+    pub fn throttle(&self, route53_per_s: Option<f64>, others: f64) {
+        *self.inner.route53_budget.lock().unwrap() = route53_per_s.map(|r| (r, r, std::time::Instant::now()));
+        *self.inner.throttle_rate.lock().unwrap() = others;
     }
 
     pub fn route(&self, service: &str, upstream: String) {
@@ -265,16 +281,10 @@ fn unavailable() -> Response {
     Response::builder().status(503).body(Body::from("Service Unavailable")).unwrap()
 }
 
-/// Route53's batch semantics (see [`crate::route53_batch`]): the batch is checked against the
-/// zone's records as moto holds them, and refused whole with `InvalidChangeBatch` when Route53
-/// would refuse it. Called with the write lock held, so nothing changes between the check and
-/// moto's apply.
-async fn route53_refusal(client: &reqwest::Client, upstream: &str, path: &str, headers: &HeaderMap, body: &[u8]) -> Option<Response> {
-    let changes = match crate::route53_batch::parse_changes(&String::from_utf8_lossy(body)) {
-        Ok(c) => c,
-        Err(e) => return Some(error_response("route53", 400, "InvalidInput", &format!("change batch does not parse: {e}"))),
-    };
-    let list_path = path.trim_end_matches('/');
+/// The zone's record sets as moto holds them (every page). Route53 is never under moto's
+/// signature check (see World::with_separate_route53), so the caller's Authorization header
+/// serves only to route the call to moto's Route53.
+async fn zone_sets(client: &reqwest::Client, upstream: &str, list_path: &str, headers: &HeaderMap) -> Result<Vec<Rrset>, Response> {
     let mut current = Vec::new();
     let mut start: Option<(String, String, Option<String>)> = None;
     loop {
@@ -285,8 +295,6 @@ async fn route53_refusal(client: &reqwest::Client, upstream: &str, path: &str, h
                 url.push_str(&format!("&identifier={id}"));
             }
         }
-        // Route53 is never under moto's signature check (see World::with_separate_route53), so
-        // the caller's Authorization header serves only to route the call to moto's Route53.
         let mut req = client.get(url);
         for (k, v) in headers.iter() {
             if k == "authorization" || k == "host" {
@@ -295,23 +303,48 @@ async fn route53_refusal(client: &reqwest::Client, upstream: &str, path: &str, h
         }
         let text = match req.send().await {
             Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
-            Ok(r) => return Some(error_response("route53", 400, "NoSuchHostedZone", &format!("listing the zone failed: {}", r.status()))),
-            Err(e) => return Some(error_response("route53", 503, "ServiceUnavailable", &e.to_string())),
+            Ok(r) => return Err(error_response("route53", 400, "NoSuchHostedZone", &format!("listing the zone failed: {}", r.status()))),
+            Err(e) => return Err(error_response("route53", 503, "ServiceUnavailable", &e.to_string())),
         };
-        let (sets, next) = match crate::route53_batch::parse_listing(&text) {
-            Ok(l) => l,
-            Err(e) => return Some(error_response("route53", 500, "InternalError", &format!("zone listing does not parse: {e}"))),
-        };
+        let (sets, next) = crate::route53_batch::parse_listing(&text)
+            .map_err(|e| error_response("route53", 500, "InternalError", &format!("zone listing does not parse: {e}")))?;
         current.extend(sets);
         match next {
             Some(n) => start = Some(n),
-            None => break,
+            None => return Ok(current),
         }
     }
-    match crate::route53_batch::check(&current, &changes) {
-        Ok(()) => None,
-        Err(problems) => Some(error_response("route53", 400, "InvalidChangeBatch", &format!("[{}]", problems.join(", ")))),
+}
+
+/// Route53's batch semantics (see [`crate::route53_batch`]): the batch is checked against the
+/// zone's records as moto holds them; `Err` is the `InvalidChangeBatch` Route53 would answer,
+/// `Ok` the zone as Route53 would hold it afterwards. Called with the write lock held, so
+/// nothing changes between the check and moto's apply.
+async fn route53_check(client: &reqwest::Client, upstream: &str, path: &str, headers: &HeaderMap, body: &[u8]) -> Result<Vec<Rrset>, Response> {
+    let changes = crate::route53_batch::parse_changes(&String::from_utf8_lossy(body))
+        .map_err(|e| error_response("route53", 400, "InvalidInput", &format!("change batch does not parse: {e}")))?;
+    let current = zone_sets(client, upstream, path.trim_end_matches('/'), headers).await?;
+    crate::route53_batch::check(&current, &changes)
+        .map_err(|problems| error_response("route53", 400, "InvalidChangeBatch", &format!("[{}]", problems.join(", "))))
+}
+
+/// After moto applied a batch: puts back the sets Route53 would have kept (moto deletes every
+/// set with a deleted set's `SetIdentifier`, whatever its name).
+async fn restore_loose_deletes(client: &reqwest::Client, upstream: &str, path: &str, headers: &HeaderMap, expected: &[Rrset]) {
+    let Ok(actual) = zone_sets(client, upstream, path.trim_end_matches('/'), headers).await else {
+        return;
+    };
+    let missing: Vec<&Rrset> = expected.iter().filter(|e| !actual.iter().any(|a| a.key() == e.key())).collect();
+    if missing.is_empty() {
+        return;
     }
+    let mut req = client.post(format!("{upstream}{path}")).body(crate::route53_batch::upsert_body(&missing));
+    for (k, v) in headers.iter() {
+        if k == "authorization" || k == "host" || k == "content-type" {
+            req = req.header(k, v);
+        }
+    }
+    let _ = req.send().await;
 }
 
 async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
@@ -339,6 +372,28 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     if let Some((status, code, message)) = scripted {
         record(status);
         return error_response(&service, status, &code, &message);
+    }
+    let throttled = if service == "route53" {
+        let mut budget = inner.route53_budget.lock().unwrap();
+        match budget.as_mut() {
+            Some((per_s, tokens, at)) => {
+                *tokens = (*tokens + at.elapsed().as_secs_f64() * *per_s).min(*per_s);
+                *at = std::time::Instant::now();
+                if *tokens >= 1.0 {
+                    *tokens -= 1.0;
+                    false
+                } else {
+                    true
+                }
+            }
+            None => false,
+        }
+    } else {
+        rand::random::<f64>() < *inner.throttle_rate.lock().unwrap()
+    };
+    if throttled {
+        record(400);
+        return throttling(&service);
     }
     let rate = *inner.fault_rate.lock().unwrap();
     let fault = (rand::random::<f64>() < rate).then(|| Fault::ALL[rand::random_range(0..Fault::ALL.len())]);
@@ -377,10 +432,14 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             *phantom = None;
         }
     }
+    let mut route53_after = None;
     if op == "ChangeResourceRecordSets" {
-        if let Some(refusal) = route53_refusal(&inner.client, &upstream, parts.uri.path(), &parts.headers, &body).await {
-            record(400);
-            return refusal;
+        match route53_check(&inner.client, &upstream, parts.uri.path(), &parts.headers, &body).await {
+            Ok(zone) => route53_after = Some(zone),
+            Err(refusal) => {
+                record(400);
+                return refusal;
+            }
         }
     }
     let (status, headers, bytes) = match out.send().await {
@@ -391,6 +450,11 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         }
         Err(e) => (StatusCode::BAD_GATEWAY, HeaderMap::new(), e.to_string().into()),
     };
+    if let (Some(expected), true) = (&route53_after, status.is_success()) {
+        if body_text.contains("<Action>DELETE</Action>") {
+            restore_loose_deletes(&inner.client, &upstream, parts.uri.path(), &parts.headers, expected).await;
+        }
+    }
     // Applied by moto, but the caller never learns it.
     // A call that got no answer at all is recorded with status 0.
     match fault {

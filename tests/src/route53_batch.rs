@@ -3,13 +3,15 @@
 //! (TTL, values, alias target, routing fields); a `CREATE` of an existing set
 //! fails. The recording proxy checks each `ChangeResourceRecordSets` against
 //! the zone's records with [`check`] before moto sees it, and answers
-//! `InvalidChangeBatch` as Route53 does when the batch would fail.
+//! `InvalidChangeBatch` as Route53 does when the batch would fail. moto also deletes
+//! loosely, every set with the `SetIdentifier` whatever its name: after a batch with deletes
+//! the proxy puts back what Route53 would have kept ([`check`]'s resulting zone).
 
 use roxmltree::{Document, Node};
 
 /// A record set as Route53 compares them: names lower case without the trailing dot, values
 /// in order-free form.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Rrset {
     pub name: String,
     pub rtype: String,
@@ -22,10 +24,31 @@ pub struct Rrset {
     pub weight: Option<String>,
     pub failover: Option<String>,
     pub multivalue: bool,
+    /// The `<ResourceRecordSet>` element as listed (to put it back), not compared.
+    pub raw: String,
 }
 
+impl PartialEq for Rrset {
+    fn eq(&self, o: &Self) -> bool {
+        (
+            &self.name,
+            &self.rtype,
+            &self.set_identifier,
+            &self.ttl,
+            &self.values,
+            &self.alias,
+            &self.region,
+            &self.weight,
+            &self.failover,
+            self.multivalue,
+        ) == (&o.name, &o.rtype, &o.set_identifier, &o.ttl, &o.values, &o.alias, &o.region, &o.weight, &o.failover, o.multivalue)
+    }
+}
+
+impl Eq for Rrset {}
+
 impl Rrset {
-    fn key(&self) -> (&str, &str, Option<&str>) {
+    pub fn key(&self) -> (&str, &str, Option<&str>) {
         (&self.name, &self.rtype, self.set_identifier.as_deref())
     }
 
@@ -50,7 +73,7 @@ fn name(raw: &str) -> String {
     raw.trim_end_matches('.').replace("\\052", "*").to_ascii_lowercase()
 }
 
-fn rrset(n: Node) -> Rrset {
+fn rrset(n: Node, source: &str) -> Rrset {
     let mut values: Vec<String> = child(n, "ResourceRecords")
         .map(|rr| rr.children().filter(|c| c.has_tag_name("ResourceRecord")).filter_map(|c| text(c, "Value")).collect())
         .unwrap_or_default();
@@ -66,6 +89,7 @@ fn rrset(n: Node) -> Rrset {
         weight: text(n, "Weight"),
         failover: text(n, "Failover"),
         multivalue: text(n, "MultiValueAnswer").is_some_and(|v| v == "true"),
+        raw: source[n.range()].to_string(),
     }
 }
 
@@ -77,13 +101,21 @@ pub fn parse_listing(xml: &str) -> Result<(Vec<Rrset>, NextPage), String> {
     let doc = Document::parse(xml).map_err(|e| e.to_string())?;
     let root = doc.root_element();
     let sets = child(root, "ResourceRecordSets")
-        .map(|s| s.children().filter(|c| c.has_tag_name("ResourceRecordSet")).map(rrset).collect())
+        .map(|s| s.children().filter(|c| c.has_tag_name("ResourceRecordSet")).map(|c| rrset(c, xml)).collect())
         .unwrap_or_default();
     let next = match (text(root, "IsTruncated").as_deref(), text(root, "NextRecordName"), text(root, "NextRecordType")) {
         (Some("true"), Some(n), Some(t)) => Some((n, t, text(root, "NextRecordIdentifier"))),
         _ => None,
     };
     Ok((sets, next))
+}
+
+/// A `ChangeResourceRecordSetsRequest` that upserts these sets as they were listed.
+pub fn upsert_body(sets: &[&Rrset]) -> String {
+    let changes: String = sets.iter().map(|s| format!("<Change><Action>UPSERT</Action>{}</Change>", s.raw)).collect();
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ChangeResourceRecordSetsRequest xmlns=\"https://route53.amazonaws.com/doc/2013-04-01/\"><ChangeBatch><Changes>{changes}</Changes></ChangeBatch></ChangeResourceRecordSetsRequest>"
+    )
 }
 
 /// The (action, record set) changes of a `ChangeResourceRecordSetsRequest` body.
@@ -94,13 +126,13 @@ pub fn parse_changes(xml: &str) -> Result<Vec<(String, Rrset)>, String> {
     Ok(changes
         .children()
         .filter(|c| c.has_tag_name("Change"))
-        .map(|c| (text(c, "Action").unwrap_or_default(), child(c, "ResourceRecordSet").map(rrset).unwrap_or_else(|| rrset(c))))
+        .map(|c| (text(c, "Action").unwrap_or_default(), child(c, "ResourceRecordSet").map(|r| rrset(r, xml)).unwrap_or_else(|| rrset(c, xml))))
         .collect())
 }
 
-/// Whether the batch would apply against `current`, change by change as Route53 checks it;
-/// `Err` carries Route53's messages for every change that fails.
-pub fn check(current: &[Rrset], changes: &[(String, Rrset)]) -> Result<(), Vec<String>> {
+/// Whether the batch would apply against `current`, change by change as Route53 checks it: the
+/// zone as Route53 would hold it afterwards, or Route53's messages for every change that fails.
+pub fn check(current: &[Rrset], changes: &[(String, Rrset)]) -> Result<Vec<Rrset>, Vec<String>> {
     let mut zone: Vec<Rrset> = current.to_vec();
     let mut problems = Vec::new();
     for (action, set) in changes {
@@ -119,7 +151,7 @@ pub fn check(current: &[Rrset], changes: &[(String, Rrset)]) -> Result<(), Vec<S
         }
     }
     if problems.is_empty() {
-        Ok(())
+        Ok(zone)
     } else {
         Err(problems)
     }
@@ -141,6 +173,7 @@ mod tests {
             weight: None,
             failover: None,
             multivalue: true,
+            raw: String::new(),
         }
     }
 

@@ -228,6 +228,10 @@ async fn taken_back_to_the_warm_pool_a_server_and_a_node_leave_and_join_again() 
     let n = w.launch("alpha", "node").await.unwrap();
     w.asg.add(&s.id, "alpha-control-plane", "InService", 30);
     w.asg.add(&n.id, "alpha-node", "InService", 30);
+    // Two Ready control-plane members: s is not the last.
+    let members = w.dir.path().join("cp-nodes");
+    std::fs::write(&members, format!("{} True\n{} True\n", a.id, s.id)).unwrap();
+    w.agent_env.insert("K3S_STUB_CP_NODES".into(), members.display().to_string());
     let server = w.spawn_agent(&s, &["run"]).unwrap();
     let node = w.spawn_agent(&n, &["run"]).unwrap();
     wait_for_phase(&s, Phase::Ready).await;
@@ -288,5 +292,40 @@ async fn taken_back_to_the_warm_pool_a_server_and_a_node_leave_and_join_again() 
         "a joined server and node go back to the warm pool on scale-in, then are put in service again",
         1,
         "each leaves traffic, its API record and the cluster (the server's datastore wiped), completes the hook, and joins again (the server as a joiner) when InService",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_server_sent_to_standby_keeps_the_cluster() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let tg = w.clusters["alpha"].target_group_arn.clone();
+    let s = w.launch("alpha", "control-plane").await.unwrap();
+    w.asg.add(&s.id, "alpha-control-plane", "InService", 30);
+    let agent = w.spawn_agent(&s, &["run"]).unwrap();
+    wait_for_phase(&s, Phase::Ready).await;
+    let datastore = s.file("/var/lib/rancher/k3s/server/db/state").expect("datastore");
+    s.imds.set("autoscaling/target-lifecycle-state", Some("Standby"));
+    until("the server to leave service", Duration::from_secs(60), || {
+        s.file(k3s_asg_agent::state::STATE_PATH)
+            .and_then(|t| serde_json::from_str::<k3s_asg_agent::state::State>(&t).ok())
+            .is_some_and(|st| st.phase == Phase::Left)
+    })
+    .await;
+    assert!(w.members(&tg).await.unwrap().is_empty(), "out of traffic");
+    assert!(!s.stub_calls().iter().any(|l| l.contains("delete node/")), "its member kept");
+    assert_eq!(s.file("/var/lib/rancher/k3s/server/db/state"), Some(datastore), "its datastore kept");
+    assert_eq!(w.api_records("alpha").await.unwrap().len(), 1, "its API record kept: nobody recovers a new cluster behind it");
+    assert_eq!(state(&s).mode, Some(k3s_asg_agent::plan::Mode::ClusterInit), "it comes back as the cluster it is");
+    s.imds.set("autoscaling/target-lifecycle-state", Some("InService"));
+    wait_for_phase(&s, Phase::Ready).await;
+    assert_eq!(w.members(&tg).await.unwrap(), vec![s.id.clone()]);
+    s.imds.set("autoscaling/target-lifecycle-state", Some("Terminated"));
+    ok(&agent.wait(Duration::from_secs(60)).await.unwrap());
+    k3s_asg_testbed::reliability::held(
+        "Adversity",
+        "the only server of a cluster is put into Standby, then back in service",
+        1,
+        "it leaves traffic but keeps its etcd member, datastore and API record, and serves again as the same cluster when InService",
     );
 }

@@ -53,6 +53,16 @@ impl HostFs {
         }
     }
 
+    /// Removes a file; one already gone is fine.
+    pub fn remove_file(&self, host_path: &str) -> Result<()> {
+        let p = self.path(host_path);
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::from_cause("remove file", p.display().to_string(), e)),
+        }
+    }
+
     pub fn exists(&self, host_path: &str) -> bool {
         self.path(host_path).exists()
     }

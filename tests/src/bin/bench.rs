@@ -140,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
 
     let coordinator_table = bench_coordinator().await?;
     let recovery_table = bench_recovery().await?;
+    let storm_table = bench_storm().await?;
 
     let header = "| join | runs | AWS calls per join | calls by service:operation (mean) | ready→registered median ms | max ms | whole join median ms |\n|---|---|---|---|---|---|---|";
     let table = [
@@ -152,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
         row("second join, any role (steady state)", &rejoins),
     ]
     .join("\n");
-    println!("{table}\n\n{leave_table}\n\n{coordinator_table}\n\n{recovery_table}");
+    println!("{table}\n\n{leave_table}\n\n{coordinator_table}\n\n{recovery_table}\n\n{storm_table}");
     if write {
         let machine = std::process::Command::new("uname")
             .arg("-srm")
@@ -182,7 +183,12 @@ async fn main() -> anyhow::Result<()> {
              ## Recovery\n\nThe whole control plane lost (1 server, snapshots on); 3 fresh servers join at once with \
              `K3S_ASG_RECOVERY_GRACE={grace}`. Time from starting them to every one Ready, minus the grace; AWS calls of the \
              winner (who restores) and of all three. Target (survival issue): ≤ 60 s beyond the grace. The agents poll with \
-             backoff, so the figure includes up to one poll interval after the grace.\n\n{recovery_table}\n",
+             backoff, so the figure includes up to one poll interval after the grace.\n\n{recovery_table}\n\n\
+             ## Boot storm\n\nServers and nodes of one cluster `join` at once through the recording proxy, which allows \
+             Route53 5 requests a second for all callers together (its account limit; the rest get Route53's throttling \
+             error) and throttles 20 % of every other call. \"Route53 sent\" counts every request, throttled ones included; \
+             the rate is over the span from the first to the last. Target (boot-storm issue): a 50-instance boot stays \
+             under 5 Route53 requests a second on average, and no agent exits.\n\n{storm_table}\n",
             grace = RECOVERY_GRACE_S,
             moto = "5.2.5"
         );
@@ -302,4 +308,29 @@ async fn bench_recovery() -> anyhow::Result<String> {
         mine.len(),
         ops.join(", ")
     ))
+}
+
+async fn bench_storm() -> anyhow::Result<String> {
+    let mut rows = vec![
+        "| instances | wall s | agents that exited | AWS calls | Route53 sent | Route53 throttled | Route53 / s | Route53 peak / s | other calls throttled |"
+            .to_string(),
+        "|---|---|---|---|---|---|---|---|---|".to_string(),
+    ];
+    for (servers, nodes) in [(3, 20), (3, 47)] {
+        let mut w = World::new().await?;
+        w.create_cluster("alpha").await?;
+        let s = k3s_asg_testbed::storm::boot(&w, servers, nodes, 5.0, 0.2).await?;
+        rows.push(format!(
+            "| {servers} servers + {nodes} nodes | {:.0} | {} | {} | {} | {} | {:.1} | {} | {} |",
+            s.wall.as_secs_f64(),
+            s.failed.len(),
+            s.calls,
+            s.route53_sent,
+            s.route53_throttled,
+            s.route53_per_s,
+            s.route53_peak,
+            s.others_throttled
+        ));
+    }
+    Ok(rows.join("\n"))
 }

@@ -1,0 +1,214 @@
+//! Spec edits converge: `run` re-reads the cluster spec every `--spec-check` (jittered) and
+//! puts the instance where the spec now says: registered into added target groups,
+//! deregistered (and drained of connections) from removed ones, and a server's API record moved
+//! to a renamed `api.hostname` (or zone), the old name's record removed once the new one exists,
+//! and the published kubeconfigs pointed at the new name. What it did is recorded in the state
+//! file, which is what a leave undoes. k3s's own keys (`k3s.server`, `k3s.agent`) and
+//! `api.hostname` in the servers' TLS SANs take effect when an instance is replaced.
+//!
+//! [`changes`] decides (pure); [`converge`] performs.
+
+use crate::config::AgentConfig;
+use crate::discover::{cluster_spec, Names};
+use crate::effects::Effects;
+use crate::error::Result;
+use crate::plan;
+use crate::render;
+use crate::secret::Secret;
+use crate::state::{Phase, State};
+use crate::wait::Waiter;
+use k3s_asg_aws::records::{RecordChange, RecordSet};
+use k3s_asg_aws::spec::{AddressKind, ClusterSpec};
+use k3s_asg_aws::tags::Role;
+use k3s_asg_aws::targets::TargetState;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Where the API record is: (hostname, hosted zone id).
+pub type ApiName = (String, String);
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// (target group ARN, port) to register into.
+    pub register: Vec<(String, u16)>,
+    /// (target group ARN, port) to leave.
+    pub deregister: Vec<(String, u16)>,
+    /// A server's API record: from the recorded name to the spec's.
+    pub move_api: Option<(Option<ApiName>, ApiName)>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.register.is_empty() && self.deregister.is_empty() && self.move_api.is_none()
+    }
+}
+
+/// The state file's registrations (`arn:port`).
+pub fn recorded_groups(st: &State) -> BTreeSet<(String, u16)> {
+    st.target_groups.iter().filter_map(|tg| tg.rsplit_once(':').and_then(|(arn, port)| Some((arn.to_string(), port.parse().ok()?)))).collect()
+}
+
+/// What differs between what the instance was put into (the state file) and the spec.
+pub fn changes(st: &State, spec: &ClusterSpec, role: Role) -> Changes {
+    let recorded = recorded_groups(st);
+    let wanted: BTreeSet<(String, u16)> = spec.target_groups_for(role).map(|tg| (tg.arn.clone(), tg.port)).collect();
+    let move_api = if role.is_server() {
+        let now = st.api_hostname.clone().zip(st.api_zone_id.clone());
+        let want = (spec.api.hostname.clone(), spec.api.hosted_zone_id.clone());
+        let same = now.as_ref().is_some_and(|(h, z)| k3s_asg_aws::names::fqdn(h) == k3s_asg_aws::names::fqdn(&want.0) && *z == want.1);
+        (!same && st.api_record.is_some()).then_some((now, want))
+    } else {
+        None
+    };
+    Changes { register: wanted.difference(&recorded).cloned().collect(), deregister: recorded.difference(&wanted).cloned().collect(), move_api }
+}
+
+/// One look: re-reads the spec and converges the instance to it. A spec that does not parse
+/// changes nothing (logged); a joined instance only.
+pub async fn converge(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
+    let Some(mut st) = State::load(&fx.fs)?.filter(|s| s.phase == Phase::Ready) else {
+        return Ok(());
+    };
+    let Some(role) = st.role else {
+        return Ok(());
+    };
+    let names = Names::new(cfg, &st.cluster);
+    let wanted = if role.is_server() { vec![names.config.clone()] } else { vec![names.config.clone(), names.drain.clone()] };
+    let params = fx.parameters.get(&wanted).await?;
+    let spec = match cluster_spec(&params, &names.config) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "the cluster spec does not read: keeping the instance as it is");
+            return Ok(());
+        }
+    };
+    if let Some(drain) = params.get(&names.drain) {
+        // A node drains itself through this: keep it as published (a renamed API moves it).
+        if fx.fs.write_if_changed(render::DRAIN_KUBECONFIG_PATH, drain.value.expose(), 0o600)? {
+            tracing::info!(path = render::DRAIN_KUBECONFIG_PATH, "the drain kubeconfig changed; rewrote it");
+        }
+    }
+    let me = st.instance_id.clone();
+    // A rename interrupted after the new record was published: finish it.
+    forget_previous_api(fx, &mut st, &me, &names).await?;
+    let c = changes(&st, &spec, role);
+    if c.is_empty() {
+        return Ok(());
+    }
+    for (arn, port) in &c.register {
+        fx.target_groups.register(arn, &me, *port).await?;
+        st.target_groups.push(format!("{arn}:{port}"));
+        st.save(&fx.fs)?;
+        tracing::info!(target_group = %arn, port, "the spec added a target group: registered");
+    }
+    if let Some((from, to)) = &c.move_api {
+        move_api_record(fx, &spec, &me, &mut st, from.as_ref(), to).await?;
+        forget_previous_api(fx, &mut st, &me, &names).await?;
+    }
+    for (arn, port) in &c.deregister {
+        leave_group(fx, arn, &me, *port).await?;
+        st.target_groups.retain(|tg| tg != &format!("{arn}:{port}"));
+        st.save(&fx.fs)?;
+    }
+    Ok(())
+}
+
+/// Deregisters from one group and waits (bounded by its deregistration delay) until it stops
+/// sending this instance traffic, as a leave does for every group.
+async fn leave_group(fx: &Effects, arn: &str, me: &str, port: u16) -> Result<()> {
+    let tgs = &fx.target_groups;
+    tgs.deregister(arn, me, port).await?;
+    tracing::info!(target_group = %arn, port, "the spec removed a target group: deregistered; waiting out connection draining");
+    let delay = tgs.deregistration_delay(arn).await?;
+    let mut w = Waiter::new(format!("target group {arn} to finish draining this instance"), Duration::from_secs(delay));
+    loop {
+        let members = tgs.members(arn).await?;
+        if !members.iter().any(|m| m.id == me && m.port == port && m.state != TargetState::Unused) {
+            return Ok(());
+        }
+        if w.pending("still draining").await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Publishes this server's record under the spec's name and records it, keeping the old name
+/// in `api_previous` until [`forget_previous_api`] has removed the record there.
+async fn move_api_record(fx: &Effects, spec: &ClusterSpec, me: &str, st: &mut State, from: Option<&ApiName>, to: &ApiName) -> Result<()> {
+    let address = match spec.api.address {
+        AddressKind::Private => crate::effects::metadata::required(fx.metadata.as_ref(), "local-ipv4").await?,
+        AddressKind::Public => crate::effects::metadata::required(fx.metadata.as_ref(), "public-ipv4").await?,
+    };
+    let Some(address) = address else {
+        tracing::warn!("no address for the API record in instance metadata; will try again");
+        return Ok(());
+    };
+    let mine = RecordSet::api(&to.1, &to.0, me, &address, spec.api.ttl);
+    fx.zones.change(&to.1, &[RecordChange::Upsert { purpose: "own API record (renamed)".into(), record: mine }]).await?;
+    tracing::info!(hostname = %to.0, zone = %to.1, "the spec renamed the API: published this server's record under the new name");
+    if st.api_previous.is_none() {
+        st.api_previous = from.cloned();
+    }
+    st.api_hostname = Some(to.0.clone());
+    st.api_zone_id = Some(to.1.clone());
+    st.api_record = Some(format!("{} A {address} (set {me})", to.0));
+    st.save(&fx.fs)
+}
+
+/// Removes this server's record under the name it published before a rename, and points the
+/// published kubeconfigs at the new name; then forgets the old name.
+pub async fn forget_previous_api(fx: &Effects, st: &mut State, me: &str, names: &Names) -> Result<()> {
+    let (Some((old_host, old_zone)), Some(new_host)) = (st.api_previous.clone(), st.api_hostname.clone()) else {
+        return Ok(());
+    };
+    let old = fx.zones.records_named(&old_zone, &old_host, "A").await?;
+    fx.zones.delete_each(&old_zone, &plan::own_record_deletes(&old, me)).await?;
+    tracing::info!(hostname = %old_host, "removed this server's record under the old API name");
+    for name in [&names.admin, &names.drain] {
+        let Some(p) = fx.parameters.get(std::slice::from_ref(name)).await?.remove(name) else {
+            continue;
+        };
+        let (was, now) = (format!("https://{old_host}:"), format!("https://{new_host}:"));
+        if p.value.expose().contains(&was) {
+            fx.parameters.overwrite_secure(name, &Secret::new(p.value.expose().replace(&was, &now))).await?;
+            tracing::info!(parameter = %name, "pointed the published kubeconfig at the new API name");
+        }
+    }
+    st.api_previous = None;
+    st.save(&fx.fs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(groups: &[(&str, u16)], host: &str) -> ClusterSpec {
+        let tgs: Vec<serde_json::Value> =
+            groups.iter().map(|(a, p)| serde_json::json!({ "arn": a, "port": p, "roles": ["node", "control-plane"] })).collect();
+        let json = serde_json::json!({ "api": { "hostname": host, "hosted_zone_id": "Z1" }, "target_groups": tgs });
+        ClusterSpec::parse("/k3s-asg/clusters/a/config", &json.to_string()).unwrap()
+    }
+
+    const TG1: &str = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/one/1";
+    const TG2: &str = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/two/2";
+
+    #[test]
+    fn a_replaced_group_and_a_renamed_api() {
+        let st = State {
+            target_groups: vec![format!("{TG1}:80")],
+            api_hostname: Some("api.a.example.com".into()),
+            api_zone_id: Some("Z1".into()),
+            api_record: Some("api.a.example.com A 10.0.0.1 (set i-1)".into()),
+            ..Default::default()
+        };
+        let c = changes(&st, &spec(&[(TG2, 80)], "api2.a.example.com"), Role::ControlPlane);
+        assert_eq!(c.register, vec![(TG2.to_string(), 80)]);
+        assert_eq!(c.deregister, vec![(TG1.to_string(), 80)]);
+        assert_eq!(c.move_api, Some((Some(("api.a.example.com".into(), "Z1".into())), ("api2.a.example.com".into(), "Z1".into()))));
+        // A node has no API record; a port change is a new registration.
+        let c = changes(&st, &spec(&[(TG1, 8080)], "api.a.example.com"), Role::Node);
+        assert_eq!((c.register.len(), c.deregister.len(), c.move_api), (1, 1, None));
+        // Nothing changed.
+        assert!(changes(&st, &spec(&[(TG1, 80)], "api.a.example.com"), Role::ControlPlane).is_empty());
+    }
+}
