@@ -27,14 +27,19 @@ pub async fn until(what: &str, within: Duration, done: impl Fn() -> bool) {
     }
 }
 
+/// Whether the state file (read whole) says `phase`.
+pub fn in_phase(inst: &Instance, phase: Phase) -> bool {
+    inst.file(k3s_asg_agent::state::STATE_PATH).and_then(|t| serde_json::from_str::<State>(&t).ok()).is_some_and(|s| s.phase == phase)
+}
+
 /// Polls the state file until the agent reports `phase` (30 s at most).
 pub async fn wait_for_phase(inst: &Instance, phase: Phase) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let st = inst.file(k3s_asg_agent::state::STATE_PATH).and_then(|t| serde_json::from_str::<State>(&t).ok());
-        if st.as_ref().is_some_and(|s| s.phase == phase) {
+        if in_phase(inst, phase) {
             return;
         }
+        let st = inst.file(k3s_asg_agent::state::STATE_PATH).and_then(|t| serde_json::from_str::<State>(&t).ok());
         assert!(Instant::now() < deadline, "{} never reached phase {phase}: {st:?}", inst.id);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

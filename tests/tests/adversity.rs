@@ -4,7 +4,7 @@
 //! a coordinator plan over quota.
 
 use k3s_asg_agent::state::{Phase, Trigger};
-use k3s_asg_testbed::check::{ok, state, until, wait_for_phase};
+use k3s_asg_testbed::check::{in_phase, ok, state, until, wait_for_phase};
 use k3s_asg_testbed::world::World;
 use std::time::Duration;
 
@@ -244,12 +244,7 @@ async fn taken_back_to_the_warm_pool_a_server_and_a_node_leave_and_join_again() 
         w.asg.set_state(&i.id, "Warmed:Pending:Wait");
         i.imds.set("autoscaling/target-lifecycle-state", Some("Warmed:Stopped"));
     }
-    let left = |i: &k3s_asg_testbed::world::Instance| {
-        i.file(k3s_asg_agent::state::STATE_PATH)
-            .and_then(|t| serde_json::from_str::<k3s_asg_agent::state::State>(&t).ok())
-            .is_some_and(|st| st.phase == Phase::Left)
-    };
-    until("both to leave for the warm pool", Duration::from_secs(60), || left(&s) && left(&n)).await;
+    until("both to leave for the warm pool", Duration::from_secs(60), || in_phase(&s, Phase::Left) && in_phase(&n, Phase::Left)).await;
     assert!(w.members(&tg).await.unwrap().iter().all(|m| m == &a.id), "only a serves traffic");
     let ids: Vec<String> = w.api_records("alpha").await.unwrap().into_iter().map(|(id, _)| id).collect();
     assert_eq!(ids, vec![a.id.clone()], "the server's API record is gone");
@@ -306,12 +301,7 @@ async fn the_last_server_sent_to_standby_keeps_the_cluster() {
     wait_for_phase(&s, Phase::Ready).await;
     let datastore = s.file("/var/lib/rancher/k3s/server/db/state").expect("datastore");
     s.imds.set("autoscaling/target-lifecycle-state", Some("Standby"));
-    until("the server to leave service", Duration::from_secs(60), || {
-        s.file(k3s_asg_agent::state::STATE_PATH)
-            .and_then(|t| serde_json::from_str::<k3s_asg_agent::state::State>(&t).ok())
-            .is_some_and(|st| st.phase == Phase::Left)
-    })
-    .await;
+    until("the server to leave service", Duration::from_secs(60), || in_phase(&s, Phase::Left)).await;
     assert!(w.members(&tg).await.unwrap().is_empty(), "out of traffic");
     assert!(!s.stub_calls().iter().any(|l| l.contains("delete node/")), "its member kept");
     assert_eq!(s.file("/var/lib/rancher/k3s/server/db/state"), Some(datastore), "its datastore kept");
