@@ -57,6 +57,7 @@ async fn join_once(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
     let d = discover(cfg, fx, Purpose::Join).await?;
     tracing::info!(instance = %d.id.instance_id, cluster = %d.cluster, role = %d.role, "joining");
     let mut st = State::begin(&fx.fs, &d.id.instance_id, &d.cluster, d.role, Phase::Joining)?;
+    st.kept_cluster = false;
     // A server that published under another name before a spec rename: that record goes once the
     // new one is published (`publish_api_record`).
     if let (true, Some(host), Some(zone)) = (d.role.is_server(), st.api_hostname.clone(), st.api_zone_id.clone()) {

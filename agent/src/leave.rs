@@ -216,13 +216,15 @@ impl Leaving<'_> {
         // The last server going back to a warm pool or into Standby keeps its member, its
         // datastore and its API record: it is the cluster, and a server that finds its record
         // waits for it rather than recovering a new cluster behind it.
-        let keep_cluster = self.returning && self.role.is_server() && self.last_member().await?;
+        let keep_cluster = self.returning && self.role.is_server() && (st.kept_cluster || self.last_member().await?);
         if keep_cluster {
+            st.kept_cluster = true;
             tracing::warn!(
                 "the last server of the cluster is taken out of service: keeping its etcd member, datastore and API record \
                  (the cluster is down until it, or a recovery, brings it back)"
             );
             st.last_error = Some("the last server left service: its member, datastore and API record were kept".into());
+            st.save(fs)?;
         }
         if self.role.is_server() && !keep_cluster {
             self.remove_api_record().await?;

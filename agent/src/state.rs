@@ -197,6 +197,10 @@ pub struct State {
     /// wiped the datastore (a return from a warm pool or Standby): see `leave::forget_membership`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub member_removed: bool,
+    /// A leave out of service found this server the cluster's last and kept its member,
+    /// datastore and API record: a resumed leave (k3s already stopped) keeps them too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept_cluster: bool,
     /// The API name (hostname, zone) this server published under before a spec rename, until its
     /// record there is removed and the kubeconfigs point at the new name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
