@@ -77,7 +77,16 @@ impl Error {
 /// reach rather than that the request was wrong: the SDK's dispatch, timeout and response
 /// failures, throttling, and server-side errors.
 pub fn is_transient(top: &str, full: &str) -> bool {
-    const FAILURES: [&str; 3] = ["dispatch failure", "request has timed out", "response error"];
+    // A refusal is never worth waiting for, whatever else the text holds.
+    const REFUSALS: [&str; 4] = ["AccessDenied", "UnauthorizedOperation", "not authorized", "StatusCode(403)"];
+    if REFUSALS.iter().any(|r| full.contains(r)) {
+        return false;
+    }
+    // An answer the SDK could not read is transient only when it was a server error.
+    if top.starts_with("response error") {
+        return full.contains("StatusCode(5");
+    }
+    const FAILURES: [&str; 2] = ["dispatch failure", "request has timed out"];
     const CODES: [&str; 12] = [
         "Throttling",
         "ThrottlingException",
@@ -135,6 +144,9 @@ mod tests {
         assert!(is_transient("request has timed out", "request has timed out"));
         assert!(!is_transient("service error", "service error: AccessDeniedException: not authorized"));
         assert!(!is_transient("service error", "service error: ParameterNotFound"));
+        // moto answers an IAM refusal in XML to a JSON protocol: unreadable, but a refusal.
+        assert!(!is_transient("response error", "response error: malformed JSON error body (raw: Response { status: StatusCode(403) } AccessDenied)"));
+        assert!(is_transient("response error", "response error: malformed body (raw: Response { status: StatusCode(502) })"));
     }
 
     #[test]
