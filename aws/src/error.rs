@@ -145,7 +145,10 @@ mod tests {
         assert!(!is_transient("service error", "service error: AccessDeniedException: not authorized"));
         assert!(!is_transient("service error", "service error: ParameterNotFound"));
         // moto answers an IAM refusal in XML to a JSON protocol: unreadable, but a refusal.
-        assert!(!is_transient("response error", "response error: malformed JSON error body (raw: Response { status: StatusCode(403) } AccessDenied)"));
+        assert!(!is_transient(
+            "response error",
+            "response error: malformed JSON error body (raw: Response { status: StatusCode(403) } AccessDenied)"
+        ));
         assert!(is_transient("response error", "response error: malformed body (raw: Response { status: StatusCode(502) })"));
     }
 
