@@ -18,7 +18,7 @@ use crate::secret::Secret;
 use crate::state::{Phase, State};
 use crate::wait::Waiter;
 use k3s_asg_aws::records::{RecordChange, RecordSet};
-use k3s_asg_aws::spec::{AddressKind, ClusterSpec};
+use k3s_asg_aws::spec::{AddressKind, ApiSpec, ClusterSpec};
 use k3s_asg_aws::tags::Role;
 use k3s_asg_aws::targets::TargetState;
 use std::collections::BTreeSet;
@@ -43,19 +43,19 @@ impl Changes {
     }
 }
 
-/// The state file's registrations (`arn:port`).
-pub fn recorded_groups(st: &State) -> BTreeSet<(String, u16)> {
-    st.target_groups.iter().filter_map(|tg| tg.rsplit_once(':').and_then(|(arn, port)| Some((arn.to_string(), port.parse().ok()?)))).collect()
+/// Whether `name` is where `api` puts the API record (hostnames compared as Route53 does).
+pub fn is_api_name(api: &ApiSpec, (host, zone): &ApiName) -> bool {
+    k3s_asg_aws::names::fqdn(host) == k3s_asg_aws::names::fqdn(&api.hostname) && *zone == api.hosted_zone_id
 }
 
 /// What differs between what the instance was put into (the state file) and the spec.
 pub fn changes(st: &State, spec: &ClusterSpec, role: Role) -> Changes {
-    let recorded = recorded_groups(st);
+    let recorded: BTreeSet<(String, u16)> = st.registrations().into_iter().collect();
     let wanted: BTreeSet<(String, u16)> = spec.target_groups_for(role).map(|tg| (tg.arn.clone(), tg.port)).collect();
     let move_api = if role.is_server() {
         let now = st.api_hostname.clone().zip(st.api_zone_id.clone());
+        let same = now.as_ref().is_some_and(|n| is_api_name(&spec.api, n));
         let want = (spec.api.hostname.clone(), spec.api.hosted_zone_id.clone());
-        let same = now.as_ref().is_some_and(|(h, z)| k3s_asg_aws::names::fqdn(h) == k3s_asg_aws::names::fqdn(&want.0) && *z == want.1);
         (!same && st.api_record.is_some()).then_some((now, want))
     } else {
         None
@@ -97,7 +97,7 @@ pub async fn converge(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
     }
     for (arn, port) in &c.register {
         fx.target_groups.register(arn, &me, *port).await?;
-        st.target_groups.push(format!("{arn}:{port}"));
+        st.add_registration(arn, *port);
         st.save(&fx.fs)?;
         tracing::info!(target_group = %arn, port, "the spec added a target group: registered");
     }
@@ -107,7 +107,7 @@ pub async fn converge(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
     }
     for (arn, port) in &c.deregister {
         leave_group(fx, arn, &me, *port).await?;
-        st.target_groups.retain(|tg| tg != &format!("{arn}:{port}"));
+        st.remove_registration(arn, *port);
         st.save(&fx.fs)?;
     }
     Ok(())

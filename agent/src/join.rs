@@ -33,8 +33,7 @@ pub async fn join(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
         match join_once(cfg, fx).await {
             Err(e) if e.transient => {
                 tracing::warn!(error = %e, "AWS is busy or out of reach; the join goes on after a pause");
-                if let Some(st) = State::load(&fx.fs)? {
-                    let mut st = st;
+                if let Some(mut st) = State::load(&fx.fs)? {
                     st.last_error = Some(e.to_string());
                     st.save(&fx.fs)?;
                 }
@@ -60,10 +59,9 @@ async fn join_once(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
     st.kept_cluster = false;
     // A server that published under another name before a spec rename: that record goes once the
     // new one is published (`publish_api_record`).
-    if let (true, Some(host), Some(zone)) = (d.role.is_server(), st.api_hostname.clone(), st.api_zone_id.clone()) {
-        let renamed = k3s_asg_aws::names::fqdn(&host) != k3s_asg_aws::names::fqdn(&d.spec.api.hostname) || zone != d.spec.api.hosted_zone_id;
-        if renamed && st.api_record.is_some() && st.api_previous.is_none() {
-            st.api_previous = Some((host, zone));
+    if let (true, Some(recorded)) = (d.role.is_server(), st.api_hostname.clone().zip(st.api_zone_id.clone())) {
+        if !crate::converge::is_api_name(&d.spec.api, &recorded) && st.api_record.is_some() && st.api_previous.is_none() {
+            st.api_previous = Some(recorded);
             st.save(&fx.fs)?;
         }
     }
@@ -1078,7 +1076,6 @@ impl Joining<'_> {
         let (fx, d) = (self.fx, &self.d);
         // What was recorded stays recorded (a spec edited since: `run` deregisters it after
         // draining, a leave undoes it), and what is registered now is added.
-        let mut registered = self.st.target_groups.clone();
         for tg in d.spec.target_groups_for(d.role) {
             let members = fx.target_groups.members(&tg.arn).await?;
             let missing = plan::missing_registrations(&d.spec, d.role, self.me(), |arn| (arn == tg.arn).then_some(members.as_slice()));
@@ -1086,12 +1083,8 @@ impl Joining<'_> {
                 fx.target_groups.register(&tg.arn, self.me(), tg.port).await?;
                 tracing::info!(target_group = %tg.arn, port = tg.port, "registered");
             }
-            let entry = format!("{}:{}", tg.arn, tg.port);
-            if !registered.contains(&entry) {
-                registered.push(entry);
-            }
+            self.st.add_registration(&tg.arn, tg.port);
         }
-        self.st.target_groups = registered;
         Ok(())
     }
 }

@@ -56,10 +56,14 @@ pub async fn leave(cfg: &AgentConfig, fx: &Effects, hurry: &Hurry, trigger: Trig
     // Undo what the instance was put into (the state file), and whatever the spec says now: a
     // spec edited since the join (or since `run` last converged) must not leave it registered.
     let spec = with_recorded(&d.spec, &st, d.role);
-    let differs =
-        |(h, z): &(String, String)| k3s_asg_aws::names::fqdn(h) != k3s_asg_aws::names::fqdn(&spec.api.hostname) || *z != spec.api.hosted_zone_id;
-    let old_api: Vec<crate::converge::ApiName> =
-        st.api_hostname.clone().zip(st.api_zone_id.clone()).into_iter().chain(st.api_previous.clone()).filter(differs).collect();
+    let old_api: Vec<crate::converge::ApiName> = st
+        .api_hostname
+        .clone()
+        .zip(st.api_zone_id.clone())
+        .into_iter()
+        .chain(st.api_previous.clone())
+        .filter(|n| !crate::converge::is_api_name(&spec.api, n))
+        .collect();
     let ctx = Leaving {
         fx,
         deadline,
@@ -138,7 +142,7 @@ fn forget_membership(fx: &Effects, st: &mut State) -> Result<()> {
 /// The spec with every target group the state file recorded for this instance added.
 fn with_recorded(spec: &ClusterSpec, st: &State, role: Role) -> ClusterSpec {
     let mut spec = spec.clone();
-    for (arn, port) in crate::converge::recorded_groups(st) {
+    for (arn, port) in st.registrations() {
         if !spec.target_groups_for(role).any(|tg| tg.arn == arn && tg.port == port) {
             spec.target_groups.push(k3s_asg_aws::spec::TargetGroupSpec { arn, port, roles: vec![role], ingress: false });
         }

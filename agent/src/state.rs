@@ -273,14 +273,8 @@ impl State {
     /// else. `None` when nothing was recorded.
     pub fn recorded_spec(&self, role: Role) -> Option<k3s_asg_aws::spec::ClusterSpec> {
         use k3s_asg_aws::spec::{ApiSpec, ClusterSpec, TargetGroupSpec};
-        let target_groups: Vec<TargetGroupSpec> = self
-            .target_groups
-            .iter()
-            .filter_map(|tg| {
-                let (arn, port) = tg.rsplit_once(':')?;
-                Some(TargetGroupSpec { arn: arn.to_string(), port: port.parse().ok()?, roles: vec![role], ingress: false })
-            })
-            .collect();
+        let target_groups: Vec<TargetGroupSpec> =
+            self.registrations().into_iter().map(|(arn, port)| TargetGroupSpec { arn, port, roles: vec![role], ingress: false }).collect();
         let api = match (&self.api_hostname, &self.api_zone_id) {
             (Some(h), Some(z)) => ApiSpec { hostname: h.clone(), hosted_zone_id: z.clone(), ttl: 30, address: Default::default() },
             _ => ApiSpec { hostname: String::new(), hosted_zone_id: String::new(), ttl: 30, address: Default::default() },
@@ -289,6 +283,26 @@ impl State {
             return None;
         }
         Some(ClusterSpec { api, target_groups, readiness: vec![], k3s: Default::default(), drain: Default::default(), snapshots: None })
+    }
+
+    /// The target groups and ports this instance was registered into (`target_groups`'
+    /// `arn:port` entries), in the order recorded.
+    pub fn registrations(&self) -> Vec<(String, u16)> {
+        self.target_groups.iter().filter_map(|tg| tg.rsplit_once(':').and_then(|(arn, port)| Some((arn.to_string(), port.parse().ok()?)))).collect()
+    }
+
+    /// Records a registration (once).
+    pub fn add_registration(&mut self, arn: &str, port: u16) {
+        let entry = format!("{arn}:{port}");
+        if !self.target_groups.contains(&entry) {
+            self.target_groups.push(entry);
+        }
+    }
+
+    /// Forgets a registration.
+    pub fn remove_registration(&mut self, arn: &str, port: u16) {
+        let entry = format!("{arn}:{port}");
+        self.target_groups.retain(|tg| *tg != entry);
     }
 
     /// The state file, or `None` when there is none; a corrupt one is an error naming the file.

@@ -91,7 +91,7 @@ pub fn api_record_instances(d: &Desired, records: &[RecordSet]) -> Vec<String> {
 /// no spec uses any more (`api.hostname` renamed) is collected once its instances are gone.
 fn api_records<'a>(d: &'a Desired, records: &'a [RecordSet]) -> impl Iterator<Item = &'a RecordSet> {
     records.iter().filter(move |r| {
-        let named = d.api_names.iter().any(|(z, n)| *z == r.zone_id && *n == r.name);
+        let named = under_api_name(d, r);
         let multivalue = matches!(r.data, RecordData::Values { multivalue: true, .. });
         r.rtype == "A"
             && matches!(r.data, RecordData::Values { .. })
@@ -100,13 +100,17 @@ fn api_records<'a>(d: &'a Desired, records: &'a [RecordSet]) -> impl Iterator<It
     })
 }
 
+/// Whether the record is under a cluster's current API name.
+fn under_api_name(d: &Desired, r: &RecordSet) -> bool {
+    d.api_names.iter().any(|(z, n)| *z == r.zone_id && *n == r.name)
+}
+
 /// API records of instances that no longer run (DESIGN.md): removed. Under a name no spec uses
 /// any more, only where EC2 here knows the instance (stopped or terminated).
 fn plan_api_garbage(d: &Desired, o: &Observed, p: &mut Plan) {
     for r in api_records(d, &o.records) {
         let id = r.set_identifier.as_deref().unwrap_or_default();
-        let named = d.api_names.iter().any(|(z, n)| *z == r.zone_id && *n == r.name);
-        if !o.live_instances.contains(id) && (named || o.known_instances.contains(id)) {
+        if !o.live_instances.contains(id) && (under_api_name(d, r) || o.known_instances.contains(id)) {
             p.api_garbage.push(RecordChange::Delete { purpose: format!("API record of stopped instance {id}"), record: r.clone() });
         }
     }
