@@ -4,7 +4,7 @@
 //! records it — the harshest moment to lose a process. Without the feature the
 //! variable is ignored and none of this is compiled in.
 
-use crate::state::StepName;
+use crate::vocab::StepName;
 
 /// The environment variable naming the step to die after ([`StepName::as_str`]).
 pub const ENV: &str = "K3S_ASG_FAILPOINT";

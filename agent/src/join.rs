@@ -14,7 +14,7 @@ use crate::render::{self, ConfigInputs};
 use crate::secret::Secret;
 use crate::state::{Phase, State, StepName, RESTORE_ATTEMPTS};
 use crate::token;
-use crate::wait::Waiter;
+use crate::wait::{unix_now, Waiter};
 use k3s_asg_aws::ec2::InstanceInfo;
 use k3s_asg_aws::records::{RecordChange, RecordSet};
 use k3s_asg_aws::spec::AddressKind;
@@ -1087,9 +1087,4 @@ impl Joining<'_> {
         }
         Ok(())
     }
-}
-
-/// Seconds since the Unix epoch.
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
 }

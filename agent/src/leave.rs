@@ -13,7 +13,7 @@ use crate::plan;
 use crate::render;
 use crate::secret::Secret;
 use crate::state::{Phase, State, StepName, Trigger};
-use crate::wait::{hurried, Hurry, Waiter};
+use crate::wait::{hurried, spot_deadline, Hurry, Waiter};
 use k3s_asg_aws::spec::ClusterSpec;
 use k3s_asg_aws::tags::Role;
 use k3s_asg_aws::targets::TargetState;
@@ -169,29 +169,10 @@ struct Leaving<'a> {
     deadline: Option<std::time::Instant>,
 }
 
-/// Seconds kept back from a spot reclaim for the steps after the waits (delete the Node, stop k3s).
-const SPOT_MARGIN_S: u64 = 15;
-
-/// The instant a spot notice's `time` names, less the margin; `None` for other triggers or an
-/// unreadable notice (then the usual bounds apply).
-pub fn spot_deadline(trigger: &Trigger) -> Option<std::time::Instant> {
-    let Trigger::SpotInterruption(json) = trigger else {
-        return None;
-    };
-    let at = serde_json::from_str::<serde_json::Value>(json).ok()?.get("time")?.as_str()?.to_string();
-    let when = aws_sdk_ec2::primitives::DateTime::from_str(&at, aws_sdk_ec2::primitives::DateTimeFormat::DateTime).ok()?;
-    let when = std::time::SystemTime::try_from(when).ok()?;
-    let left = when.duration_since(std::time::SystemTime::now()).unwrap_or_default().saturating_sub(Duration::from_secs(SPOT_MARGIN_S));
-    Some(std::time::Instant::now() + left)
-}
-
 impl Leaving<'_> {
     /// `want`, or less so that it ends within `share` of the time left before a spot reclaim.
     fn budget(&self, want: Duration, share: f64) -> Duration {
-        match self.deadline {
-            None => want,
-            Some(d) => want.min(d.saturating_duration_since(std::time::Instant::now()).mul_f64(share)),
-        }
+        crate::wait::budget(self.deadline, want, share)
     }
 
     /// The steps, started over (each looks before it acts) while AWS is busy or out of reach

@@ -26,4 +26,5 @@ pub mod secret;
 pub mod state;
 pub mod status;
 pub mod token;
+pub mod vocab;
 pub mod wait;

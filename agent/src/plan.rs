@@ -3,21 +3,13 @@
 //! crate's plain models (`records`, `targets`) and the agent's own state.
 
 use crate::token;
+pub use crate::vocab::Mode;
 use k3s_asg_aws::names::is_instance_id;
 use k3s_asg_aws::records::{RecordChange, RecordSet};
 use k3s_asg_aws::spec::{ClusterSpec, TargetGroupSpec};
 use k3s_asg_aws::tags::Role;
 use k3s_asg_aws::targets::Member;
 use std::collections::BTreeSet;
-
-/// How this server starts: the one that created the token initialises the
-/// cluster, every other instance joins a live server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    ClusterInit,
-    Join,
-}
 
 /// Decides the mode. What the state file recorded wins (a restarted agent never
 /// flips an initialised server into a joiner or back); otherwise the election

@@ -1,5 +1,6 @@
-//! Bounded waits: jittered exponential backoff under one deadline, logging
-//! what is awaited at most every five seconds.
+//! Waits, budgets and the clock. Bounded waits: jittered exponential backoff
+//! under one deadline, logging what is awaited at most every five seconds; a
+//! spot reclaim's time as the budget every wait of a leave shares; Unix time.
 //!
 //! ```ignore
 //! let mut w = Waiter::new("the join token", Duration::from_secs(60));
@@ -9,6 +10,7 @@
 //! };
 //! ```
 
+use crate::vocab::Trigger;
 use rand::Rng;
 use std::time::{Duration, Instant};
 
@@ -82,6 +84,35 @@ impl Waiter {
         tokio::time::sleep(jittered.min(self.deadline - elapsed)).await;
         self.delay = (self.delay * 2).min(self.max_delay);
         Ok(())
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// Seconds kept back from a spot reclaim for the steps after the waits (delete the Node, stop k3s).
+const SPOT_MARGIN_S: u64 = 15;
+
+/// The instant a spot notice's `time` names, less the margin; `None` for other triggers or an
+/// unreadable notice (then the usual bounds apply).
+pub fn spot_deadline(trigger: &Trigger) -> Option<std::time::Instant> {
+    let Trigger::SpotInterruption(json) = trigger else {
+        return None;
+    };
+    let at = serde_json::from_str::<serde_json::Value>(json).ok()?.get("time")?.as_str()?.to_string();
+    let when = aws_sdk_ec2::primitives::DateTime::from_str(&at, aws_sdk_ec2::primitives::DateTimeFormat::DateTime).ok()?;
+    let when = std::time::SystemTime::try_from(when).ok()?;
+    let left = when.duration_since(std::time::SystemTime::now()).unwrap_or_default().saturating_sub(Duration::from_secs(SPOT_MARGIN_S));
+    Some(std::time::Instant::now() + left)
+}
+
+/// `want`, or less so that it ends within `share` of the time left before `deadline`.
+pub fn budget(deadline: Option<Instant>, want: Duration, share: f64) -> Duration {
+    match deadline {
+        None => want,
+        Some(d) => want.min(d.saturating_duration_since(Instant::now()).mul_f64(share)),
     }
 }
 
