@@ -1,0 +1,121 @@
+//! k3s on this host: render its config and unit (values from `crate::render`), start it through
+//! systemd, wait until it is ready and the spec's readiness probes of this role pass.
+
+use super::Joining;
+use crate::error::{Error, Result};
+use crate::plan::Mode;
+use crate::render::{self, ConfigInputs};
+use crate::secret::Secret;
+use crate::wait::Waiter;
+use k3s_asg_aws::tags::Role;
+
+/// What a readiness wait waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Gate {
+    /// k3s: the unit active and the Node Ready.
+    K3s,
+    /// k3s and the spec's readiness probes of this role.
+    Probes,
+}
+
+/// What `render` wrote, for `start` and `ready`.
+pub(super) struct Written {
+    config_changed: bool,
+    unit_written: bool,
+    /// A node's drain kubeconfig, where one was published.
+    pub(super) drain_kubeconfig: Option<std::path::PathBuf>,
+}
+
+impl Joining<'_> {
+    /// Renders and writes k3s's config, its unit, the drain manifest (servers) and the
+    /// drain kubeconfig (nodes).
+    pub(super) fn render(&mut self, mode: Mode, token: &Secret, server_url: Option<&str>) -> Result<Written> {
+        let (fx, d) = (self.fx, &self.d);
+        let config = render::render_config(&ConfigInputs {
+            role: d.role,
+            mode,
+            instance_id: &d.id.instance_id,
+            node_ip: &d.id.local_ipv4,
+            region: &d.id.region,
+            zone: &d.id.zone,
+            token: token.expose(),
+            server_url,
+            spec: &d.spec,
+            instance_type: d.instance_type.as_deref(),
+            template: &d.template,
+        });
+        let config_changed = fx.fs.write_if_changed(render::CONFIG_PATH, &config, 0o600)?;
+        let unit_path = render::unit_path(d.role);
+        let unit_written = if fx.fs.exists(&unit_path) { false } else { fx.fs.write_if_changed(&unit_path, &render::render_unit(d.role), 0o644)? };
+        if d.role.is_server() {
+            fx.fs.write_if_changed(render::DRAIN_MANIFEST_PATH, &render::render_drain_manifest(), 0o600)?;
+        }
+        let drain_kubeconfig = match (d.role, d.param(&d.names.drain)) {
+            (Role::Node, Some(p)) => {
+                fx.fs.write_if_changed(render::DRAIN_KUBECONFIG_PATH, p.value.expose(), 0o600)?;
+                Some(fx.fs.path(render::DRAIN_KUBECONFIG_PATH))
+            }
+            _ => None,
+        };
+        Ok(Written { config_changed, unit_written, drain_kubeconfig })
+    }
+
+    /// Starts k3s through systemd (restarts it when its configuration changed).
+    pub(super) async fn start(&self, w: &Written) -> Result<()> {
+        let (services, unit) = (&self.fx.services, render::unit_name(self.d.role));
+        if w.unit_written {
+            services.daemon_reload().await?;
+        }
+        let active = services.is_active(unit).await?;
+        if active && w.config_changed {
+            tracing::info!(unit, "configuration changed; restarting k3s");
+            services.restart(unit).await?;
+        } else if !active {
+            services.start(unit).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for k3s (the unit, the Node Ready), and with `Gate::Probes` also for every readiness
+    /// probe of this role.
+    pub(super) async fn ready(&mut self, drain_kubeconfig: Option<&std::path::Path>, gate: Gate) -> Result<()> {
+        let (fx, role) = (self.fx, self.d.role);
+        let unit = render::unit_name(role);
+        let what = match gate {
+            Gate::K3s => "k3s to be ready",
+            Gate::Probes => "the readiness probes",
+        };
+        let mut w = Waiter::new(what, self.cfg.ready_timeout);
+        if self.lease.is_some() {
+            // Look often enough to renew the election lease in time.
+            w = w.max_delay((self.cfg.election_lease / 3).clamp(std::time::Duration::from_millis(200), std::time::Duration::from_secs(5)));
+        }
+        loop {
+            self.renew_lease().await?;
+            let reason = if !fx.services.is_active(unit).await? {
+                format!("systemd unit {unit} is not active")
+            } else if (role.is_server() || drain_kubeconfig.is_some()) && !fx.k3s.node_ready(self.me(), drain_kubeconfig).await? {
+                format!("node {} is not Ready", self.me())
+            } else if gate == Gate::K3s {
+                return Ok(());
+            } else {
+                match self.failing_probe().await {
+                    None => return Ok(()),
+                    Some(f) => f,
+                }
+            };
+            w.pending(reason).await.map_err(|why| Error::failed("wait for readiness", self.me(), why))?;
+        }
+    }
+
+    /// The first readiness probe that fails, and how.
+    async fn failing_probe(&self) -> Option<String> {
+        for (i, probe) in self.d.spec.readiness.iter().enumerate().filter(|(_, p)| p.roles.contains(&self.d.role)) {
+            let url = probe.http.replace("{node_ip}", &self.d.id.local_ipv4);
+            if let Err(why) = self.fx.probes.http(&url, probe.expect_status).await {
+                return Some(format!("readiness[{i}] {url} {why}"));
+            }
+        }
+        None
+    }
+}
