@@ -8,24 +8,18 @@
 //!
 //! [`changes`] decides (pure); [`converge`] performs.
 
+use crate::api_record;
 use crate::config::AgentConfig;
 use crate::discover::{cluster_spec, Names};
 use crate::effects::Effects;
 use crate::error::Result;
-use crate::plan;
 use crate::render;
-use crate::secret::Secret;
 use crate::state::{Phase, State};
-use crate::wait::Waiter;
-use k3s_asg_aws::records::{RecordChange, RecordSet};
-use k3s_asg_aws::spec::{AddressKind, ApiSpec, ClusterSpec};
+use k3s_asg_aws::spec::ClusterSpec;
 use k3s_asg_aws::tags::Role;
-use k3s_asg_aws::targets::TargetState;
 use std::collections::BTreeSet;
-use std::time::Duration;
 
-/// Where the API record is: (hostname, hosted zone id).
-pub type ApiName = (String, String);
+pub use crate::api_record::{is_api_name, ApiName};
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -41,11 +35,6 @@ impl Changes {
     pub fn is_empty(&self) -> bool {
         self.register.is_empty() && self.deregister.is_empty() && self.move_api.is_none()
     }
-}
-
-/// Whether `name` is where `api` puts the API record (hostnames compared as Route53 does).
-pub fn is_api_name(api: &ApiSpec, (host, zone): &ApiName) -> bool {
-    k3s_asg_aws::names::fqdn(host) == k3s_asg_aws::names::fqdn(&api.hostname) && *zone == api.hosted_zone_id
 }
 
 /// What differs between what the instance was put into (the state file) and the spec.
@@ -96,9 +85,7 @@ pub async fn converge(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
         return Ok(());
     }
     for (arn, port) in &c.register {
-        fx.target_groups.register(arn, &me, *port).await?;
-        st.add_registration(arn, *port);
-        st.save(&fx.fs)?;
+        crate::membership::register(fx, arn, *port, &me, &mut st).await?;
         tracing::info!(target_group = %arn, port, "the spec added a target group: registered");
     }
     if let Some((from, to)) = &c.move_api {
@@ -106,52 +93,23 @@ pub async fn converge(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
         forget_previous_api(fx, &mut st, &me, &names).await?;
     }
     for (arn, port) in &c.deregister {
-        leave_group(fx, arn, &me, *port).await?;
+        tracing::info!(target_group = %arn, port, "the spec removed a target group: deregistering; waiting out connection draining");
+        crate::membership::remove(fx, &[(arn.clone(), *port)], &me, |delay| delay, None).await?;
         st.remove_registration(arn, *port);
         st.save(&fx.fs)?;
     }
     Ok(())
 }
 
-/// Deregisters from one group and waits (bounded by its deregistration delay) until it stops
-/// sending this instance traffic, as a leave does for every group.
-async fn leave_group(fx: &Effects, arn: &str, me: &str, port: u16) -> Result<()> {
-    let tgs = &fx.target_groups;
-    tgs.deregister(arn, me, port).await?;
-    tracing::info!(target_group = %arn, port, "the spec removed a target group: deregistered; waiting out connection draining");
-    let delay = tgs.deregistration_delay(arn).await?;
-    let mut w = Waiter::new(format!("target group {arn} to finish draining this instance"), Duration::from_secs(delay));
-    loop {
-        let members = tgs.members(arn).await?;
-        if !members.iter().any(|m| m.id == me && m.port == port && m.state != TargetState::Unused) {
-            return Ok(());
-        }
-        if w.pending("still draining").await.is_err() {
-            return Ok(());
-        }
-    }
-}
-
 /// Publishes this server's record under the spec's name and records it, keeping the old name
 /// in `api_previous` until [`forget_previous_api`] has removed the record there.
 async fn move_api_record(fx: &Effects, spec: &ClusterSpec, me: &str, st: &mut State, from: Option<&ApiName>, to: &ApiName) -> Result<()> {
-    let address = match spec.api.address {
-        AddressKind::Private => crate::effects::metadata::required(fx.metadata.as_ref(), "local-ipv4").await?,
-        AddressKind::Public => crate::effects::metadata::required(fx.metadata.as_ref(), "public-ipv4").await?,
-    };
-    let Some(address) = address else {
-        tracing::warn!("no address for the API record in instance metadata; will try again");
-        return Ok(());
-    };
-    let mine = RecordSet::api(&to.1, &to.0, me, &address, spec.api.ttl);
-    fx.zones.change(&to.1, &[RecordChange::Upsert { purpose: "own API record (renamed)".into(), record: mine }]).await?;
+    let address = api_record::address(fx, &spec.api, None).await?;
+    api_record::publish(fx, &spec.api, me, &address, st).await?;
     tracing::info!(hostname = %to.0, zone = %to.1, "the spec renamed the API: published this server's record under the new name");
     if st.api_previous.is_none() {
         st.api_previous = from.cloned();
     }
-    st.api_hostname = Some(to.0.clone());
-    st.api_zone_id = Some(to.1.clone());
-    st.api_record = Some(format!("{} A {address} (set {me})", to.0));
     st.save(&fx.fs)
 }
 
@@ -161,19 +119,9 @@ pub async fn forget_previous_api(fx: &Effects, st: &mut State, me: &str, names: 
     let (Some((old_host, old_zone)), Some(new_host)) = (st.api_previous.clone(), st.api_hostname.clone()) else {
         return Ok(());
     };
-    let old = fx.zones.records_named(&old_zone, &old_host, "A").await?;
-    fx.zones.delete_each(&old_zone, &plan::own_record_deletes(&old, me)).await?;
+    api_record::remove(fx, &[(old_host.clone(), old_zone)], me).await?;
     tracing::info!(hostname = %old_host, "removed this server's record under the old API name");
-    for name in [&names.admin, &names.drain] {
-        let Some(p) = fx.parameters.get(std::slice::from_ref(name)).await?.remove(name) else {
-            continue;
-        };
-        let (was, now) = (format!("https://{old_host}:"), format!("https://{new_host}:"));
-        if p.value.expose().contains(&was) {
-            fx.parameters.overwrite_secure(name, &Secret::new(p.value.expose().replace(&was, &now))).await?;
-            tracing::info!(parameter = %name, "pointed the published kubeconfig at the new API name");
-        }
-    }
+    crate::kubeconfigs::repoint(fx, names, &old_host, &new_host).await?;
     st.api_previous = None;
     st.save(&fx.fs)
 }

@@ -22,7 +22,6 @@ use crate::error::Result;
 use crate::render;
 use crate::secret::Secret;
 use crate::token;
-use k3s_asg_aws::ec2::InstanceInfo;
 
 /// What the guard did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,23 +62,13 @@ pub async fn check_token(cfg: &AgentConfig, fx: &Effects) -> Result<Outcome> {
     };
     let d = discover(cfg, fx, Purpose::Leave).await?;
     let api = &d.spec.api;
-    for r in fx.zones.records_named(&api.hosted_zone_id, &api.hostname, "A").await? {
-        if r.set_identifier.as_deref() == Some(d.id.instance_id.as_str()) {
-            continue;
-        }
-        for ip in r.values() {
-            if let Some(hash) = fx.supervisor.ca_hash(ip).await? {
-                if hash != own_secure.ca_hash {
-                    let why = format!(
-                        "parameter {name} is {was}, but {ip} ({}) behind {} serves another cluster's CA: not republishing this cluster's token",
-                        r.set_identifier.as_deref().unwrap_or("?"),
-                        api.hostname
-                    );
-                    tracing::error!("{why}");
-                    return Ok(Outcome::Refused(why));
-                }
-            }
-        }
+    if let Some((ip, id)) = crate::live::other_cluster_behind_api(fx, api, &d.id.instance_id, &own_secure.ca_hash).await? {
+        let why = format!(
+            "parameter {name} is {was}, but {ip} ({id}) behind {} serves another cluster's CA: not republishing this cluster's token",
+            api.hostname
+        );
+        tracing::error!("{why}");
+        return Ok(Outcome::Refused(why));
     }
     match current {
         None => {
@@ -137,71 +126,9 @@ pub async fn node_rejoin_reason(cfg: &AgentConfig, fx: &Effects) -> Result<Optio
     // Worth a join only once another server proves the CA (join would otherwise wait for one).
     let d = discover(cfg, fx, Purpose::Leave).await?;
     let api = &d.spec.api;
-    let records = fx.zones.records_named(&api.hosted_zone_id, &api.hostname, "A").await?;
-    for other in crate::plan::join_candidates(&records, &d.id.instance_id, None) {
-        if other != ip && fx.supervisor.verified_live(&other, &secure.ca_hash).await? {
-            return Ok(Some(format!("the server this node joined through ({ip}) no longer proves the cluster's CA; {other} does")));
-        }
-    }
-    Ok(None)
-}
-
-/// Ghosts deleted per round at most (bounded: a bad EC2 answer cannot empty the cluster at once).
-pub const GHOSTS_PER_ROUND: usize = 10;
-
-/// Deletes the Nodes of instances that are terminated or unknown to EC2; returns their names.
-pub async fn collect_ghosts(fx: &Effects, me: &str) -> Result<Vec<String>> {
-    let gone = |i: Option<&InstanceInfo>| i.is_none_or(|i| i.state == "terminated");
-    let ghosts = delete_nodes_of_dead(fx, me, fx.k3s.nodes().await?, gone, GHOSTS_PER_ROUND).await?;
-    for g in &ghosts {
-        tracing::warn!(node = %g, "deleted the Node of an instance that is terminated (it died without leaving)");
-    }
-    Ok(ghosts)
-}
-
-/// Of `nodes` (other than `me`) named by instance ids, deletes at most `limit` whose instance
-/// `dead` judges from EC2's answer (`None`: EC2 does not know it); returns their names. Nodes
-/// not named by an instance id are never touched.
-pub async fn delete_nodes_of_dead(
-    fx: &Effects,
-    me: &str,
-    nodes: Vec<String>,
-    dead: impl Fn(Option<&InstanceInfo>) -> bool,
-    limit: usize,
-) -> Result<Vec<String>> {
-    let named: Vec<String> = nodes.into_iter().filter(|n| n != me && k3s_asg_aws::names::is_instance_id(n)).collect();
-    if named.is_empty() {
-        return Ok(vec![]);
-    }
-    let known = fx.instances.describe(&named).await?;
-    let doomed: Vec<String> = named.into_iter().filter(|n| dead(known.iter().find(|i| &i.id == n))).take(limit).collect();
-    for node in &doomed {
-        fx.k3s.delete_node(node, None).await?;
-    }
-    Ok(doomed)
-}
-
-/// Replaces the published admin kubeconfig with this server's when the published one is older
-/// than `max_age` (k3s's client certificates last a year, and k3s renews a server's own within
-/// 90 days of expiry, when it restarts) and this server's differs. Once replaced, it is young
-/// again: servers with different certificates do not take turns.
-pub async fn refresh_admin_kubeconfig(cfg: &AgentConfig, fx: &Effects, cluster: &str, api_hostname: &str) -> Result<bool> {
-    let Some(k3s_yaml) = fx.fs.read(render::KUBECONFIG_PATH)? else {
-        return Ok(false);
-    };
-    let name = cfg.prefix.admin_kubeconfig(cluster);
-    let Some(published) = fx.parameters.get(std::slice::from_ref(&name)).await?.remove(&name) else {
-        return Ok(false);
-    };
-    let age = published.modified.and_then(|t| std::time::SystemTime::now().duration_since(t).ok()).unwrap_or_default();
-    if age < cfg.kubeconfig_max_age {
-        return Ok(false);
-    }
-    let mine = Secret::new(render::admin_kubeconfig(&k3s_yaml, api_hostname));
-    if mine == published.value {
-        return Ok(false);
-    }
-    fx.parameters.overwrite_secure(&name, &mine).await?;
-    tracing::info!(parameter = %name, age_days = age.as_secs() / 86_400, "replaced the published admin kubeconfig with this server's (its client certificate was getting old)");
-    Ok(true)
+    let records = crate::api_record::read(fx, &api.hosted_zone_id, &api.hostname).await?;
+    let candidates = crate::live::join_candidates(&records, &d.id.instance_id, None);
+    Ok(crate::live::first_verified(fx, &candidates, Some(&ip), &secure.ca_hash)
+        .await?
+        .map(|other| format!("the server this node joined through ({ip}) no longer proves the cluster's CA; {other} does")))
 }

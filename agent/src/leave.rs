@@ -8,15 +8,13 @@ use crate::discover::{discover, Purpose};
 use crate::effects::lifecycle::WaitingHook;
 use crate::effects::snapshots::SnapshotStore;
 use crate::effects::Effects;
-use crate::error::{Error, Result};
-use crate::plan;
+use crate::error::Result;
 use crate::render;
 use crate::secret::Secret;
 use crate::state::{Phase, State, StepName, Trigger};
-use crate::wait::{hurried, spot_deadline, Hurry, Waiter};
+use crate::wait::{spot_deadline, Hurry, Waiter};
 use k3s_asg_aws::spec::ClusterSpec;
 use k3s_asg_aws::tags::Role;
-use k3s_asg_aws::targets::TargetState;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -56,13 +54,13 @@ pub async fn leave(cfg: &AgentConfig, fx: &Effects, hurry: &Hurry, trigger: Trig
     // Undo what the instance was put into (the state file), and whatever the spec says now: a
     // spec edited since the join (or since `run` last converged) must not leave it registered.
     let spec = with_recorded(&d.spec, &st, d.role);
-    let old_api: Vec<crate::converge::ApiName> = st
+    let old_api: Vec<crate::api_record::ApiName> = st
         .api_hostname
         .clone()
         .zip(st.api_zone_id.clone())
         .into_iter()
         .chain(st.api_previous.clone())
-        .filter(|n| !crate::converge::is_api_name(&spec.api, n))
+        .filter(|n| !crate::api_record::is_api_name(&spec.api, n))
         .collect();
     let ctx = Leaving {
         fx,
@@ -128,7 +126,7 @@ fn forget_membership(fx: &Effects, st: &mut State) -> Result<()> {
     }
     fx.fs.remove_dir(render::SERVER_DB_PATH)?;
     fx.fs.remove_file(render::CONFIG_PATH)?;
-    st.mode = Some(crate::plan::Mode::Join);
+    st.mode = Some(crate::vocab::Mode::Join);
     st.server_url = None;
     st.member_removed = false;
     st.save(&fx.fs)?;
@@ -156,7 +154,7 @@ struct Leaving<'a> {
     spec: &'a ClusterSpec,
     /// The API names the state file recorded (and a rename's previous one), when the spec now
     /// names another: their records go too.
-    old_api: Vec<crate::converge::ApiName>,
+    old_api: Vec<crate::api_record::ApiName>,
     /// The instance comes back after this leave (warm pool, Standby).
     returning: bool,
     role: Role,
@@ -201,7 +199,8 @@ impl Leaving<'_> {
         // The last server going back to a warm pool or into Standby keeps its member, its
         // datastore and its API record: it is the cluster, and a server that finds its record
         // waits for it rather than recovering a new cluster behind it.
-        let keep_cluster = self.returning && self.role.is_server() && (st.kept_cluster || self.last_member().await?);
+        let keep_cluster =
+            self.returning && self.role.is_server() && (st.kept_cluster || crate::nodes::last_member(self.fx, self.role, self.instance_id).await?);
         if keep_cluster {
             st.kept_cluster = true;
             tracing::warn!(
@@ -221,14 +220,24 @@ impl Leaving<'_> {
         let active = self.fx.services.is_active(unit).await?;
         if configured && active {
             if let Some(kubeconfig) = self.api_access()? {
-                self.drain(kubeconfig.as_deref()).await;
+                crate::nodes::drain(self.fx, self.instance_id, kubeconfig.as_deref(), &self.spec.drain, |t| self.budget(t, 0.8), self.hurry).await;
                 st.step(fs, StepName::Drained)?;
                 if self.role.is_server() && self.final_snapshot(st).await? {
                     st.step(fs, StepName::FinalSnapshot)?;
                 }
                 if keep_cluster {
                     // Nothing to remove: see above.
-                } else if self.role.is_server() && !self.quorum_allows_removal(st).await? {
+                } else if self.role.is_server()
+                    && !crate::nodes::quorum_allows_removal(
+                        self.fx,
+                        self.instance_id,
+                        st,
+                        self.quorum_timeout,
+                        self.budget(self.quorum_timeout, 0.8),
+                        self.hurry,
+                    )
+                    .await?
+                {
                     tracing::error!(
                         node = self.instance_id,
                         "not deleting this server's Node (and so its etcd member): quorum would be lost; \
@@ -252,52 +261,11 @@ impl Leaving<'_> {
         Ok(())
     }
 
-    /// Whether this server is the only control-plane member left.
-    async fn last_member(&self) -> Result<bool> {
-        if !self.fx.services.is_active(render::unit_name(self.role)).await? {
-            return Ok(false);
-        }
-        let members = self.fx.k3s.control_plane_nodes().await?;
-        Ok(!members.iter().any(|(n, _)| n != self.instance_id))
-    }
-
-    /// Deregisters, then waits until the groups report us gone or their delay has passed.
+    /// Deregisters from every group of the role (the spec's and the recorded), then waits until
+    /// the groups report it gone or their delay has passed (a quarter of a spot notice's time).
     async fn deregister(&self) -> Result<()> {
-        let (tgs, me) = (&self.fx.target_groups, self.instance_id);
-        let mut waiting: Vec<(String, u16)> = Vec::new();
-        let mut delay = 0;
-        for tg in self.spec.target_groups_for(self.role) {
-            let members = tgs.members(&tg.arn).await?;
-            let Some(member) = members.iter().find(|m| m.id == me && m.port == tg.port) else {
-                continue;
-            };
-            if !member.state.is_draining() {
-                tgs.deregister(&tg.arn, me, tg.port).await?;
-                tracing::info!(target_group = %tg.arn, "deregistered");
-            }
-            delay = delay.max(tgs.deregistration_delay(&tg.arn).await?);
-            waiting.push((tg.arn.clone(), tg.port));
-        }
-        if waiting.is_empty() {
-            return Ok(());
-        }
-        let mut w = Waiter::new("target groups to finish draining this instance", self.budget(Duration::from_secs(delay), 0.25)).hurry(self.hurry);
-        loop {
-            let mut still = Vec::new();
-            for (arn, port) in &waiting {
-                let members = tgs.members(arn).await?;
-                if members.iter().any(|m| m.id == me && m.port == *port && m.state != TargetState::Unused) {
-                    still.push(arn.clone());
-                }
-            }
-            if still.is_empty() {
-                return Ok(());
-            }
-            if w.pending(format!("still draining in {}", still.join(", "))).await.is_err() {
-                tracing::info!("connection draining time has passed; going on");
-                return Ok(());
-            }
-        }
+        let groups: Vec<(String, u16)> = self.spec.target_groups_for(self.role).map(|tg| (tg.arn.clone(), tg.port)).collect();
+        crate::membership::remove(self.fx, &groups, self.instance_id, |delay| self.budget(delay, 0.25), Some(self.hurry)).await
     }
 
     /// Deletes this server's own API record (under the spec's name, and under the name the state
@@ -309,12 +277,8 @@ impl Leaving<'_> {
             return Ok(());
         }
         let current = (!api.hosted_zone_id.is_empty()).then(|| (api.hostname.clone(), api.hosted_zone_id.clone()));
-        for (hostname, zone) in current.into_iter().chain(self.old_api.clone()) {
-            let records = self.fx.zones.records_named(&zone, &hostname, "A").await?;
-            let mine = plan::own_record_deletes(&records, self.instance_id);
-            self.fx.zones.delete_each(&zone, &mine).await?;
-        }
-        Ok(())
+        let names: Vec<_> = current.into_iter().chain(self.old_api.clone()).collect();
+        crate::api_record::remove(self.fx, &names, self.instance_id).await
     }
 
     /// How this instance reaches the API to drain itself: `Some(None)` for a server (its own
@@ -329,52 +293,6 @@ impl Leaving<'_> {
             (Role::Node, None) => {
                 tracing::warn!("no drain kubeconfig published; the node cannot drain itself");
                 Ok(None)
-            }
-        }
-    }
-
-    /// Cordons and drains; a drain that fails or is cut short is logged, and leave goes on.
-    async fn drain(&self, kubeconfig: Option<&std::path::Path>) {
-        let drain = &self.spec.drain;
-        let timeout = if hurried(self.hurry) { 10.min(drain.timeout_s) } else { drain.timeout_s };
-        let timeout = self.budget(Duration::from_secs(timeout), 0.8).as_secs().max(1);
-        tracing::info!(node = self.instance_id, timeout_s = timeout, "cordoning and draining");
-        let run = self.fx.k3s.drain(self.instance_id, kubeconfig, timeout, drain.grace_period_s);
-        let result = tokio::select! {
-            r = run => r,
-            _ = until_hurried(self.hurry) => Err(Error::failed("drain node", self.instance_id, "cut short by a second SIGTERM")),
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "drain did not finish; going on so the instance can terminate");
-        }
-    }
-
-    /// Waits (bounded by the hook's global timeout; heartbeats continue meanwhile) until removing
-    /// this server's etcd member keeps quorum, e.g. until a replacement is a Ready member.
-    async fn quorum_allows_removal(&self, st: &mut State) -> Result<bool> {
-        let mut w =
-            Waiter::new("a Ready replacement control-plane member, so that removing this one keeps quorum", self.budget(self.quorum_timeout, 0.8))
-                .hurry(self.hurry);
-        loop {
-            let members = self.fx.k3s.control_plane_nodes().await?;
-            match plan::may_remove_member(&members, self.instance_id) {
-                Ok(()) => {
-                    if st.waiting_for.take().is_some() {
-                        st.save(&self.fx.fs)?;
-                    }
-                    return Ok(true);
-                }
-                Err(why) => {
-                    let waiting = format!("{why}; waiting up to {} s for a Ready replacement", self.quorum_timeout.as_secs());
-                    if st.waiting_for.as_deref() != Some(waiting.as_str()) {
-                        st.waiting_for = Some(waiting);
-                        st.save(&self.fx.fs)?;
-                    }
-                    if w.pending(why).await.is_err() {
-                        st.waiting_for = None;
-                        return Ok(false);
-                    }
-                }
             }
         }
     }
@@ -413,11 +331,5 @@ impl Leaving<'_> {
                 }
             }
         }
-    }
-}
-
-async fn until_hurried(hurry: &Hurry) {
-    while !hurried(hurry) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -7,6 +7,7 @@
 //! ELBv2 come from the shared crate); `join` and `leave` are short sequences
 //! of named steps over a typed `state`.
 
+pub mod api_record;
 pub mod cli;
 pub mod config;
 pub mod converge;
@@ -17,8 +18,11 @@ pub mod error;
 pub mod failpoint;
 pub mod guard;
 pub mod join;
+pub mod kubeconfigs;
 pub mod leave;
-pub mod plan;
+pub mod live;
+pub mod membership;
+pub mod nodes;
 pub mod recovery;
 pub mod render;
 pub mod run;

@@ -1,6 +1,6 @@
 //! Files rendered as values first; `join` writes them. Golden-tested.
 
-use crate::plan::Mode;
+use crate::vocab::Mode;
 use k3s_asg_aws::node_template::NodeTemplate;
 use k3s_asg_aws::spec::{is_list_key, ClusterSpec, SnapshotSpec};
 use k3s_asg_aws::tags::Role;

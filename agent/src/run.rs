@@ -188,13 +188,13 @@ async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::
                     if let Err(e) = crate::guard::check_token(cfg, fx).await {
                         tracing::warn!(error = %e, "could not check the cluster's join token; will retry");
                     }
-                    if let Err(e) = crate::guard::collect_ghosts(fx, &me).await {
+                    if let Err(e) = crate::nodes::collect_ghosts(fx, &me).await {
                         tracing::warn!(error = %e, "could not collect the Nodes of dead instances; will retry");
                     }
                     // The API name as now recorded (a spec edit may have renamed it since the join).
                     let host = State::load(&fx.fs).ok().flatten().and_then(|s| s.api_hostname);
                     if let Some(host) = host.as_deref() {
-                        if let Err(e) = crate::guard::refresh_admin_kubeconfig(cfg, fx, &cluster, host).await {
+                        if let Err(e) = crate::kubeconfigs::refresh_admin(cfg, fx, &cluster, host).await {
                             tracing::warn!(error = %e, "could not check the published admin kubeconfig; will retry");
                         }
                     }

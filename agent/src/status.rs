@@ -14,7 +14,7 @@ pub fn human(state: Option<&State>) -> String {
     out.push_str(&format!("phase:      {}\n", s.phase));
     if let Some(mode) = s.mode {
         let how = match (mode, &s.server_url) {
-            (crate::plan::Mode::ClusterInit, _) => "initialised the cluster (cluster-init)".to_string(),
+            (crate::vocab::Mode::ClusterInit, _) => "initialised the cluster (cluster-init)".to_string(),
             (_, Some(url)) => format!("joined through {url}"),
             _ => "joining".to_string(),
         };

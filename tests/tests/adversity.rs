@@ -256,7 +256,7 @@ async fn taken_back_to_the_warm_pool_a_server_and_a_node_leave_and_join_again() 
     // The server left etcd; its datastore is wiped so it can join again as a new member, and it
     // will join, never initialise.
     assert!(!s.path("/var/lib/rancher/k3s/server/db").exists(), "datastore wiped");
-    assert_eq!(state(&s).mode, Some(k3s_asg_agent::plan::Mode::Join));
+    assert_eq!(state(&s).mode, Some(k3s_asg_agent::vocab::Mode::Join));
 
     // Back in service: both join again.
     s.clear_stub_calls();
@@ -306,7 +306,7 @@ async fn the_last_server_sent_to_standby_keeps_the_cluster() {
     assert!(!s.stub_calls().iter().any(|l| l.contains("delete node/")), "its member kept");
     assert_eq!(s.file("/var/lib/rancher/k3s/server/db/state"), Some(datastore), "its datastore kept");
     assert_eq!(w.api_records("alpha").await.unwrap().len(), 1, "its API record kept: nobody recovers a new cluster behind it");
-    assert_eq!(state(&s).mode, Some(k3s_asg_agent::plan::Mode::ClusterInit), "it comes back as the cluster it is");
+    assert_eq!(state(&s).mode, Some(k3s_asg_agent::vocab::Mode::ClusterInit), "it comes back as the cluster it is");
     s.imds.set("autoscaling/target-lifecycle-state", Some("InService"));
     wait_for_phase(&s, Phase::Ready).await;
     assert_eq!(w.members(&tg).await.unwrap(), vec![s.id.clone()]);

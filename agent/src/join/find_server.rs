@@ -6,12 +6,13 @@ use super::first_server::Lease;
 use super::Joining;
 use crate::election::{self};
 use crate::error::{Error, Result};
-use crate::plan::{self, Mode};
+use crate::live;
 use crate::recovery;
 use crate::render::{self};
 use crate::secret::Secret;
 use crate::state::RESTORE_ATTEMPTS;
 use crate::token;
+use crate::vocab::Mode;
 use crate::wait::{unix_now, Waiter};
 use k3s_asg_aws::records::RecordSet;
 use k3s_asg_aws::tags::Role;
@@ -115,7 +116,7 @@ impl Joining<'_> {
                     Some(secure) => {
                         if records.is_none() || std::time::Instant::now() >= read_again_at {
                             read_again_at = std::time::Instant::now() + std::time::Duration::from_millis(10_000 + rand::random::<u64>() % 10_000);
-                            match fx.zones.records_named(&api.hosted_zone_id, &api.hostname, "A").await {
+                            match crate::api_record::read(fx, &api.hosted_zone_id, &api.hostname).await {
                                 Ok(r) => records = Some(r),
                                 Err(e) if e.transient && records.is_some() => {
                                     tracing::debug!(error = %e, "Route53 is busy; probing the servers known")
@@ -130,14 +131,10 @@ impl Joining<'_> {
                             }
                         }
                         let records = records.clone().unwrap_or_default();
-                        let candidates = plan::join_candidates(&records, self.me(), configured.as_deref());
-                        let mut found = None;
-                        for ip in &candidates {
-                            if fx.supervisor.verified_live(ip, &secure.ca_hash).await? {
-                                found = Some(format!("https://{ip}:{}", cfg.supervisor_port));
-                                break;
-                            }
-                        }
+                        let candidates = live::join_candidates(&records, self.me(), configured.as_deref());
+                        let found = live::first_verified(fx, &candidates, None, &secure.ca_hash)
+                            .await?
+                            .map(|ip| format!("https://{ip}:{}", cfg.supervisor_port));
                         let none = || format!("no live server with the cluster's CA among {} API record(s) of {}", candidates.len(), api.hostname);
                         match found {
                             Some(url) => {
@@ -318,42 +315,5 @@ impl Joining<'_> {
             l.renew_at_next_look();
         }
         self.renew_lease().await
-    }
-
-    /// Other servers of this cluster on which a k3s supervisor answers: the API records' addresses
-    /// and EC2's live control-plane instances of the cluster.
-    pub(super) async fn live_servers(&self) -> Result<Vec<String>> {
-        let (fx, d, api) = (self.fx, &self.d, &self.d.spec.api);
-        let mut addresses = std::collections::BTreeMap::new();
-        // Route53 busy (its budget is the account's): EC2's control-plane instances below still
-        // show every server that could be live.
-        let records = match fx.zones.records_named(&api.hosted_zone_id, &api.hostname, "A").await {
-            Ok(r) => r,
-            Err(e) if e.transient => {
-                tracing::debug!(error = %e, "Route53 is busy; looking for live servers through EC2 only");
-                vec![]
-            }
-            Err(e) => return Err(e),
-        };
-        for r in records {
-            if r.set_identifier.as_deref() != Some(self.me()) {
-                for ip in r.values() {
-                    addresses.insert(ip.clone(), r.set_identifier.clone().unwrap_or_default());
-                }
-            }
-        }
-        let tags = [(self.cfg.tag_keys.cluster.clone(), d.cluster.clone()), (self.cfg.tag_keys.role.clone(), Role::ControlPlane.to_string())];
-        for i in fx.instances.live_tagged(&tags).await? {
-            if let (Some(ip), false) = (i.private_ip, i.id == self.me()) {
-                addresses.insert(ip, i.id);
-            }
-        }
-        let mut live = Vec::new();
-        for (ip, id) in addresses {
-            if fx.supervisor.ca_hash(&ip).await?.is_some() {
-                live.push(if id.is_empty() { ip } else { format!("{id}@{ip}") });
-            }
-        }
-        Ok(live)
     }
 }

@@ -6,11 +6,11 @@ use super::Joining;
 use crate::effects::parameters::Param;
 use crate::election::{self, Decision};
 use crate::error::{Error, Result};
-use crate::plan::Mode;
 use crate::render::{self};
 use crate::secret::Secret;
 use crate::state::StepName;
 use crate::token;
+use crate::vocab::Mode;
 use crate::wait::{unix_now, Waiter};
 
 /// The election this server won and leads: its epoch, and when this agent last rewrote its
@@ -139,7 +139,7 @@ impl Joining<'_> {
             });
         }
         if election::needs_live_check(&observed, self.cfg.election_lease) {
-            observed.live_servers = self.live_servers().await?;
+            observed.live_servers = crate::live::answering(self.cfg, self.fx, &self.d.cluster, &self.d.spec.api, self.me()).await?;
         }
         Ok(observed)
     }

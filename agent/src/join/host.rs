@@ -3,9 +3,9 @@
 
 use super::Joining;
 use crate::error::{Error, Result};
-use crate::plan::Mode;
 use crate::render::{self, ConfigInputs};
 use crate::secret::Secret;
+use crate::vocab::Mode;
 use crate::wait::Waiter;
 use k3s_asg_aws::tags::Role;
 

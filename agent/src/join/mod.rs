@@ -13,8 +13,8 @@ use crate::config::AgentConfig;
 use crate::discover::{discover, Discovery, Purpose};
 use crate::effects::Effects;
 use crate::error::{Error, Result};
-use crate::plan::Mode;
 use crate::state::{Phase, State, StepName};
+use crate::vocab::Mode;
 use crate::wait::Waiter;
 
 /// Joins; AWS being busy or out of reach (throttling, a 5xx, a timeout: `Error::transient`,
@@ -56,7 +56,7 @@ async fn join_once(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
     // A server that published under another name before a spec rename: that record goes once the
     // new one is published (`publish_api_record`).
     if let (true, Some(recorded)) = (d.role.is_server(), st.api_hostname.clone().zip(st.api_zone_id.clone())) {
-        if !crate::converge::is_api_name(&d.spec.api, &recorded) && st.api_record.is_some() && st.api_previous.is_none() {
+        if !crate::api_record::is_api_name(&d.spec.api, &recorded) && st.api_record.is_some() && st.api_previous.is_none() {
             st.api_previous = Some(recorded);
             st.save(&fx.fs)?;
         }
@@ -85,7 +85,9 @@ async fn join_once(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
         if mode == Mode::ClusterInit {
             j.secure_the_token().await?;
         }
-        j.publish_kubeconfigs().await?;
+        let replace = j.st.recovery.as_ref().is_some_and(|r| Some(r.epoch) == j.lease.map(|l| l.epoch));
+        let published = |name: &str| j.d.params.contains_key(name);
+        crate::kubeconfigs::publish(fx, &j.d.names, &j.d.spec.api.hostname, published, replace, cfg.ready_timeout).await?;
         // Never a reason to fail the join (an instance role of an earlier release may not write
         // it: nodes then keep the server token); AWS being busy still is, as everywhere.
         if let Err(e) = j.publish_agent_token().await {
