@@ -6,8 +6,10 @@
 //! like a finalizer: a record already right is not written again, one already gone counts as
 //! removed (`Zones::delete_each`), [`remove`] is correct when [`publish`] never ran, and either
 //! can be cut off anywhere and run again. Join publishes, converge moves it to a renamed
-//! `api.hostname` (publish under the new name, then remove under the old), leave removes it.
+//! `api.hostname` (publish under the new name, then [`finish_rename`]: remove under the old and
+//! point the kubeconfigs at the new), leave removes it.
 
+use crate::discover::Names;
 use crate::effects::Effects;
 use crate::error::{Error, Result};
 use crate::state::State;
@@ -119,6 +121,19 @@ pub async fn remove(fx: &Effects, names: &[ApiName], me: &str) -> Result<()> {
         fx.zones.delete_each(zone, &own_deletes(&records, me)).await?;
     }
     Ok(())
+}
+
+/// Removes this server's record under the name it published before a rename, and points the
+/// published kubeconfigs at the new name; then forgets the old name.
+pub async fn finish_rename(fx: &Effects, st: &mut State, me: &str, names: &Names) -> Result<()> {
+    let (Some((old_host, old_zone)), Some(new_host)) = (st.api_previous.clone(), st.api_hostname.clone()) else {
+        return Ok(());
+    };
+    remove(fx, &[(old_host.clone(), old_zone)], me).await?;
+    tracing::info!(hostname = %old_host, "removed this server's record under the old API name");
+    crate::kubeconfigs::repoint(fx, names, &old_host, &new_host).await?;
+    st.api_previous = None;
+    st.save(&fx.fs)
 }
 
 #[cfg(test)]

@@ -79,7 +79,7 @@ pub async fn converge(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
     }
     let me = st.instance_id.clone();
     // A rename interrupted after the new record was published: finish it.
-    forget_previous_api(fx, &mut st, &me, &names).await?;
+    api_record::finish_rename(fx, &mut st, &me, &names).await?;
     let c = changes(&st, &spec, role);
     if c.is_empty() {
         return Ok(());
@@ -90,7 +90,7 @@ pub async fn converge(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
     }
     if let Some((from, to)) = &c.move_api {
         move_api_record(fx, &spec, &me, &mut st, from.as_ref(), to).await?;
-        forget_previous_api(fx, &mut st, &me, &names).await?;
+        api_record::finish_rename(fx, &mut st, &me, &names).await?;
     }
     for (arn, port) in &c.deregister {
         tracing::info!(target_group = %arn, port, "the spec removed a target group: deregistering; waiting out connection draining");
@@ -102,7 +102,7 @@ pub async fn converge(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
 }
 
 /// Publishes this server's record under the spec's name and records it, keeping the old name
-/// in `api_previous` until [`forget_previous_api`] has removed the record there.
+/// in `api_previous` until `api_record::finish_rename` has removed the record there.
 async fn move_api_record(fx: &Effects, spec: &ClusterSpec, me: &str, st: &mut State, from: Option<&ApiName>, to: &ApiName) -> Result<()> {
     let address = api_record::address(fx, &spec.api, None).await?;
     api_record::publish(fx, &spec.api, me, &address, st).await?;
@@ -110,19 +110,6 @@ async fn move_api_record(fx: &Effects, spec: &ClusterSpec, me: &str, st: &mut St
     if st.api_previous.is_none() {
         st.api_previous = from.cloned();
     }
-    st.save(&fx.fs)
-}
-
-/// Removes this server's record under the name it published before a rename, and points the
-/// published kubeconfigs at the new name; then forgets the old name.
-pub async fn forget_previous_api(fx: &Effects, st: &mut State, me: &str, names: &Names) -> Result<()> {
-    let (Some((old_host, old_zone)), Some(new_host)) = (st.api_previous.clone(), st.api_hostname.clone()) else {
-        return Ok(());
-    };
-    api_record::remove(fx, &[(old_host.clone(), old_zone)], me).await?;
-    tracing::info!(hostname = %old_host, "removed this server's record under the old API name");
-    crate::kubeconfigs::repoint(fx, names, &old_host, &new_host).await?;
-    st.api_previous = None;
     st.save(&fx.fs)
 }
 

@@ -57,7 +57,7 @@ impl Joining<'_> {
         let (fx, me) = (self.fx, self.d.id.instance_id.clone());
         let address = api_record::address(fx, &self.d.spec.api, Some(&self.d.id.local_ipv4)).await?;
         api_record::publish(fx, &self.d.spec.api, &me, &address, &mut self.st).await?;
-        crate::converge::forget_previous_api(fx, &mut self.st, &me, &self.d.names).await
+        api_record::finish_rename(fx, &mut self.st, &me, &self.d.names).await
     }
 
     /// Registers into every target group of the role, only now that the node can serve.
