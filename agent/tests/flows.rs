@@ -1,4 +1,4 @@
-//! The agent's join driven through in-memory fakes of every effect
+//! The agent's join and leave driven through in-memory fakes of every effect
 //! (`fake`): no moto, no programs on PATH, no sockets. Each test seeds a world, runs the agent's
 //! public entry point, and states the calls that must have come, in order, and what AWS, k3s,
 //! the files and the state file hold afterwards.
@@ -8,7 +8,7 @@ mod fake;
 use fake::{Fake, Instance, Node, TargetGroup};
 use k3s_asg_agent::config::AgentConfig;
 use k3s_asg_agent::effects::lifecycle::WaitingHook;
-use k3s_asg_agent::state::{Phase, State, StepName};
+use k3s_asg_agent::state::{Phase, State, StepName, Trigger};
 use k3s_asg_aws::records::RecordSet;
 use k3s_asg_aws::tags::Role;
 use k3s_asg_aws::targets::TargetState;
@@ -193,4 +193,128 @@ async fn a_second_join_changes_nothing() {
     assert_eq!(members(&fake, TG_WEB), vec![(NODE.into(), 80, TargetState::Initial)]);
     assert_eq!(st.phase, Phase::Ready);
     assert_eq!(st.target_groups.len(), 2);
+}
+
+#[tokio::test]
+async fn a_node_leaves_in_order_and_lets_its_group_terminate_it() {
+    let fake = joined().await;
+    fake.with(|w| w.asg.get_mut(NODE).unwrap().1 = "Terminating:Wait".into());
+
+    let hurry = Default::default();
+    k3s_asg_agent::leave::leave(&cfg(&fake), &fake.effects(), &hurry, Trigger::LifecycleTerminated).await.expect("leaves");
+
+    fake.expect_in_order(&[
+        "autoscaling:DescribeAutoScalingInstances i-0123456789abcdef0 => Terminating:Wait",
+        &format!("elbv2:DeregisterTargets {TG_WEB} {NODE}:80"),
+        &format!("elbv2:DeregisterTargets {TG_GRPC} {NODE}:8080"),
+        // Connection draining waited out: reported draining, then gone.
+        &format!("elbv2:DescribeTargetHealth {TG_WEB} => [{NODE}:80 draining]"),
+        &format!("elbv2:DescribeTargetHealth {TG_WEB} => []"),
+        &format!("elbv2:DescribeTargetHealth {TG_GRPC} => []"),
+        "k3s:kubectl drain i-0123456789abcdef0 --grace-period=30 --timeout=60s (kubeconfig)",
+        "k3s:kubectl delete node/i-0123456789abcdef0",
+        "systemd:stop k3s-agent",
+        "autoscaling:CompleteLifecycleAction alpha-nodes/drain i-0123456789abcdef0 CONTINUE",
+    ]);
+    // Nodes have no API record to remove.
+    assert!(fake.calls("route53:ChangeResourceRecordSets").is_empty());
+
+    assert!(members(&fake, TG_WEB).is_empty() && members(&fake, TG_GRPC).is_empty());
+    fake.with(|w| {
+        assert!(!w.nodes.contains_key(NODE), "the Node object is deleted");
+        assert!(w.nodes.contains_key(SERVER), "only its own");
+        assert!(!w.active.contains("k3s-agent"));
+        assert_eq!(w.asg[NODE].1, "Terminating:Proceed");
+    });
+    let st = state(&fake);
+    assert_eq!(st.phase, Phase::Left);
+    assert!(st.target_groups.is_empty());
+    let done = [StepName::Deregistered, StepName::Drained, StepName::NodeDeleted, StepName::K3sStopped, StepName::LifecycleCompleted];
+    assert_eq!(steps(&st), done);
+
+    // Run again (a restarted agent resuming): it looks, and changes nothing.
+    fake.take_log();
+    k3s_asg_agent::leave::leave(&cfg(&fake), &fake.effects(), &hurry, Trigger::Resume).await.expect("leaves again");
+    for change in ["elbv2:DeregisterTargets", "k3s:kubectl drain", "k3s:kubectl delete", "systemd:stop", "autoscaling:CompleteLifecycleAction"] {
+        assert!(fake.calls(change).is_empty(), "a second leave made {change}:\n{}", fake.log().join("\n"));
+    }
+    assert_eq!(state(&fake).trigger, Some(Trigger::LifecycleTerminated), "a resumed leave keeps the first trigger");
+}
+
+#[tokio::test]
+async fn a_leave_before_any_join_touches_only_what_exists() {
+    let fake = alpha();
+    fake.with(|w| w.asg.get_mut(NODE).unwrap().1 = "Terminating:Wait".into());
+
+    k3s_asg_agent::leave::leave(&cfg(&fake), &fake.effects(), &Default::default(), Trigger::LifecycleTerminated).await.expect("leaves");
+
+    fake.expect_in_order(&[
+        &format!("elbv2:DescribeTargetHealth {TG_WEB} => []"),
+        &format!("elbv2:DescribeTargetHealth {TG_GRPC} => []"),
+        "systemd:is-active k3s-agent => false",
+        "autoscaling:CompleteLifecycleAction alpha-nodes/drain i-0123456789abcdef0 CONTINUE",
+    ]);
+    for absent in ["elbv2:DeregisterTargets", "k3s:", "systemd:stop", "route53:ChangeResourceRecordSets", "ssm:PutParameter"] {
+        assert!(fake.calls(absent).is_empty(), "a leave that never joined made {absent}:\n{}", fake.log().join("\n"));
+    }
+    assert!(!fake.root().join("etc/rancher/k3s/config.yaml").exists());
+    assert_eq!(fake.with(|w| w.asg[NODE].1.clone()), "Terminating:Proceed");
+    let st = state(&fake);
+    assert_eq!(st.phase, Phase::Left);
+    assert_eq!(steps(&st), [StepName::Deregistered, StepName::K3sStopped, StepName::LifecycleCompleted]);
+}
+
+/// Cluster `alpha` seen from its server SERVER, which joined earlier: k3s runs, its API record
+/// and registrations are in place, and SERVER2 stays.
+fn alpha_from_a_server() -> Fake {
+    let fake = alpha();
+    fake.fs().write_if_changed("/etc/rancher/k3s/config.yaml", &format!("node-name: \"{SERVER}\"\n"), 0o600).unwrap();
+    fake.with(|w| {
+        w.imds.insert("instance-id".into(), SERVER.into());
+        w.imds.insert("local-ipv4".into(), SERVER_IP.into());
+        w.active.insert("k3s".into());
+        w.asg.insert(SERVER.into(), (SERVERS.into(), "Terminating:Wait".into()));
+        for (arn, port) in [(TG_WEB, 80), (TG_CP, 6443)] {
+            let member = k3s_asg_aws::targets::Member { id: SERVER.into(), port, state: TargetState::Healthy };
+            w.target_groups.get_mut(arn).unwrap().members.push(member);
+        }
+    });
+    fake
+}
+
+#[tokio::test]
+async fn a_server_leaves_removing_only_its_own_api_record_before_its_etcd_member() {
+    let fake = alpha_from_a_server();
+
+    k3s_asg_agent::leave::leave(&cfg(&fake), &fake.effects(), &Default::default(), Trigger::LifecycleTerminated).await.expect("leaves");
+
+    fake.expect_in_order(&[
+        &format!("elbv2:DeregisterTargets {TG_WEB} {SERVER}:80"),
+        &format!("elbv2:DeregisterTargets {TG_CP} {SERVER}:6443"),
+        &format!("elbv2:DescribeTargetHealth {TG_CP} => []"),
+        "route53:ChangeResourceRecordSets Z0ALPHA DELETE api.alpha.example.com. A (set i-0aaaaaaaaaaaaaaa1)",
+        "k3s:kubectl drain i-0aaaaaaaaaaaaaaa1 --grace-period=30 --timeout=60s (local)",
+        // The quorum guard: the other server is a Ready member.
+        "k3s:kubectl get nodes -l node-role.kubernetes.io/control-plane=true",
+        "k3s:kubectl delete node/i-0aaaaaaaaaaaaaaa1",
+        "systemd:stop k3s",
+        "autoscaling:CompleteLifecycleAction alpha-servers/drain i-0aaaaaaaaaaaaaaa1 CONTINUE",
+    ]);
+    fake.with(|w| {
+        let left: Vec<_> = w.zones[ZONE].1.iter().map(|r| r.set_identifier.clone().unwrap()).collect();
+        assert_eq!(left, vec![SERVER2.to_string()], "only its own record goes");
+        assert_eq!(w.nodes.keys().cloned().collect::<Vec<_>>(), vec![SERVER2.to_string()], "its Node (and etcd member) goes");
+        assert!(!w.active.contains("k3s"));
+    });
+    assert!(members(&fake, TG_WEB).is_empty() && members(&fake, TG_CP).is_empty());
+    let st = state(&fake);
+    let done = [
+        StepName::Deregistered,
+        StepName::ApiRecordRemoved,
+        StepName::Drained,
+        StepName::NodeDeleted,
+        StepName::K3sStopped,
+        StepName::LifecycleCompleted,
+    ];
+    assert_eq!((st.phase, steps(&st)), (Phase::Left, done.to_vec()));
 }
