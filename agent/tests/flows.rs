@@ -1,4 +1,4 @@
-//! The agent's join and leave driven through in-memory fakes of every effect
+//! The agent's join, leave and converge driven through in-memory fakes of every effect
 //! (`fake`): no moto, no programs on PATH, no sockets. Each test seeds a world, runs the agent's
 //! public entry point, and states the calls that must have come, in order, and what AWS, k3s,
 //! the files and the state file hold afterwards.
@@ -317,4 +317,76 @@ async fn a_server_leaves_removing_only_its_own_api_record_before_its_etcd_member
         StepName::LifecycleCompleted,
     ];
     assert_eq!((st.phase, steps(&st)), (Phase::Left, done.to_vec()));
+}
+
+#[tokio::test]
+async fn converge_follows_a_spec_that_adds_one_target_group_and_removes_another() {
+    let fake = joined().await;
+    fake.with(|w| w.param(CONFIG, &spec(&[(TG_WEB, 80), (TG_METRICS, 9100)]), false));
+
+    k3s_asg_agent::converge::converge(&cfg(&fake), &fake.effects()).await.expect("converges");
+
+    fake.expect_in_order(&[
+        "ssm:GetParameters /k3s-asg/clusters/alpha/config,/k3s-asg/clusters/alpha/kubeconfig/drain",
+        // The new group takes traffic before the removed one stops.
+        &format!("elbv2:RegisterTargets {TG_METRICS} {NODE}:9100"),
+        &format!("elbv2:DeregisterTargets {TG_GRPC} {NODE}:8080"),
+        &format!("elbv2:DescribeTargetHealth {TG_GRPC} => [{NODE}:8080 draining]"),
+        &format!("elbv2:DescribeTargetHealth {TG_GRPC} => []"),
+    ]);
+    assert!(fake.log().iter().all(|l| !l.contains(TG_WEB)), "the kept group is left alone:\n{}", fake.log().join("\n"));
+    assert_eq!(members(&fake, TG_METRICS), vec![(NODE.into(), 9100, TargetState::Initial)]);
+    assert!(members(&fake, TG_GRPC).is_empty());
+    assert_eq!(members(&fake, TG_WEB), vec![(NODE.into(), 80, TargetState::Initial)]);
+    assert_eq!(state(&fake).target_groups, vec![format!("{TG_WEB}:80"), format!("{TG_METRICS}:9100")]);
+
+    // Converged: another look changes nothing.
+    fake.take_log();
+    k3s_asg_agent::converge::converge(&cfg(&fake), &fake.effects()).await.expect("converges again");
+    assert!(fake.calls("elbv2:").is_empty(), "{:?}", fake.log());
+}
+
+#[tokio::test]
+async fn a_node_whose_readiness_probe_fails_never_takes_traffic() {
+    let fake = alpha();
+    fake.with(|w| w.probes.insert(PROBE.into(), 503));
+
+    let started = std::time::Instant::now();
+    let err = k3s_asg_agent::join::join(&cfg(&fake), &fake.effects()).await.expect_err("the probe never passes");
+
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    let text = err.to_string();
+    assert!(text.starts_with("wait for readiness (i-0123456789abcdef0)"), "{text}");
+    assert!(text.contains("readiness[0] http://10.0.1.7:80/ping answered 503 (expected 200)"), "{text}");
+    assert_eq!(err.exit_code(), 1);
+    // k3s runs (the probes gate traffic, not k3s); nothing is registered.
+    fake.expect_in_order(&[
+        "systemd:start k3s-agent",
+        "k3s:kubectl get node/i-0123456789abcdef0 => Ready",
+        "probe:GET http://10.0.1.7:80/ping => 503",
+    ]);
+    assert!(fake.calls("elbv2:RegisterTargets").is_empty());
+    assert!(members(&fake, TG_WEB).is_empty() && members(&fake, TG_GRPC).is_empty());
+    let st = state(&fake);
+    assert_eq!(st.phase, Phase::Joining);
+    assert_eq!(steps(&st).last(), Some(&StepName::Ready), "{:?}", steps(&st));
+    assert!(st.target_groups.is_empty());
+}
+
+#[tokio::test]
+async fn a_node_never_joins_a_server_that_cannot_prove_the_cluster_ca() {
+    let fake = alpha();
+    fake.with(|w| {
+        w.supervisors.insert(SERVER_IP.into(), "ee".repeat(32));
+        w.supervisors.remove(SERVER2_IP);
+    });
+
+    let err = k3s_asg_agent::join::join(&cfg(&fake), &fake.effects()).await.expect_err("no trusted server");
+
+    let text = err.to_string();
+    assert!(text.contains("no live server with the cluster's CA among 2 API record(s) of api.alpha.example.com"), "{text}");
+    fake.expect_in_order(&["supervisor:verified_live 10.0.0.10 => false", "supervisor:verified_live 10.0.0.11 => false"]);
+    assert!(fake.calls("systemd:").is_empty(), "k3s must not start: {:?}", fake.log());
+    assert!(!fake.root().join("etc/rancher/k3s/config.yaml").exists(), "no config naming an untrusted server");
+    assert!(fake.calls("elbv2:RegisterTargets").is_empty());
 }
