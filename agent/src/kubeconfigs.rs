@@ -13,6 +13,19 @@ use crate::secret::Secret;
 use crate::wait::Waiter;
 use std::time::Duration;
 
+/// A published kubeconfig pointed at `new_host` where it names `old_host` as its server;
+/// `None` when it does not (nothing to write).
+pub fn repointed(kubeconfig: &str, old_host: &str, new_host: &str) -> Option<String> {
+    let (was, now) = (format!("https://{old_host}:"), format!("https://{new_host}:"));
+    kubeconfig.contains(&was).then(|| kubeconfig.replace(&was, &now))
+}
+
+/// Whether a server replaces the published admin kubeconfig: it is `max_age` old or older and
+/// this server's own differs (the same one is never rewritten; once replaced it is young again).
+pub fn admin_due(age: Duration, max_age: Duration, mine: &Secret, published: &Secret) -> bool {
+    age >= max_age && mine != published
+}
+
 /// Publishes the admin and drain kubeconfigs where they are absent (`published` says which are
 /// there); with `replace` (the winner of a recovery) it replaces them (a new cluster has a new
 /// CA and service-account token). The drain token waits up to `timeout`.
@@ -78,11 +91,8 @@ pub async fn refresh_admin(cfg: &AgentConfig, fx: &Effects, cluster: &str, api_h
         return Ok(false);
     };
     let age = published.modified.and_then(|t| std::time::SystemTime::now().duration_since(t).ok()).unwrap_or_default();
-    if age < cfg.kubeconfig_max_age {
-        return Ok(false);
-    }
     let mine = Secret::new(render::admin_kubeconfig(&k3s_yaml, api_hostname));
-    if mine == published.value {
+    if !admin_due(age, cfg.kubeconfig_max_age, &mine, &published.value) {
         return Ok(false);
     }
     fx.parameters.overwrite_secure(&name, &mine).await?;
@@ -96,11 +106,36 @@ pub async fn repoint(fx: &Effects, names: &Names, old_host: &str, new_host: &str
         let Some(p) = fx.parameters.get(std::slice::from_ref(name)).await?.remove(name) else {
             continue;
         };
-        let (was, now) = (format!("https://{old_host}:"), format!("https://{new_host}:"));
-        if p.value.expose().contains(&was) {
-            fx.parameters.overwrite_secure(name, &Secret::new(p.value.expose().replace(&was, &now))).await?;
+        if let Some(now) = repointed(p.value.expose(), old_host, new_host) {
+            fx.parameters.overwrite_secure(name, &Secret::new(now)).await?;
             tracing::info!(parameter = %name, "pointed the published kubeconfig at the new API name");
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rename_repoints_only_kubeconfigs_naming_the_old_host() {
+        let kc = "clusters:\n- cluster:\n    server: https://api.a.example.com:6443\n";
+        assert_eq!(
+            repointed(kc, "api.a.example.com", "api2.a.example.com").as_deref(),
+            Some("clusters:\n- cluster:\n    server: https://api2.a.example.com:6443\n")
+        );
+        assert_eq!(repointed(kc, "api.b.example.com", "api2.a.example.com"), None, "another name: left alone");
+        // A longer name that starts with the old one is not the old one.
+        assert_eq!(repointed("server: https://api.a.example.com.internal:6443", "api.a.example.com", "x"), None);
+    }
+
+    #[test]
+    fn the_admin_kubeconfig_is_replaced_only_when_old_and_different() {
+        let (mine, theirs) = (Secret::new("mine"), Secret::new("theirs"));
+        let day = Duration::from_secs(86_400);
+        assert!(admin_due(day * 300, day * 275, &mine, &theirs));
+        assert!(!admin_due(day * 300, day * 275, &mine, &mine.clone()), "the same one is never rewritten");
+        assert!(!admin_due(day * 10, day * 275, &mine, &theirs), "young: kept");
+    }
 }
