@@ -136,18 +136,27 @@ pub async fn finish_rename(fx: &Effects, st: &mut State, me: &str, names: &Names
     st.save(&fx.fs)
 }
 
+/// API records for unit tests (here and in `live`).
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use k3s_asg_aws::records::RecordSet;
+
+    pub const ME: &str = "i-0000000000000000a";
+    pub const OTHER: &str = "i-0000000000000000b";
+    pub const DEAD: &str = "i-0000000000000000c";
+
+    /// One instance's API record.
+    pub fn rec(id: &str, ip: &str) -> RecordSet {
+        RecordSet::api("Z1", "api.example.com", id, ip, 30)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use k3s_asg_aws::records::RecordData;
 
-    const ME: &str = "i-0000000000000000a";
-    const OTHER: &str = "i-0000000000000000b";
-    const DEAD: &str = "i-0000000000000000c";
-
-    fn rec(id: &str, ip: &str) -> RecordSet {
-        RecordSet::api("Z1", "api.example.com", id, ip, 30)
-    }
+    use fixtures::{rec, DEAD, ME, OTHER};
 
     #[test]
     fn records_upsert_self_and_prune_dead_only() {

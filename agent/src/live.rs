@@ -96,13 +96,7 @@ pub async fn other_cluster_behind_api(fx: &Effects, api: &ApiSpec, me: &str, own
 mod tests {
     use super::*;
 
-    const ME: &str = "i-0000000000000000a";
-    const OTHER: &str = "i-0000000000000000b";
-    const DEAD: &str = "i-0000000000000000c";
-
-    fn rec(id: &str, ip: &str) -> RecordSet {
-        RecordSet::api("Z1", "api.example.com", id, ip, 30)
-    }
+    use crate::api_record::fixtures::{rec, DEAD, ME, OTHER};
 
     #[test]
     fn candidates_prefer_configured() {
