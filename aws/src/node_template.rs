@@ -33,6 +33,9 @@ pub fn from_tags(tags: &BTreeMap<String, String>) -> Result<NodeTemplate, Templa
         if let Some(key) = tag.strip_prefix(LABEL_PREFIX) {
             check_key(key).map_err(|p| bad(format!("label key {key:?}: {p}")))?;
             check_value(value).map_err(|p| bad(format!("label value {value:?}: {p}")))?;
+            if let Some(why) = kubelet_refuses(key) {
+                return Err(bad(format!("label key {key:?}: {why}")));
+            }
             t.labels.push(format!("{key}={value}"));
         } else if let Some(key) = tag.strip_prefix(TAINT_PREFIX) {
             check_key(key).map_err(|p| bad(format!("taint key {key:?}: {p}")))?;
@@ -47,6 +50,48 @@ pub fn from_tags(tags: &BTreeMap<String, String>) -> Result<NodeTemplate, Templa
         }
     }
     Ok(t)
+}
+
+/// The `kubernetes.io` / `k8s.io` labels a kubelet may set on its own Node (`--node-labels`,
+/// k3s's `node-label`): any under the `kubelet.kubernetes.io` or `node.kubernetes.io` namespaces
+/// (or a subdomain of them), and these. Source: kubernetes/kubernetes
+/// `pkg/kubelet/apis/well_known_labels.go` (`kubeletLabels`, `kubeletLabelNamespaces`) with the
+/// `k8s.io/api/core/v1` constants they name, as the kubelet's own refusal lists them.
+const KUBELET_LABELS: &[&str] = &[
+    "beta.kubernetes.io/arch",
+    "beta.kubernetes.io/instance-type",
+    "beta.kubernetes.io/os",
+    "failure-domain.beta.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone",
+    "kubernetes.io/arch",
+    "kubernetes.io/hostname",
+    "kubernetes.io/os",
+    "node.kubernetes.io/instance-type",
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+];
+const KUBELET_LABEL_NAMESPACES: &[&str] = &["kubelet.kubernetes.io", "node.kubernetes.io"];
+
+/// Why the kubelet refuses to start with label `key` (`None`: it accepts it). The kubelet
+/// (`cmd/kubelet/app/options/options.go`, `ValidateKubeletFlags`) refuses every label in the
+/// `kubernetes.io` or `k8s.io` namespaces (or their subdomains) that is not one a kubelet may
+/// set on its own Node: the NodeRestriction admission plugin, which k3s always enables, would
+/// refuse it. `node-role.kubernetes.io/worker` is the common one.
+pub fn kubelet_refuses(key: &str) -> Option<String> {
+    let namespace = key.split_once('/').map(|(ns, _)| ns)?;
+    let under = |domain: &str| namespace == domain || namespace.ends_with(&format!(".{domain}"));
+    if !(under("kubernetes.io") || under("k8s.io")) {
+        return None;
+    }
+    if KUBELET_LABELS.contains(&key) || KUBELET_LABEL_NAMESPACES.iter().any(|ns| under(ns)) {
+        return None;
+    }
+    Some(format!(
+        "the kubelet refuses to start with this 'kubernetes.io'/'k8s.io' label (only the {} prefixes and {} may be self-set \
+         under NodeRestriction); set it after the node joined (kubectl label) or use a label outside those namespaces",
+        KUBELET_LABEL_NAMESPACES.join(" and "),
+        KUBELET_LABELS.join(", ")
+    ))
 }
 
 /// A Kubernetes label key: an optional DNS-subdomain prefix and `/`, then a name of at most
@@ -126,10 +171,31 @@ mod tests {
             ("k8s.io/cluster-autoscaler/node-template/label/Bad.Prefix/x", "x", "DNS subdomain"),
             ("k8s.io/cluster-autoscaler/node-template/label/pool", "has space", "label value"),
             ("k8s.io/cluster-autoscaler/node-template/label/", "x", "empty"),
+            ("k8s.io/cluster-autoscaler/node-template/label/node-role.kubernetes.io/worker", "", "kubelet refuses"),
         ] {
             let e = from_tags(&tags(&[(tag, value)])).unwrap_err();
             assert_eq!(e.tag, tag);
             assert!(e.problem.contains(says), "{tag}={value}: {}", e.problem);
+        }
+    }
+
+    #[test]
+    fn the_kubelets_own_label_rule() {
+        for refused in ["node-role.kubernetes.io/worker", "kubernetes.io/role", "app.kubernetes.io/name", "k8s.io/x", "x.k8s.io/y"] {
+            assert!(kubelet_refuses(refused).is_some(), "{refused}");
+        }
+        for accepted in [
+            "pool",
+            "nvidia.com/gpu.present",
+            "node.kubernetes.io/instance-type",
+            "node.kubernetes.io/lifecycle",
+            "a.node.kubernetes.io/x",
+            "kubelet.kubernetes.io/x",
+            "topology.kubernetes.io/zone",
+            "kubernetes.io/os",
+            "notkubernetes.io/x",
+        ] {
+            assert_eq!(kubelet_refuses(accepted), None, "{accepted}");
         }
     }
 }

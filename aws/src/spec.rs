@@ -284,6 +284,24 @@ fn check_cidr(c: &str) -> bool {
     }
 }
 
+/// Each `key=value` of a `node-label` entry (a string or a list of them) passes the kubelet's
+/// own label rule (`node_template::kubelet_refuses`): a label it refuses crash-loops the node.
+fn check_node_labels(field: &str, value: &Value) -> Result<(), (String, String)> {
+    let entries: Vec<&str> = match value {
+        Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+        Value::String(s) => vec![s.as_str()],
+        _ => vec![],
+    };
+    for (i, entry) in entries.iter().enumerate() {
+        let key = entry.split_once('=').map_or(*entry, |(k, _)| k);
+        if let Some(why) = crate::node_template::kubelet_refuses(key) {
+            let at = if matches!(value, Value::Array(_)) { format!("{field}[{i}]") } else { field.to_string() };
+            return Err((at, format!("label {key:?}: {why}")));
+        }
+    }
+    Ok(())
+}
+
 impl EndpointSpec {
     pub fn parse(parameter: &str, json: &str) -> Result<EndpointSpec, SpecError> {
         let spec: EndpointSpec = parse_json(parameter, json)?;
@@ -450,6 +468,9 @@ impl ClusterSpec {
                     if !ok {
                         return Err((field, "must be a string or a list of strings".into()));
                     }
+                    if key == "node-label" {
+                        check_node_labels(&field, value)?;
+                    }
                 } else if !(value.is_string() || value.is_boolean() || value.is_number()) {
                     return Err((field, "must be a string, number or boolean".into()));
                 }
@@ -537,6 +558,17 @@ mod tests {
         assert!(e.problem.contains("`snapshots`"), "{e}");
         // A server key is not an agent key.
         assert!(with(r#","k3s":{"agent":{"etcd-expose-metrics":true}}"#).unwrap_err().problem.contains("not a flag of `k3s agent`"));
+    }
+
+    #[test]
+    fn node_labels_the_kubelet_refuses_are_bad_input() {
+        let e = with(r#","k3s":{"agent":{"node-label":["pool=web","node-role.kubernetes.io/worker=true"]}}"#).unwrap_err();
+        assert_eq!(e.field, "k3s.agent.node-label[1]");
+        assert!(e.problem.contains("node-role.kubernetes.io/worker") && e.problem.contains("kubelet refuses"), "{e}");
+        let e = with(r#","k3s":{"server":{"node-label":"kubernetes.io/role=master"}}"#).unwrap_err();
+        assert_eq!(e.field, "k3s.server.node-label");
+        // Labels the kubelet may set on its own Node pass.
+        assert!(with(r#","k3s":{"agent":{"node-label":["pool=web","node.kubernetes.io/lifecycle=spot","topology.kubernetes.io/zone=a"]}}"#).is_ok());
     }
 
     #[test]
