@@ -124,7 +124,7 @@ fn forget_membership(fx: &Effects, st: &mut State) -> Result<()> {
         tracing::warn!("this server's etcd member was kept: keeping its datastore to come back as that member");
         return Ok(());
     }
-    fx.fs.remove_dir(render::SERVER_DB_PATH)?;
+    crate::datastore::back_up_and_reset(fx, "etcd member removed: the server joins again as a new member when it returns")?;
     fx.fs.remove_file(render::CONFIG_PATH)?;
     st.mode = Some(crate::vocab::Mode::Join);
     st.server_url = None;
@@ -132,7 +132,7 @@ fn forget_membership(fx: &Effects, st: &mut State) -> Result<()> {
     st.save(&fx.fs)?;
     tracing::info!(
         path = render::SERVER_DB_PATH,
-        "etcd member removed; wiped the datastore so the server joins again as a new member when it returns"
+        "etcd member removed; moved the datastore aside so the server joins again as a new member when it returns"
     );
     Ok(())
 }

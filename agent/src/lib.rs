@@ -17,7 +17,7 @@
 //!    `effects::hostfs`), `discover` (who and where the instance is).
 //! 5. **Resources the agent owns outside the host**, one home each, written like
 //!    finalizers (idempotent, safe to cancel, correct when `ensure` never ran):
-//!    `api_record`, `membership` (target groups), `kubeconfigs`, `nodes`, and
+//!    `api_record`, `membership` (target groups), `kubeconfigs`, `nodes`, `datastore`, and
 //!    `live` (which servers are live). A resource may use another (`live` reads
 //!    `api_record`; a rename's cleanup points `kubeconfigs` at the new name).
 //! 6. **Verbs**, short sequences of named steps over layers 1–5: `join/`,
@@ -28,6 +28,7 @@ pub mod api_record;
 pub mod cli;
 pub mod config;
 pub mod converge;
+pub mod datastore;
 pub mod discover;
 pub mod effects;
 pub mod election;

@@ -18,7 +18,7 @@ fn layers() -> BTreeMap<&'static str, u8> {
     for m in ["state", "discover"] {
         l.insert(m, 4);
     }
-    for m in ["api_record", "membership", "kubeconfigs", "nodes", "live"] {
+    for m in ["api_record", "membership", "kubeconfigs", "nodes", "datastore", "live"] {
         l.insert(m, 5);
     }
     for m in ["join", "leave", "converge", "guard"] {

@@ -53,6 +53,30 @@ impl HostFs {
         }
     }
 
+    /// Moves directory `host_path` to `{backups}/{name}` (never deleting it), then removes all but
+    /// the `keep` newest entries of `backups` (names sort by age: callers name them by time).
+    /// `None` when there was nothing to move. Idempotent: a second call finds nothing to move.
+    pub fn move_aside(&self, host_path: &str, backups: &str, name: &str, keep: usize) -> Result<Option<PathBuf>> {
+        let from = self.path(host_path);
+        if !from.exists() {
+            return Ok(None);
+        }
+        let dir = self.path(backups);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::from_cause("create directory", dir.display().to_string(), e))?;
+        let to = dir.join(name);
+        std::fs::rename(&from, &to).map_err(|e| Error::from_cause("move aside", format!("{} to {}", from.display(), to.display()), e))?;
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| Error::from_cause("list directory", dir.display().to_string(), e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        let old = entries.len().saturating_sub(keep);
+        for stale in &entries[..old] {
+            std::fs::remove_dir_all(stale).map_err(|e| Error::from_cause("remove directory", stale.display().to_string(), e))?;
+        }
+        Ok(Some(to))
+    }
+
     /// Removes a file; one already gone is fine.
     pub fn remove_file(&self, host_path: &str) -> Result<()> {
         let p = self.path(host_path);
@@ -100,5 +124,20 @@ mod tests {
         assert!(fs.write_if_changed("/etc/x/config.yaml", "a: 2\n", 0o600).unwrap());
         assert_eq!(fs.read("/etc/x/config.yaml").unwrap().as_deref(), Some("a: 2\n"));
         assert_eq!(fs.read("/nope").unwrap(), None);
+    }
+
+    #[test]
+    fn move_aside_keeps_the_newest_backups() {
+        let root = tempfile::tempdir().unwrap();
+        let fs = HostFs::new(root.path());
+        assert_eq!(fs.move_aside("/db", "/backups", "1", 2).unwrap(), None, "nothing to move");
+        for n in ["1", "2", "3"] {
+            fs.write_if_changed("/db/member", n, 0o600).unwrap();
+            fs.move_aside("/db", "/backups", n, 2).unwrap().unwrap();
+            assert!(!fs.exists("/db"));
+        }
+        assert!(!fs.exists("/backups/1"), "the oldest went");
+        assert_eq!(fs.read("/backups/3/member").unwrap().as_deref(), Some("3"));
+        assert_eq!(fs.read("/backups/2/member").unwrap().as_deref(), Some("2"));
     }
 }

@@ -278,7 +278,7 @@ impl Joining<'_> {
         }
         tracing::error!(outcome = %recovery.outcome, "recovering the cluster without a snapshot");
         // Whatever datastore this host has belongs to the lost cluster.
-        self.fx.fs.remove_dir(render::SERVER_DB_PATH)?;
+        crate::datastore::back_up_and_reset(self.fx, "a recovery without a snapshot starts a new cluster")?;
         let observed = self.observe_election().await?;
         if !self.lead(epoch, &observed).await? {
             return Err(Error::failed("recover the cluster", &self.d.names.token, "the token parameter changed while recovering; starting over"));

@@ -307,7 +307,7 @@ impl Joining<'_> {
         if self.fx.services.is_active(unit).await? {
             self.fx.services.stop(unit).await?;
         }
-        self.fx.fs.remove_dir(render::SERVER_DB_PATH)?;
+        crate::datastore::back_up_and_reset(self.fx, "left behind by a recovery election")?;
         self.st.mode = None;
         self.st.epoch = None;
         self.st.recovery = None;
@@ -324,7 +324,7 @@ impl Joining<'_> {
         if self.fx.services.is_active(unit).await? {
             self.fx.services.stop(unit).await?;
         }
-        self.fx.fs.remove_dir(render::SERVER_DB_PATH)?;
+        crate::datastore::back_up_and_reset(self.fx, "demoted: another server won the election")?;
         self.st.mode = None;
         self.st.election = Some(format!("lost to {winner}; datastore reset"));
         self.st.save(&self.fx.fs)
