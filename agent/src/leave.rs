@@ -317,7 +317,7 @@ impl Leaving<'_> {
         tracing::info!(store = %store.url(), "the last server of the cluster: saving an etcd snapshot before going");
         let mut w = Waiter::new("the final etcd snapshot", self.budget(Duration::from_secs(600), 0.8)).hurry(self.hurry);
         loop {
-            match self.fx.k3s.save_snapshot(FINAL_SNAPSHOT, store).await {
+            match self.fx.k3s.save_snapshot(FINAL_SNAPSHOT, store, self.budget(Duration::from_secs(600), 0.8)).await {
                 Ok(()) => {
                     tracing::info!(store = %store.url(), "saved the final etcd snapshot");
                     return Ok(true);

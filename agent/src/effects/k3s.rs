@@ -5,7 +5,13 @@ use crate::error::{Error, Result};
 use crate::secret::Secret;
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tokio::process::Command;
+
+/// How long one `k3s kubectl` call may take (a drain: its own `--timeout` and this). kubectl's
+/// own `--request-timeout` is unset (no limit) by default, and an API server whose etcd has lost
+/// quorum may not answer: every call is bounded here, and killed when it runs over.
+pub const KUBECTL_LIMIT: Duration = Duration::from_secs(60);
 
 #[async_trait]
 pub trait K3s: Send + Sync {
@@ -24,11 +30,12 @@ pub trait K3s: Send + Sync {
     async fn delete_node(&self, node: &str, kubeconfig: Option<&Path>) -> Result<()>;
     /// `k3s server --cluster-reset --cluster-reset-restore-path=NAME`, with k3s stopped: restores
     /// snapshot `name` from S3 (config.yaml's etcd-s3 keys say where; its token decrypts it) into
-    /// this server's datastore as a one-member cluster. k3s exits when done.
-    async fn restore_snapshot(&self, name: &str) -> Result<()>;
+    /// this server's datastore as a one-member cluster. k3s exits when done; one that has not
+    /// within `limit` is killed and the restore fails.
+    async fn restore_snapshot(&self, name: &str, limit: Duration) -> Result<()>;
     /// `k3s etcd-snapshot save --name NAME --s3 …` through the running local server; waits for
-    /// the upload.
-    async fn save_snapshot(&self, name: &str, store: &SnapshotStore) -> Result<()>;
+    /// the upload, at most `limit`.
+    async fn save_snapshot(&self, name: &str, store: &SnapshotStore, limit: Duration) -> Result<()>;
 }
 
 pub struct K3sCli {
@@ -37,19 +44,22 @@ pub struct K3sCli {
 
 impl K3sCli {
     async fn kubectl(&self, args: &[&str]) -> Result<std::process::Output> {
-        let mut all = vec!["kubectl"];
-        all.extend_from_slice(args);
-        self.k3s(&all).await
+        self.kubectl_within(args, KUBECTL_LIMIT).await
     }
 
-    async fn k3s(&self, args: &[&str]) -> Result<std::process::Output> {
-        Command::new("k3s")
-            .args(args)
-            .env("K3S_ASG_ROOT", &self.root)
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(|e| Error::from_cause("run k3s", args.join(" "), e))
+    async fn kubectl_within(&self, args: &[&str], limit: Duration) -> Result<std::process::Output> {
+        let mut all = vec!["kubectl"];
+        all.extend_from_slice(args);
+        self.k3s(&all, limit).await
+    }
+
+    /// Runs `k3s ARGS`, killed (and an error) when it has not finished within `limit`.
+    async fn k3s(&self, args: &[&str], limit: Duration) -> Result<std::process::Output> {
+        let run = Command::new("k3s").args(args).env("K3S_ASG_ROOT", &self.root).kill_on_drop(true).output();
+        match tokio::time::timeout(limit, run).await {
+            Ok(out) => out.map_err(|e| Error::from_cause("run k3s", args.join(" "), e)),
+            Err(_) => Err(Error::failed("run k3s", args.join(" "), format!("no answer within {} s; killed it", limit.as_secs()))),
+        }
     }
 }
 
@@ -95,7 +105,7 @@ impl K3s for K3sCli {
             format!("--timeout={timeout_s}s"),
         ]);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = self.kubectl(&refs).await?;
+        let out = self.kubectl_within(&refs, Duration::from_secs(timeout_s) + KUBECTL_LIMIT).await?;
         if !out.status.success() {
             return Err(Error::failed("drain node", node, String::from_utf8_lossy(&out.stderr).trim().to_string()));
         }
@@ -138,20 +148,23 @@ impl K3s for K3sCli {
         Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect())
     }
 
-    async fn restore_snapshot(&self, name: &str) -> Result<()> {
+    async fn restore_snapshot(&self, name: &str, limit: Duration) -> Result<()> {
         let path = format!("--cluster-reset-restore-path={name}");
-        let out = self.k3s(&["server", "--cluster-reset", &path]).await?;
+        let out = self
+            .k3s(&["server", "--cluster-reset", &path], limit)
+            .await
+            .map_err(|e| Error::failed("restore etcd snapshot (k3s server --cluster-reset)", name, e.detail))?;
         if !out.status.success() {
             return Err(Error::failed("restore etcd snapshot (k3s server --cluster-reset)", name, last_line(&out)));
         }
         Ok(())
     }
 
-    async fn save_snapshot(&self, name: &str, store: &SnapshotStore) -> Result<()> {
+    async fn save_snapshot(&self, name: &str, store: &SnapshotStore, limit: Duration) -> Result<()> {
         let name_arg = format!("--name={name}");
         let args =
             ["etcd-snapshot", "save", &name_arg, "--s3", "--s3-bucket", &store.bucket, "--s3-folder", &store.folder, "--s3-region", &store.region];
-        let out = self.k3s(&args).await?;
+        let out = self.k3s(&args, limit).await?;
         if !out.status.success() {
             return Err(Error::failed("save etcd snapshot (k3s etcd-snapshot save)", store.url(), last_line(&out)));
         }

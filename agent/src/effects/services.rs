@@ -8,12 +8,18 @@ use tokio::process::Command;
 #[async_trait]
 pub trait Services: Send + Sync {
     async fn daemon_reload(&self) -> Result<()>;
-    /// `systemctl start UNIT` (a no-op for a running unit). Not enabled: k3s is started by the
-    /// agent only, after it has looked at its cluster, never by systemd at boot on a datastore
-    /// its cluster may have left behind.
+    /// `systemctl start UNIT --no-block` (a no-op for a running unit): queues the start and
+    /// returns. k3s's units are `Type=notify` with `TimeoutStartSec=0`, so a blocking start waits
+    /// for k3s's READY for ever (a server whose etcd cannot join never sends it); the caller
+    /// polls [`Services::is_active`] and [`Services::is_failed`] under its own deadline. Not
+    /// enabled: k3s is started by the agent only, after it has looked at its cluster, never by
+    /// systemd at boot on a datastore its cluster may have left behind.
     async fn start(&self, unit: &str) -> Result<()>;
+    /// `systemctl restart UNIT --no-block`, for the same reason.
     async fn restart(&self, unit: &str) -> Result<()>;
     async fn is_active(&self, unit: &str) -> Result<bool>;
+    /// Whether systemd reports the unit failed (`systemctl is-failed`).
+    async fn is_failed(&self, unit: &str) -> Result<bool>;
     async fn stop(&self, unit: &str) -> Result<()>;
 }
 
@@ -51,13 +57,16 @@ impl Services for Systemctl {
         self.run_ok(&["daemon-reload"]).await
     }
     async fn start(&self, unit: &str) -> Result<()> {
-        self.run_ok(&["start", unit]).await
+        self.run_ok(&["start", unit, "--no-block"]).await
     }
     async fn restart(&self, unit: &str) -> Result<()> {
-        self.run_ok(&["restart", unit]).await
+        self.run_ok(&["restart", unit, "--no-block"]).await
     }
     async fn is_active(&self, unit: &str) -> Result<bool> {
         Ok(self.run(&["is-active", "--quiet", unit]).await?.status.success())
+    }
+    async fn is_failed(&self, unit: &str) -> Result<bool> {
+        Ok(self.run(&["is-failed", "--quiet", unit]).await?.status.success())
     }
     async fn stop(&self, unit: &str) -> Result<()> {
         self.run_ok(&["stop", unit]).await

@@ -294,7 +294,7 @@ impl Joining<'_> {
         }
         self.renew_lease().await?;
         tracing::warn!(snapshot = name, "restoring the cluster's datastore from its snapshot (k3s server --cluster-reset)");
-        if let Err(e) = self.fx.k3s.restore_snapshot(name).await {
+        if let Err(e) = self.fx.k3s.restore_snapshot(name, self.cfg.ready_timeout).await {
             // Retried on the next start; a snapshot that keeps failing is set aside for the next
             // newest (never for a new cluster while snapshots remain).
             let n = self.st.restore_failures.entry(name.to_string()).or_insert(0);

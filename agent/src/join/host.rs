@@ -93,19 +93,34 @@ impl Joining<'_> {
         loop {
             self.renew_lease().await?;
             let reason = if !fx.services.is_active(unit).await? {
-                format!("systemd unit {unit} is not active")
+                if fx.services.is_failed(unit).await? {
+                    return Err(Error::failed("start k3s", unit, format!("systemd reports unit {unit} failed (see journalctl -u {unit})")));
+                }
+                format!("systemd unit {unit} is not active yet (k3s is starting)")
             } else if (role.is_server() || drain_kubeconfig.is_some()) && !fx.k3s.node_ready(self.me(), drain_kubeconfig).await? {
                 format!("node {} is not Ready", self.me())
             } else if gate == Gate::K3s {
-                return Ok(());
+                return self.done_waiting();
             } else {
                 match self.failing_probe().await {
-                    None => return Ok(()),
+                    None => return self.done_waiting(),
                     Some(f) => f,
                 }
             };
+            if self.st.waiting_for.as_deref() != Some(reason.as_str()) {
+                self.st.waiting_for = Some(reason.clone());
+                self.st.save(&fx.fs)?;
+            }
             w.pending(reason).await.map_err(|why| Error::failed("wait for readiness", self.me(), why))?;
         }
+    }
+
+    /// Clears what `status` says the join waits for.
+    fn done_waiting(&mut self) -> Result<()> {
+        if self.st.waiting_for.take().is_some() {
+            self.st.save(&self.fx.fs)?;
+        }
+        Ok(())
     }
 
     /// The first readiness probe that fails, and how.

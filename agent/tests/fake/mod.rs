@@ -484,6 +484,12 @@ impl Services for Backend {
         Ok(active)
     }
 
+    async fn is_failed(&self, unit: &str) -> Result<bool> {
+        // A start that fails here fails at once (`start` returns the error), so no unit is left failed.
+        self.w().log.push(format!("systemd:is-failed {unit} => false"));
+        Ok(false)
+    }
+
     async fn stop(&self, unit: &str) -> Result<()> {
         let mut w = self.call(format!("systemd:stop {unit}"));
         w.active.remove(unit);
@@ -548,12 +554,12 @@ impl K3s for Backend {
         Ok(())
     }
 
-    async fn restore_snapshot(&self, name: &str) -> Result<()> {
+    async fn restore_snapshot(&self, name: &str, _limit: std::time::Duration) -> Result<()> {
         self.w().log.push(format!("k3s:server --cluster-reset-restore-path={name}"));
         Err(Error::failed("restore etcd snapshot", name, "not modelled by the fake"))
     }
 
-    async fn save_snapshot(&self, name: &str, store: &SnapshotStore) -> Result<()> {
+    async fn save_snapshot(&self, name: &str, store: &SnapshotStore, _limit: std::time::Duration) -> Result<()> {
         self.w().log.push(format!("k3s:etcd-snapshot save --name={name} {}", store.url()));
         Err(Error::failed("save etcd snapshot", store.url(), "not modelled by the fake"))
     }
