@@ -13,18 +13,34 @@ use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::Arc;
 
 pub const REGION: &str = "us-east-1";
 pub const ZONE_NAME: &str = "example.com";
-static NEXT_NET: AtomicU8 = AtomicU8::new(0);
+static NEXT_NET: AtomicU32 = AtomicU32::new(0);
+/// The port of 127.N.0.1 a world listens on to claim its 127.N network (no instance double
+/// serves on it: the supervisor doubles take 6443, the coordinator's health doubles 80).
+const NET_CLAIM_PORT: u16 = 6442;
 
-/// A second octet for a new world's 127.N.0.0/16: distinct within a process, and
-/// offset by the process id so that two processes (tests and the demo, say) rarely meet.
-fn next_net() -> u8 {
-    let n = NEXT_NET.fetch_add(1, Ordering::SeqCst) as u32;
-    (20 + (std::process::id() * 7 + n) % 230) as u8
+/// A second octet for a new world's 127.N.0.0/16 (N in 20..=249), with the claim on it that
+/// the world holds for its lifetime. Candidates come from a counter, offset by the process id
+/// so that processes start apart; the claim is a listener on 127.N.0.1:NET_CLAIM_PORT, which
+/// only one socket at a time can hold. So two worlds never share a network, in one process
+/// (several tests of a binary) or in two (a test run by hand beside `scripts/test`, the demo):
+/// a network claimed elsewhere is skipped, and the kernel frees the claim when the world is
+/// dropped or its process dies.
+fn claim_net() -> anyhow::Result<(u8, std::net::TcpListener)> {
+    for _ in 0..230 {
+        let n = NEXT_NET.fetch_add(1, Ordering::SeqCst);
+        let net = (20 + (std::process::id() * 7 + n) % 230) as u8;
+        match std::net::TcpListener::bind((std::net::Ipv4Addr::new(127, net, 0, 1), NET_CLAIM_PORT)) {
+            Ok(claim) => return Ok((net, claim)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(e).with_context(|| format!("claim 127.{net}.0.0/16 (listen on 127.{net}.0.1:{NET_CLAIM_PORT})")),
+        }
+    }
+    anyhow::bail!("every 127.N.0.0/16 of the test bed (N = 20..=249) is claimed: port {NET_CLAIM_PORT} is in use on each 127.N.0.1")
 }
 
 pub struct Cluster {
@@ -170,6 +186,8 @@ pub struct World {
     pub route53: aws_sdk_route53::Client,
     pub elb: aws_sdk_elasticloadbalancingv2::Client,
     pub net: u8,
+    /// Held for the world's lifetime: no other world, in this process or another, takes `net`.
+    _net_claim: std::net::TcpListener,
     pub vpc_id: String,
     pub subnet_id: String,
     zone_id: String,
@@ -235,7 +253,7 @@ impl World {
             .load()
             .await;
         let ec2 = aws_sdk_ec2::Client::new(&sdk);
-        let net = next_net();
+        let (net, net_claim) = claim_net()?;
         let vpc_id =
             ec2.create_vpc().cidr_block(format!("127.{net}.0.0/16")).send().await?.vpc().and_then(|v| v.vpc_id()).context("vpc id")?.to_string();
         let subnet_id = create_subnet(&ec2, &vpc_id, &format!("127.{net}.0.0/20"), "a").await?;
@@ -267,6 +285,7 @@ impl World {
             recorder,
             asg,
             net,
+            _net_claim: net_claim,
             vpc_id,
             subnet_id,
             zone_id,

@@ -9,7 +9,7 @@
 //! signature. What it does not: the Resource and Condition elements (a
 //! statement scoped to an ARN never matches in moto, and conditions see no
 //! context), so each user gets the policy's actions with `Resource: "*"`; the
-//! scoping itself is linted by parliament (packaging.rs). Auto Scaling lifecycle
+//! scoping itself is linted by parliament (packaging/iam_policies.rs). Auto Scaling lifecycle
 //! calls go to the test bed's double, which checks nothing. moto's signature
 //! check rejects every Route53 call (boto3's too), so Route53 lives in a second,
 //! unenforced moto here, and its calls are checked against the policies'

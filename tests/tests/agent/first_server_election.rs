@@ -1,13 +1,19 @@
-//! The first-server election under failure (issue: a safe first-server
-//! election): a dead winner is replaced by exactly one of the servers that
-//! come after it, a slow but live winner is never displaced, and a lost token
-//! never starts a second cluster behind live servers; a live server puts it back.
+//! The first-server election (issue: a safe first-server election): servers that join a
+//! fresh cluster at once elect exactly one initialiser (5 at once; 10 at once, 20 times); a
+//! dead winner is replaced by exactly one of the servers that come after it (10 at once, 20
+//! times, too), a slow but live winner is never displaced, and a lost token never starts a
+//! second cluster behind live servers; a live server puts it back.
 
+use super::common::{initialisers, ADMIN, DRAIN, TOKEN};
 use k3s_asg_agent::election::Record;
 use k3s_asg_agent::state::Phase;
 use k3s_asg_testbed::check::{ok, state, wait_for_phase};
-use k3s_asg_testbed::world::{Instance, World};
+use k3s_asg_testbed::world::{secrets_of, Instance, World};
 use std::time::{Duration, Instant};
+
+// The fresh-cluster race's size and repetitions (the dead-winner race states its own).
+const SERVERS: usize = 10;
+const REPETITIONS: usize = 20;
 
 fn token_name(cluster: &str) -> String {
     format!("/k3s-asg/clusters/{cluster}/token")
@@ -19,10 +25,6 @@ fn election_name(cluster: &str, epoch: u64) -> String {
 
 async fn record(w: &World, cluster: &str, epoch: u64) -> Option<Record> {
     w.param(&election_name(cluster, epoch)).await.unwrap().map(|v| serde_json::from_str(&v).expect("an election record is JSON"))
-}
-
-fn initialisers(servers: &[Instance]) -> Vec<&Instance> {
-    servers.iter().filter(|s| s.file("/etc/rancher/k3s/config.yaml").is_some_and(|c| c.contains("cluster-init: true"))).collect()
 }
 
 /// A cluster whose first winner failed to start k3s and was then terminated: the token
@@ -39,6 +41,95 @@ async fn dead_winner(w: &mut World, cluster: &str) -> Instance {
     assert!(!token.starts_with("K10"), "never secured");
     w.terminate(&a).await.unwrap();
     a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_servers_at_once_elect_exactly_one() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let tg = w.clusters["alpha"].target_group_arn.clone();
+    let mut servers = Vec::new();
+    for _ in 0..5 {
+        servers.push(w.launch("alpha", "control-plane").await.unwrap());
+    }
+    let runs = k3s_asg_testbed::join_all(servers.iter().map(|s| w.agent(s, &["join"])).collect()).await;
+    for r in &runs {
+        ok(r.as_ref().unwrap());
+    }
+    let inits = servers.iter().filter(|s| s.file("/etc/rancher/k3s/config.yaml").unwrap().contains("cluster-init: true")).count();
+    assert_eq!(inits, 1, "exactly one server initialises the cluster");
+    let creates = w.recorder.calls().iter().filter(|c| c.operation == "PutParameter").count();
+    assert!(creates >= 5, "every server tried to create or secure the token ({creates})");
+    let mut ids: Vec<String> = servers.iter().map(|s| s.id.clone()).collect();
+    ids.sort();
+    let records: Vec<String> = w.api_records("alpha").await.unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(records, ids, "five API records");
+    assert_eq!(w.members(&tg).await.unwrap(), ids, "all registered");
+    let token = w.param(TOKEN).await.unwrap().unwrap();
+    assert!(token.starts_with("K10"));
+    let roots: Vec<&std::path::Path> = servers.iter().map(|s| s.root.as_path()).collect();
+    let secrets = secrets_of(&[Some(token), w.param(ADMIN).await.unwrap(), w.param(DRAIN).await.unwrap()], &roots);
+    for r in &runs {
+        let r = r.as_ref().unwrap();
+        for s in &secrets {
+            assert!(!r.stderr.contains(s.as_str()) && !r.stdout.contains(s.as_str()), "a secret leaked into a server's log");
+        }
+    }
+    k3s_asg_testbed::reliability::held("Secrets", "token and kubeconfigs searched in the logs of 5 servers joining at once", 1, "none found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_servers_at_once_elect_exactly_one_twenty_times() {
+    let mut w = World::new().await.unwrap();
+    for rep in 0..REPETITIONS {
+        w.recorder.clear();
+        let cluster = format!("race{rep}");
+        w.create_cluster(&cluster).await.unwrap();
+        let tg = w.clusters[&cluster].target_group_arn.clone();
+        let mut servers = Vec::new();
+        for _ in 0..SERVERS {
+            servers.push(w.launch(&cluster, "control-plane").await.unwrap());
+        }
+        let runs = k3s_asg_testbed::join_all(servers.iter().map(|s| w.agent(s, &["join"])).collect()).await;
+        for r in &runs {
+            ok(r.as_ref().unwrap());
+        }
+        let inits: Vec<usize> =
+            (0..servers.len()).filter(|i| servers[*i].file("/etc/rancher/k3s/config.yaml").unwrap().contains("cluster-init: true")).collect();
+        if inits.len() != 1 {
+            // Say what each initialiser saw (its log has no secrets) and what SSM was asked.
+            let mut why = String::new();
+            for i in &inits {
+                let log = &runs[*i].as_ref().unwrap().stderr;
+                let lines: Vec<&str> = log.lines().filter(|l| l.contains("token") || l.contains("mode") || l.contains("PutParameter")).collect();
+                why += &format!("\n{}:\n  {}", servers[*i].id, lines.join("\n  "));
+            }
+            let puts: Vec<(String, u16)> =
+                w.recorder.calls().into_iter().filter(|c| c.operation == "PutParameter").map(|c| (c.caller, c.status)).collect();
+            panic!("repetition {rep}: {} servers initialised the cluster:{why}\nPutParameter calls: {puts:?}", inits.len());
+        }
+        let mut ids: Vec<String> = servers.iter().map(|s| s.id.clone()).collect();
+        ids.sort();
+        let records: Vec<String> = w.api_records(&cluster).await.unwrap().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(records, ids, "repetition {rep}: one API record per server");
+        assert_eq!(w.members(&tg).await.unwrap(), ids, "repetition {rep}: each registered once");
+        let token = w.param(&format!("/k3s-asg/clusters/{cluster}/token")).await.unwrap().unwrap();
+        assert!(token.starts_with("K10"), "repetition {rep}: token secured");
+        // Every joiner joined with the one secured token (the initialiser keeps its election token).
+        let tokens: std::collections::BTreeSet<String> = servers
+            .iter()
+            .filter(|s| !s.file("/etc/rancher/k3s/config.yaml").unwrap().contains("cluster-init: true"))
+            .filter_map(|s| s.file("/etc/rancher/k3s/config.yaml").unwrap().lines().find(|l| l.starts_with("token:")).map(str::to_string))
+            .collect();
+        assert_eq!(tokens.len(), 1, "repetition {rep}: joiners disagree on the token");
+        assert!(tokens.iter().next().unwrap().contains(&token), "repetition {rep}: joiners use the secured token");
+    }
+    k3s_asg_testbed::reliability::held(
+        "Races",
+        &format!("{SERVERS} control-plane agents join a fresh cluster at once"),
+        REPETITIONS,
+        "exactly one cluster-init every time; one API record and one registration per server; every joiner uses the secured token",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,15 +1,18 @@
-//! Crashes: the agent is killed with SIGKILL right after each step of join and
-//! of leave (its `failpoints` crash points, `K3S_ASG_FAILPOINT=STEP`: the step's
-//! effect is done, the state file does not know yet), then started again as
-//! systemd would. It must converge and leave nothing behind: no orphan record
-//! or registration, no half-written file, no second lifecycle completion.
+//! Crashes: the agent is killed with SIGKILL right after each step of join, of leave and of
+//! a recovery (its `failpoints` crash points, `K3S_ASG_FAILPOINT=STEP`: the step's effect is
+//! done, the state file does not know yet), or in the middle of a drain, then started again
+//! as systemd would. It must converge and leave nothing behind: no orphan record or
+//! registration, no half-written file, no second lifecycle completion.
 
+use super::common::cluster;
+use super::recovery::{join_each, lose, record, servers, snapshot_with, world, write_marker, BUCKET, DB_STATE};
 use k3s_asg_agent::failpoint::ENV as FAILPOINT;
 use k3s_asg_agent::state::{Phase, StepName};
 use k3s_asg_aws::tags::Role;
 use k3s_asg_testbed::check::{ok, state};
 use k3s_asg_testbed::world::{AgentRun, World};
 use std::path::Path;
+use std::time::Duration;
 
 fn killed_at(run: &AgentRun, step: StepName) {
     assert_eq!(run.code, -1, "the agent was to die by SIGKILL after {step}:\n{}", run.stderr);
@@ -137,4 +140,73 @@ async fn killed_after_each_leave_step_run_finishes_the_leave() {
             "run finishes the leave: deregistered; own API record gone, the other kept; Node deleted; k3s stopped; exactly one CONTINUE; no temp files",
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_leave_the_next_run_finishes_the_job() {
+    let (mut w, cp, tg) = cluster().await;
+    let node = w.launch("alpha", "node").await.unwrap();
+    ok(&w.agent(&node, &["join"]).await.unwrap());
+    w.agent_env.insert("K3S_STUB_DRAIN_SECONDS".into(), "30".into());
+    let agent = w.spawn_agent(&node, &["leave"]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !node.stub_calls().iter().any(|l| l.contains(" drain ")) {
+        assert!(std::time::Instant::now() < deadline, "never reached drain");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(agent); // kill_on_drop: SIGKILL mid-drain
+    w.agent_env.insert("K3S_STUB_DRAIN_SECONDS".into(), "0".into());
+    let run = w.agent(&node, &["run"]).await.unwrap();
+    ok(&run);
+    assert!(run.stderr.contains("previous leave did not finish"), "{}", run.stderr);
+    assert_eq!(w.members(&tg).await.unwrap(), vec![cp.id.clone()]);
+    assert!(!node.path("/run/k3s-stub/active-k3s-agent").exists());
+    assert!(node.stub_calls().iter().any(|l| l.contains("delete node/")));
+    k3s_asg_testbed::reliability::held(
+        "Crashes",
+        "kill -9 in the middle of a 30 s drain, then `run`",
+        1,
+        "run finishes the leave: deregistered, Node deleted, k3s stopped",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_each_recovery_step_converges() {
+    for step in [StepName::RecoveryWon, StepName::Restored] {
+        let mut w = world(true).await;
+        w.agent_env.insert("K3S_STUB_SNAPSHOT_EVERY".into(), "1".into());
+        let old = servers(&w, 1).await;
+        join_each(&w, &old).await;
+        write_marker(&old, "marker: crash");
+        snapshot_with(&w, "marker: crash").await;
+        lose(&w, &old).await;
+        w.agent_env.remove("K3S_STUB_SNAPSHOT_EVERY");
+        let a = w.launch("alpha", "control-plane").await.unwrap();
+        w.agent_env.insert("K3S_ASG_FAILPOINT".into(), step.as_str().into());
+        let crashed = w.agent(&a, &["join"]).await.unwrap();
+        assert_ne!(crashed.code, 0, "{step}: the failpoint killed it");
+        w.agent_env.remove("K3S_ASG_FAILPOINT");
+        ok(&w.agent(&a, &["join"]).await.unwrap());
+        assert_eq!(a.file(DB_STATE).as_deref(), Some("marker: crash"), "{step}");
+        assert!(record(&w, 2).await.is_some_and(|r| r.winner == a.id && r.secured_at.is_some()), "{step}");
+        assert!(record(&w, 3).await.is_none(), "{step}: no second recovery election");
+    }
+    // The last server killed right after its final snapshot: leave again finishes.
+    let mut w = world(true).await;
+    let s = servers(&w, 1).await.remove(0);
+    join_each(&w, std::slice::from_ref(&s)).await;
+    write_marker(std::slice::from_ref(&s), "marker: final");
+    w.agent_env.insert("K3S_ASG_FAILPOINT".into(), StepName::FinalSnapshot.as_str().into());
+    assert_ne!(w.agent(&s, &["leave"]).await.unwrap().code, 0);
+    w.agent_env.remove("K3S_ASG_FAILPOINT");
+    ok(&w.agent(&s, &["leave"]).await.unwrap());
+    assert_eq!(state(&s).phase, Phase::Left);
+    let snaps = w.snapshots("alpha", BUCKET).await.unwrap();
+    assert!(!snaps.is_empty() && snaps.iter().all(|(n, b)| n.starts_with("k3s-asg-final-") && b.contains("marker: final")), "{snaps:?}");
+    k3s_asg_testbed::reliability::held(
+        "Crashes",
+        "kill -9 after recovery-won, restored and final-snapshot",
+        3,
+        "a second run converges: one recovery election, the marker back",
+    );
 }

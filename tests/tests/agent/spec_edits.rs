@@ -1,8 +1,9 @@
 //! Change without breakage (issue 18): cluster spec edits converge while `run` goes, and a
-//! leave undoes what the instance was put into, whatever the spec says now.
+//! leave undoes what the instance was put into, whatever the spec says now: edited, or
+//! broken by a typo.
 
 use k3s_asg_agent::state::Phase;
-use k3s_asg_testbed::check::{ok, until, wait_for_phase};
+use k3s_asg_testbed::check::{ok, state, until, wait_for_phase};
 use k3s_asg_testbed::world::World;
 use std::time::Duration;
 
@@ -149,5 +150,38 @@ async fn a_leave_after_a_spec_edit_undoes_what_was_recorded() {
         "a node and a server leave after the spec's target group and api.hostname were edited (no run to converge)",
         1,
         "each deregisters from the group the state file recorded, and the server removes its record under the recorded name",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_spec_does_not_stop_a_leave_from_what_was_recorded() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let tg = w.clusters["alpha"].target_group_arn.clone();
+    let a = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&a, &["join"]).await.unwrap());
+    let b = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&b, &["join"]).await.unwrap());
+    let node = w.launch("alpha", "node").await.unwrap();
+    ok(&w.agent(&node, &["join"]).await.unwrap());
+    // A typo in the spec, then the ASG terminates the node and a server.
+    w.put_spec("alpha", r#"{"api": {"hostnme": "oops"}}"#).await.unwrap();
+    for inst in [&node, &b] {
+        let run = w.agent(inst, &["leave"]).await.unwrap();
+        ok(&run);
+        assert!(run.stderr.contains("leaving from what the state file recorded"), "{}", run.stderr);
+        assert!(!w.members(&tg).await.unwrap().contains(&inst.id), "{}: out of its target group", inst.id);
+        assert!(inst.stub_calls().iter().any(|l| l.contains(&format!("delete node/{}", inst.id))));
+        let st = state(inst);
+        assert_eq!(st.phase, Phase::Left);
+        assert!(st.last_error.is_some_and(|e| e.contains("left from what the state file recorded")));
+    }
+    let records: Vec<String> = w.api_records("alpha").await.unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(records, vec![a.id.clone()], "the leaving server's API record is gone");
+    k3s_asg_testbed::reliability::held(
+        "Adversity",
+        "the cluster spec has a typo when a node and a server leave",
+        1,
+        "each deregisters and the server removes its API record from what its state file recorded",
     );
 }

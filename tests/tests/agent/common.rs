@@ -1,0 +1,41 @@
+//! What several of the agent's modules share: parameter names, the test-bed cluster most
+//! tests start from, and who initialised a cluster.
+
+use k3s_asg_testbed::check::ok;
+use k3s_asg_testbed::world::{Instance, World};
+
+pub(crate) const TOKEN: &str = "/k3s-asg/clusters/alpha/token";
+pub(crate) const ADMIN: &str = "/k3s-asg/clusters/alpha/kubeconfig/admin";
+pub(crate) const DRAIN: &str = "/k3s-asg/clusters/alpha/kubeconfig/drain";
+
+async fn set_delay(w: &World, tg: &str, seconds: u32) {
+    w.elb
+        .modify_target_group_attributes()
+        .target_group_arn(tg)
+        .attributes(
+            aws_sdk_elasticloadbalancingv2::types::TargetGroupAttribute::builder()
+                .key("deregistration_delay.timeout_seconds")
+                .value(seconds.to_string())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+/// A world with cluster alpha (deregistration delay 2 s) and its first server joined:
+/// `(world, server, target group ARN)`.
+pub(crate) async fn cluster() -> (World, Instance, String) {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let tg = w.clusters["alpha"].target_group_arn.clone();
+    set_delay(&w, &tg, 2).await;
+    let cp = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    (w, cp, tg)
+}
+
+/// The servers that initialised a cluster (`cluster-init: true` in their k3s config).
+pub(crate) fn initialisers(servers: &[Instance]) -> Vec<&Instance> {
+    servers.iter().filter(|s| s.file("/etc/rancher/k3s/config.yaml").is_some_and(|c| c.contains("cluster-init: true"))).collect()
+}
