@@ -81,6 +81,14 @@ async fn a_bad_template_tag_is_bad_input_and_nothing_starts() {
     assert!(node.file("/etc/rancher/k3s/config.yaml").is_none(), "nothing rendered");
     assert!(node.stub_calls().is_empty(), "nothing started: {:?}", node.stub_calls());
 
+    // A label the kubelet would refuse to start with (NodeRestriction): bad input, not a crash loop.
+    w.asg.set_group_tags(GROUP, &[("k8s.io/cluster-autoscaler/node-template/label/node-role.kubernetes.io/worker", "true")]);
+    let run = w.agent(&node, &["join"]).await.unwrap();
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("node-template/label/node-role.kubernetes.io/worker") && run.stderr.contains("kubelet refuses"), "{}", run.stderr);
+    assert!(node.file("/etc/rancher/k3s/config.yaml").is_none(), "nothing rendered");
+    assert!(node.stub_calls().is_empty(), "nothing started: {:?}", node.stub_calls());
+
     // A spec may not turn k3s's cloud controller back on behind the agent's back.
     let mut spec = w.default_spec(&w.clusters["alpha"]);
     spec["k3s"]["server"]["disable-cloud-controller"] = serde_json::json!(false);

@@ -213,6 +213,14 @@ const CASES: &[Case] = &[
         spec: Some(r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"drain":{"grace_period_s":-1}}"#),
         expect: &["field `drain.grace_period_s`"],
     },
+    Case {
+        name: "a node label the kubelet refuses",
+        tags: &[("Cluster", "alpha"), ("Role", "node")],
+        spec: Some(
+            r#"{"api":{"hostname":"api.alpha.example.com","hosted_zone_id":"Z1"},"k3s":{"agent":{"node-label":["pool=web","node-role.kubernetes.io/worker=true"]}}}"#,
+        ),
+        expect: &["field `k3s.agent.node-label[1]`", "node-role.kubernetes.io/worker", "kubelet refuses"],
+    },
 ];
 
 /// Runs `join` on `inst` and checks it is refused as bad input: exit 2, the last line names what

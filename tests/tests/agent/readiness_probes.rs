@@ -1,6 +1,7 @@
 //! Readiness probes (issue 14): the spec's probes gate only registration, never the
 //! cluster's bootstrap; a probe that does not pass in time is named and nothing is
-//! registered; probes apply to the roles they name.
+//! registered; probes apply to the roles they name. k3s itself never becoming ready (a
+//! Type=notify unit whose start blocks for ever) ends the join within the ready timeout.
 
 use super::common::TOKEN;
 use k3s_asg_agent::state::StepName;
@@ -92,4 +93,24 @@ async fn probes_apply_to_the_roles_they_name() {
     let run = w.agent(&node, &["join"]).await.unwrap();
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("readiness[0].roles"), "{}", run.stderr);
+}
+
+/// k3s's units are `Type=notify` with `TimeoutStartSec=0`: a server whose etcd cannot join never
+/// sends READY, and a blocking `systemctl start` waits for ever. The agent queues the start
+/// (`--no-block`) and waits for the unit under its ready timeout, saying what it waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_k3s_that_never_gets_ready_ends_the_join_within_the_ready_timeout_and_says_why() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    w.agent_env.insert("K3S_ASG_READY_TIMEOUT".into(), "3".into());
+    w.agent_env.insert("K3S_STUB_START_BLOCKS".into(), "1".into());
+    let cp = w.launch("alpha", "control-plane").await.unwrap();
+    let run = w.agent(&cp, &["join"]).await.unwrap();
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("systemd unit k3s is not active yet"), "names what it waited for: {}", run.stderr);
+    assert!(cp.stub_calls().iter().any(|l| l.contains("systemctl\tstart k3s --no-block")), "the start was queued, not awaited");
+    assert_eq!(state(&cp).waiting_for.as_deref(), Some("systemd unit k3s is not active yet (k3s is starting)"), "status says which step waits");
+    let status = w.agent(&cp, &["status"]).await.unwrap();
+    assert!(status.stdout.contains("not active yet"), "{}", status.stdout);
+    assert!(w.members(&w.clusters["alpha"].target_group_arn).await.unwrap().is_empty(), "nothing registered");
 }

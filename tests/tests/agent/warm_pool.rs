@@ -99,6 +99,10 @@ async fn taken_back_to_the_warm_pool_a_server_and_a_node_leave_and_join_again() 
     // The server left etcd; its datastore is wiped so it can join again as a new member, and it
     // will join, never initialise.
     assert!(!s.path("/var/lib/rancher/k3s/server/db").exists(), "datastore wiped");
+    // …never deleted: moved aside with its contents (k3s: "back up and delete").
+    let backups: Vec<_> = std::fs::read_dir(s.path("/var/lib/rancher/k3s/server/db-backups")).expect("a backup").flatten().collect();
+    assert_eq!(backups.len(), 1, "one backup of the one reset");
+    assert!(backups[0].path().join("state").exists(), "the backup holds the datastore");
     assert_eq!(state(&s).mode, Some(k3s_asg_agent::vocab::Mode::Join));
 
     // Back in service: both join again.
