@@ -15,7 +15,9 @@ pub trait Services: Send + Sync {
     /// enabled: k3s is started by the agent only, after it has looked at its cluster, never by
     /// systemd at boot on a datastore its cluster may have left behind.
     async fn start(&self, unit: &str) -> Result<()>;
-    /// `systemctl restart UNIT --no-block`, for the same reason.
+    /// `systemctl stop UNIT` (bounded by the unit's stop timeout), then `start UNIT --no-block`:
+    /// a queued `restart --no-block` would leave the old process active for a moment, and a wait
+    /// for the unit could take the old process for the new one.
     async fn restart(&self, unit: &str) -> Result<()>;
     async fn is_active(&self, unit: &str) -> Result<bool>;
     /// Whether systemd reports the unit failed (`systemctl is-failed`).
@@ -60,7 +62,8 @@ impl Services for Systemctl {
         self.run_ok(&["start", unit, "--no-block"]).await
     }
     async fn restart(&self, unit: &str) -> Result<()> {
-        self.run_ok(&["restart", unit, "--no-block"]).await
+        self.run_ok(&["stop", unit]).await?;
+        self.run_ok(&["start", unit, "--no-block"]).await
     }
     async fn is_active(&self, unit: &str) -> Result<bool> {
         Ok(self.run(&["is-active", "--quiet", unit]).await?.status.success())
