@@ -14,6 +14,17 @@ use std::path::PathBuf;
 /// Where reset datastores go, one directory each, named by the time of the reset.
 pub const BACKUPS_PATH: &str = "/var/lib/rancher/k3s/server/db-backups";
 
+/// What k3s writes when this server's etcd member was removed from the cluster (its Node
+/// deleted): at its next start k3s moves the db aside and, with `cluster-init: true` and no
+/// `server:`, starts a NEW cluster from the certificates on disk (same CA, same token): k3s-io/k3s
+/// `pkg/etcd/etcd.go` (the tombstone file and its check at start).
+pub const TOMBSTONE_PATH: &str = "/var/lib/rancher/k3s/server/db/etcd/tombstone";
+
+/// Whether this server's etcd member was removed from its cluster (k3s left a tombstone).
+pub fn member_removed(fx: &Effects) -> bool {
+    fx.fs.exists(TOMBSTONE_PATH)
+}
+
 /// Reset datastores kept (older ones are removed when a new one is moved aside).
 pub const KEEP: usize = 3;
 

@@ -47,6 +47,9 @@ impl Joining<'_> {
     /// live server. Other servers go through the first-server election (`election`): its
     /// latest winner initialises the cluster, everyone else joins it.
     pub(super) async fn token(&mut self) -> Result<(Mode, Secret, Option<String>)> {
+        if self.d.role.is_server() && self.st.mode != Some(Mode::Join) && crate::datastore::member_removed(self.fx) {
+            self.removed_member().await?;
+        }
         if !self.d.role.is_server() || self.st.mode == Some(Mode::Join) {
             return self.join_live_server().await;
         }
@@ -312,6 +315,28 @@ impl Joining<'_> {
         self.st.epoch = None;
         self.st.recovery = None;
         self.st.election = Some(format!("left behind by recovery election {} ({}); datastore reset", latest.number, record.winner));
+        self.st.save(&self.fx.fs)
+    }
+
+    /// A server whose etcd member was removed (its Node deleted while it ran: by hand, or a
+    /// ghost collection on a wrong EC2 answer) must never start its datastore again as
+    /// `cluster-init`: k3s would begin a second cluster with the same CA and token behind the
+    /// live one. Stop k3s, back the datastore up and reset it, and join as a new member (a
+    /// recovery takes over only if no server of the cluster is left).
+    async fn removed_member(&mut self) -> Result<()> {
+        tracing::warn!(
+            path = crate::datastore::TOMBSTONE_PATH,
+            "this server's etcd member was removed from the cluster: resetting k3s's datastore and joining as a new member, never starting a cluster"
+        );
+        let unit = render::unit_name(self.d.role);
+        if self.fx.services.is_active(unit).await? {
+            self.fx.services.stop(unit).await?;
+        }
+        crate::datastore::back_up_and_reset(self.fx, "its etcd member was removed (tombstone)")?;
+        self.st.mode = Some(Mode::Join);
+        self.st.server_url = None;
+        self.st.recovery = None;
+        self.st.election = Some("etcd member removed from the cluster (tombstone); datastore reset, joining as a new member".into());
         self.st.save(&self.fx.fs)
     }
 

@@ -289,3 +289,32 @@ async fn a_lost_token_never_starts_a_second_cluster_and_a_live_server_puts_it_ba
         "the third server exits 1 naming the parameter and the fix, writes nothing to AWS; the live server republishes the same token; the third server then joins",
     );
 }
+
+/// k3s writes a tombstone when a server's etcd member was removed (its Node deleted while it
+/// ran); started again with `cluster-init: true` and no `server:`, k3s would begin a second
+/// cluster with the same CA and token (k3s-io/k3s pkg/etcd/etcd.go). The initialiser's agent
+/// backs its datastore up, resets it and joins the live cluster instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_initialiser_joins_the_live_cluster_and_never_starts_another() {
+    let mut w = World::new().await.unwrap();
+    w.create_cluster("alpha").await.unwrap();
+    let a = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&a, &["join"]).await.unwrap());
+    let b = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&b, &["join"]).await.unwrap());
+    assert!(a.file("/etc/rancher/k3s/config.yaml").is_some_and(|c| c.contains("cluster-init: true")), "a initialised the cluster");
+    // a's member is removed while it runs: its k3s exits and leaves a tombstone.
+    std::fs::remove_file(a.path("/run/k3s-stub/active-k3s")).unwrap();
+    std::fs::create_dir_all(a.path("/var/lib/rancher/k3s/server/db/etcd")).unwrap();
+    std::fs::write(a.path("/var/lib/rancher/k3s/server/db/etcd/tombstone"), "").unwrap();
+
+    ok(&w.agent(&a, &["join"]).await.unwrap());
+    let config = a.file("/etc/rancher/k3s/config.yaml").unwrap();
+    assert!(!config.contains("cluster-init: true"), "never cluster-init again:\n{config}");
+    assert!(config.contains(&format!("server: \"https://{}:6443\"", b.ip)), "joins the live server:\n{config}");
+    assert!(!a.path("/var/lib/rancher/k3s/server/db/etcd/tombstone").exists(), "the removed member's datastore is reset");
+    let backups: Vec<_> = std::fs::read_dir(a.path("/var/lib/rancher/k3s/server/db-backups")).expect("a backup").flatten().collect();
+    assert!(backups.len() == 1 && backups[0].path().join("etcd/tombstone").exists(), "…after a backup of it");
+    assert_eq!(state(&a).mode, Some(k3s_asg_agent::vocab::Mode::Join));
+    assert!(state(&a).election.is_some_and(|e| e.contains("tombstone")), "status says why");
+}
