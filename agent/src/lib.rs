@@ -3,8 +3,8 @@
 //!
 //! Shape: `discover` finds who and where the instance is (once, for join,
 //! leave and run); `plan` and `render` are pure; `effects` holds one narrow
-//! trait per outside system with its real implementation (Route53, EC2 and
-//! ELBv2 come from the shared crate); `join` and `leave` are short sequences
+//! trait per outside system with its real implementation (SSM, Route53, EC2
+//! and ELBv2 come from the shared crate); `join` and `leave` are short sequences
 //! of named steps over a typed `state`.
 
 pub mod cli;
