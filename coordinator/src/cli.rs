@@ -111,10 +111,10 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
     }
     let fx = Effects {
         specs: Box::new(source::Ssm::new(&sdk)),
-        targets: Box::new(k3s_asg_aws::elbv2::Elbv2(aws_sdk_elasticloadbalancingv2::Client::new(&sdk))),
+        targets: Box::new(alb::Elbv2::new(&sdk)),
         probe: Box::new(crate::health::HttpHostProbe),
         instances: Box::new(k3s_asg_aws::ec2::Ec2(aws_sdk_ec2::Client::new(&sdk))),
-        alb: Box::new(alb::Elbv2(aws_sdk_elasticloadbalancingv2::Client::new(&sdk))),
+        alb: Box::new(alb::Elbv2::new(&sdk)),
         zones: Box::new(k3s_asg_aws::route53::Route53(aws_sdk_route53::Client::new(&sdk))),
     };
     let warm = Warm::new(Duration::from_secs(cli.refresh));
