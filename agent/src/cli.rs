@@ -197,9 +197,9 @@ pub async fn real_effects(cfg: &AgentConfig) -> Result<Effects> {
     Ok(Effects {
         metadata: Box::new(metadata),
         instances: Box::new(k3s_asg_aws::ec2::Ec2(aws_sdk_ec2::Client::new(&sdk))),
-        parameters: Box::new(effects::parameters::Ssm(aws_sdk_ssm::Client::new(&sdk))),
+        parameters: Box::new(effects::parameters::Ssm::new(&sdk)),
         zones: Box::new(k3s_asg_aws::route53::Route53(aws_sdk_route53::Client::new(&sdk))),
-        target_groups: Box::new(k3s_asg_aws::elbv2::Elbv2(aws_sdk_elasticloadbalancingv2::Client::new(&sdk))),
+        target_groups: Box::new(k3s_asg_aws::elbv2::Elbv2::new(&sdk)),
         services: Box::new(effects::services::Systemctl { root: cfg.root.clone() }),
         k3s: Box::new(effects::k3s::K3sCli { root: cfg.root.clone() }),
         lifecycle: Box::new(effects::lifecycle::AutoScaling(aws_sdk_autoscaling::Client::new(&sdk))),

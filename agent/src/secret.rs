@@ -1,29 +1,4 @@
-//! A string that never prints itself: tokens and kubeconfigs travel as `Secret`.
+//! A string that never prints itself: the shared crate's (`k3s_asg_aws::secret`), where SSM's
+//! SecureStrings are read and written; kept under this path for the agent's code.
 
-use std::fmt;
-
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The only way to the value; call it where the value leaves for a file or an API.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use k3s_asg_aws::secret::Secret;

@@ -1,8 +1,9 @@
 //! The AWS-side schema of k3s-asg, shared by the agent and the coordinator:
 //! instance tags, SSM parameter names, the cluster spec, naming rules, and
-//! how SDK clients are configured, and the one place each of Route53, EC2
-//! and ELBv2 is spoken to (`route53`, `ec2`, `elbv2`, over the plain values of
-//! `records` and `targets`).
+//! how SDK clients are configured, and the one place each of SSM, Route53,
+//! EC2 and ELBv2 is spoken to (`ssm`, `route53`, `ec2`, `elbv2`, over the
+//! plain values of `records`, `targets` and `rules`, and the `secret` that
+//! SSM's SecureStrings travel as).
 
 #[cfg(feature = "sdk")]
 pub mod clients;
@@ -19,7 +20,11 @@ pub mod params;
 pub mod records;
 #[cfg(feature = "sdk")]
 pub mod route53;
+pub mod rules;
+pub mod secret;
 pub mod spec;
+#[cfg(feature = "sdk")]
+pub mod ssm;
 pub mod tags;
 pub mod targets;
 

@@ -5,6 +5,7 @@ use crate::warm::Warm;
 use crate::{alb, source, Error};
 use clap::{Parser, Subcommand};
 use k3s_asg_aws::params::Prefix;
+use k3s_asg_aws::ssm::SpecParameters;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -106,14 +107,14 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
     let owner = cli.owner.clone().filter(|o| !o.trim().is_empty()).unwrap_or_else(|| default_owner(&prefix));
     let settings = Settings { prefix, region, owner };
     if let Command::Kubeconfig { cluster } = &cli.command {
-        return print_kubeconfig(&aws_sdk_ssm::Client::new(&sdk), &settings.prefix, cluster).await;
+        return print_kubeconfig(&k3s_asg_aws::ssm::Ssm::new(&sdk), &settings.prefix, cluster).await;
     }
     let fx = Effects {
-        specs: Box::new(source::Ssm(aws_sdk_ssm::Client::new(&sdk))),
-        targets: Box::new(k3s_asg_aws::elbv2::Elbv2(aws_sdk_elasticloadbalancingv2::Client::new(&sdk))),
+        specs: Box::new(source::Ssm::new(&sdk)),
+        targets: Box::new(alb::Elbv2::new(&sdk)),
         probe: Box::new(crate::health::HttpHostProbe),
         instances: Box::new(k3s_asg_aws::ec2::Ec2(aws_sdk_ec2::Client::new(&sdk))),
-        alb: Box::new(alb::Elbv2(aws_sdk_elasticloadbalancingv2::Client::new(&sdk))),
+        alb: Box::new(alb::Elbv2::new(&sdk)),
         zones: Box::new(k3s_asg_aws::route53::Route53(aws_sdk_route53::Client::new(&sdk))),
     };
     let warm = Warm::new(Duration::from_secs(cli.refresh));
@@ -179,16 +180,10 @@ pub fn default_owner(prefix: &Prefix) -> String {
 }
 
 /// The operator asked for the secret: it goes to stdout only, never to the log.
-async fn print_kubeconfig(ssm: &aws_sdk_ssm::Client, prefix: &Prefix, cluster: &str) -> Result<(), Error> {
+async fn print_kubeconfig(ssm: &dyn SpecParameters, prefix: &Prefix, cluster: &str) -> Result<(), Error> {
     k3s_asg_aws::names::check_cluster_name(cluster).map_err(|why| Error::bad_input("read kubeconfig", "CLUSTER", why))?;
-    let name = prefix.admin_kubeconfig(cluster);
-    let resp = ssm.get_parameter().name(&name).with_decryption(true).send().await.map_err(|e| match e.as_service_error() {
-        Some(s) if s.is_parameter_not_found() => {
-            Error::bad_input("read kubeconfig", &name, "the parameter does not exist (has a control-plane instance of this cluster joined?)")
-        }
-        _ => Error::sdk("read kubeconfig (ssm:GetParameter)", &name, e),
-    })?;
-    print!("{}", resp.parameter().and_then(|p| p.value()).unwrap_or_default());
+    let kubeconfig = ssm.admin_kubeconfig(&prefix.admin_kubeconfig(cluster)).await?;
+    print!("{}", kubeconfig.expose());
     Ok(())
 }
 

@@ -1,8 +1,10 @@
 //! `k3s-asg-coordinator`: one per region. Reconciles the shared ALB's listener
 //! rules and the Route53 latency records from the desired state in SSM.
 //!
-//! Shape: `desired` and `planner` are pure; `alb` and `source` (and the shared crate's `route53`, `ec2`, `elbv2`) are
-//! the effects, each behind one trait; `reconcile` observes, plans, applies.
+//! Shape: `desired` and `planner` are pure; the effects, each behind one trait, are the shared
+//! crate's `ssm`, `elbv2` (target groups, and the ALB's listeners and rules, which `alb`
+//! re-exports), `route53` and `ec2`; `source` picks the specs out of what SSM holds; `reconcile`
+//! observes, plans, applies.
 
 pub mod alb;
 pub mod cli;

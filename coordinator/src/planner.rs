@@ -6,7 +6,7 @@ use crate::model::*;
 use k3s_asg_aws::names::fqdn;
 use std::collections::{BTreeMap, BTreeSet};
 
-pub const OWNER_TAG: &str = "k3s-asg:owner";
+pub use k3s_asg_aws::rules::OWNER_TAG;
 /// Specific hostnames take the lowest free priorities, wildcards the highest.
 pub const MAX_PRIORITY: u32 = 50_000;
 

@@ -1,6 +1,7 @@
 //! One narrow trait per outside system, each with its real implementation in
-//! its own module. Route53, EC2 and ELBv2 are the shared crate's
-//! (`k3s_asg_aws::{route53, ec2, elbv2}`), the same the coordinator uses.
+//! its own module. SSM, Route53, EC2 and ELBv2 are the shared crate's
+//! (`k3s_asg_aws::{ssm, route53, ec2, elbv2}`), the same the coordinator uses;
+//! `parameters` keeps SSM's under its old path.
 //! Tests drive the real implementations against moto, the IMDS double and the
 //! stub programs; pure logic needs none of them. No adapter imports `plan` or
 //! `render`.
