@@ -68,13 +68,15 @@ fn policies_cover_every_operation_the_code_calls() {
         (policy("examples/control-plane-policy.json"), policy("examples/node-policy.json"), policy("examples/coordinator-policy.json"));
     // S3 (a recovery's snapshot listing) is the control plane's alone: its own policy.
     let snapshots = policy("control-plane-snapshots-policy.json");
-    let shared = ["aws/src/ec2.rs", "aws/src/elbv2.rs", "aws/src/route53.rs"];
-    let cases: [(&str, Vec<&str>, Vec<&str>); 3] = [
-        ("the control-plane or node policy (+ the control plane's snapshots policy)", vec!["agent/src"], vec![&control_plane, &node, &snapshots]),
-        ("coordinator-policy", vec!["coordinator/src"], vec![&coordinator]),
-        ("any of them (shared crate)", shared.to_vec(), vec![&control_plane, &node, &coordinator]),
+    let shared = ["aws/src/ec2.rs", "aws/src/elbv2.rs", "aws/src/route53.rs", "aws/src/ssm.rs"];
+    // The fewest calls each case must find: the coordinator speaks to AWS only through the
+    // shared crate now (its run-time calls are proven against its own policy in tests/tests/iam.rs).
+    let cases: [(&str, Vec<&str>, Vec<&str>, usize); 3] = [
+        ("the control-plane or node policy (+ the control plane's snapshots policy)", vec!["agent/src"], vec![&control_plane, &node, &snapshots], 3),
+        ("coordinator-policy", vec!["coordinator/src"], vec![&coordinator], 0),
+        ("any of them (shared crate)", shared.to_vec(), vec![&control_plane, &node, &coordinator], 7),
     ];
-    for (label, dirs, policies) in cases {
+    for (label, dirs, policies, fewest) in cases {
         let mut sources = String::new();
         for d in dirs {
             let p = root.join(d);
@@ -102,7 +104,7 @@ fn policies_cover_every_operation_the_code_calls() {
             }
         }
         assert!(missing.is_empty(), "{label} lacks {missing:?}");
-        assert!(checked >= 7, "{label}: only {checked} calls found in the sources");
+        assert!(checked >= fewest, "{label}: only {checked} calls found in the sources");
     }
 }
 
