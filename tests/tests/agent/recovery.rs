@@ -40,6 +40,17 @@ pub(crate) async fn world(snapshots: bool) -> World {
     w
 }
 
+/// `k3s-asg-agent run` on a joined server, as systemd keeps it running: among its rounds (every
+/// second here: `K3S_ASG_TOKEN_CHECK`) it deletes the Nodes, and so the etcd members, of
+/// instances EC2 says are terminated. Without that no server can join a cluster one of whose
+/// voters is dead: etcd refuses to add even a learner while a voter is unreachable ("unhealthy
+/// cluster": etcd `server.go` `mayAddMember`, strict reconfiguration checks, on in k3s). The
+/// agent is killed when the handle is dropped.
+pub(crate) fn keep_running(w: &World, server: &Instance) -> k3s_asg_testbed::world::Running {
+    assert_eq!(w.agent_env.get("K3S_ASG_TOKEN_CHECK").map(String::as_str), Some("1"), "rounds every second");
+    w.spawn_agent(server, &["run"]).unwrap()
+}
+
 pub(crate) async fn servers(w: &World, n: usize) -> Vec<Instance> {
     let mut out = Vec::new();
     for _ in 0..n {
