@@ -118,6 +118,12 @@ impl Instance {
         log.lines().find(|l| l.contains(needle)).and_then(|l| l.split(' ').next()?.parse::<f64>().ok()).map(|s| (s * 1000.0) as u128)
     }
 
+    /// `kubectl delete node/NAME` as this host (a server): k3s removes a server Node's etcd
+    /// member (asynchronously, as its controller does).
+    pub fn delete_node(&self, name: &str) {
+        self.etcd(&["delete-node", name]);
+    }
+
     /// Runs the stub's etcd helper (tests/stubs/k3s_etcd.py) as this host; its stdout.
     fn etcd(&self, args: &[&str]) -> String {
         let hosts = self.root.parent().map(|d| d.join("hosts")).unwrap_or_default();
