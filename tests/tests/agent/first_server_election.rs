@@ -4,7 +4,7 @@
 //! times, too), a slow but live winner is never displaced, and a lost token never starts a
 //! second cluster behind live servers; a live server puts it back.
 
-use super::common::{initialisers, ADMIN, DRAIN, TOKEN};
+use super::common::{initialisers, patient, ADMIN, DRAIN, TOKEN};
 use k3s_asg_agent::election::Record;
 use k3s_asg_agent::state::Phase;
 use k3s_asg_testbed::check::{ok, state, wait_for_phase};
@@ -16,13 +16,6 @@ const SERVERS: usize = 10;
 /// Ten real etcd members take about a minute to form: etcd adds one learner at a time, and no
 /// member within 5 s of the last membership change (its health interval). Three rounds each.
 const REPETITIONS: usize = 3;
-
-/// Ten servers joining at once wait for each other's etcd membership: each one's k3s is ready
-/// only once etcd has added it (`K3S_ASG_READY_TIMEOUT`, `K3S_ASG_JOIN_TIMEOUT`).
-fn patient(w: &mut World) {
-    w.agent_env.insert("K3S_ASG_READY_TIMEOUT".into(), "150".into());
-    w.agent_env.insert("K3S_ASG_JOIN_TIMEOUT".into(), "150".into());
-}
 
 fn token_name(cluster: &str) -> String {
     format!("/k3s-asg/clusters/{cluster}/token")

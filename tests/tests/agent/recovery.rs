@@ -309,7 +309,7 @@ async fn ten_fresh_servers_after_a_loss_elect_one_restorer() {
     snapshot_with(&w, "marker: ten").await;
     lose(&w, &old).await;
     w.agent_env.remove("K3S_STUB_SNAPSHOT_EVERY");
-    w.agent_env.insert("K3S_ASG_JOIN_TIMEOUT".into(), "120".into());
+    super::common::patient(&mut w);
     let fresh = servers(&w, 10).await;
     let runs = k3s_asg_testbed::join_all(fresh.iter().map(|s| w.agent(s, &["join"])).collect()).await;
     for r in &runs {
