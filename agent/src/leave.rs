@@ -264,7 +264,7 @@ impl Leaving<'_> {
         // Stopped wherever it was set up, active or not: a server whose member was removed
         // exits on its own and waits in systemd's automatic restart (not "active"), and
         // restarted it would find its tombstone and join the cluster again as a new member.
-        if active || configured {
+        if active || (configured && self.role.is_server()) {
             self.fx.services.stop(unit).await?;
         }
         st.step(fs, StepName::K3sStopped)?;

@@ -21,7 +21,7 @@
 //!    `live` (which servers are live). A resource may use another (`live` reads
 //!    `api_record`; a rename's cleanup points `kubeconfigs` at the new name).
 //! 6. **Verbs**, short sequences of named steps over layers 1–5: `join/`,
-//!    `leave`, `converge`, `guard`; none uses another.
+//!    `leave`, `converge`, `guard`, `heal` (a lost etcd majority); none uses another.
 //! 7. **Loops and the edge**: `run` (sequences the verbs), `status`, `cli`.
 
 pub mod api_record;
@@ -35,6 +35,7 @@ pub mod election;
 pub mod error;
 pub mod failpoint;
 pub mod guard;
+pub mod heal;
 pub mod join;
 pub mod kubeconfigs;
 pub mod leave;

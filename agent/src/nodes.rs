@@ -145,9 +145,11 @@ pub async fn quorum_allows_removal(
 pub async fn member_removed(fx: &Effects, me: &str, budget: Duration, hurry: &Hurry) -> Result<bool> {
     let mut w = Waiter::new("k3s to remove this server's etcd member", budget).hurry(hurry);
     loop {
-        // No etcd answering: k3s has exited, as it does once its member is removed.
-        if !etcd_members(fx).await?.is_some_and(|members| members.iter().any(|m| m.node() == me)) {
-            return Ok(true);
+        // No etcd answering: k3s has exited, as it does once its member is removed. The last
+        // member is never removed (etcd keeps a cluster's only member): nothing to wait for.
+        match etcd_members(fx).await? {
+            Some(members) if members.iter().any(|m| m.node() == me) && members.iter().any(|m| m.node() != me) => {}
+            _ => return Ok(true),
         }
         if w.pending("etcd still lists this server's member").await.is_err() {
             return Ok(false);

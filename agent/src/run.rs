@@ -177,6 +177,7 @@ async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::
     let server = st.as_ref().and_then(|s| s.role).is_some_and(|r| r.is_server());
     let (me, cluster) = st.map(|s| (s.instance_id, s.cluster)).unwrap_or_default();
     let mut last_guard = std::time::Instant::now();
+    let mut gone_since = None;
     let next_spec_check = || std::time::Instant::now() + cfg.spec_check.mul_f64(0.8 + rand::random::<f64>() * 0.4);
     let mut spec_check_at = next_spec_check();
     loop {
@@ -199,6 +200,19 @@ async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::
                     }
                     if let Err(e) = crate::guard::check_token(cfg, fx).await {
                         tracing::warn!(error = %e, "could not check the cluster's join token; will retry");
+                    }
+                    // A lost etcd majority, healed here (k3s server --cluster-reset) on the
+                    // survivor with the newest data once the lost voters are gone for good.
+                    match crate::heal::round(fx, &me, cfg.recovery_grace, cfg.ready_timeout, &mut gone_since).await {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            return Err(Error::failed(
+                                "heal a lost etcd majority",
+                                &me,
+                                "another server healed the cluster and this server's datastore was reset; exiting so that the agent starts again and joins it",
+                            ))
+                        }
+                        Err(e) => tracing::warn!(error = %e, "could not check etcd's quorum; will retry"),
                     }
                     if let Err(e) = crate::nodes::collect_ghosts(fx, &me).await {
                         tracing::warn!(error = %e, "could not collect the Nodes of dead instances; will retry");

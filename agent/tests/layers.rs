@@ -21,7 +21,7 @@ fn layers() -> BTreeMap<&'static str, u8> {
     for m in ["api_record", "membership", "kubeconfigs", "nodes", "datastore", "live"] {
         l.insert(m, 5);
     }
-    for m in ["join", "leave", "converge", "guard"] {
+    for m in ["join", "leave", "converge", "guard", "heal"] {
         l.insert(m, 6);
     }
     for m in ["run", "status", "cli"] {

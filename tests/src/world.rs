@@ -118,6 +118,17 @@ impl Instance {
         log.lines().find(|l| l.contains(needle)).and_then(|l| l.split(' ').next()?.parse::<f64>().ok()).map(|s| (s * 1000.0) as u128)
     }
 
+    /// Writes `key` = `value` into the cluster's etcd through this host's API server.
+    pub fn etcd_put(&self, key: &str, value: &str) {
+        self.etcd(&["put", key, value]);
+    }
+
+    /// The value of `key` in the cluster's etcd read through this host's API server (a
+    /// linearizable read: it needs a quorum); empty when absent or unreadable.
+    pub fn etcd_get(&self, key: &str) -> String {
+        self.etcd(&["get", key])
+    }
+
     /// `kubectl delete node/NAME` as this host (a server): k3s removes a server Node's etcd
     /// member (asynchronously, as its controller does).
     pub fn delete_node(&self, name: &str) {

@@ -338,9 +338,30 @@ def api_server(args):
     own = os.path.exists(os.path.join(data, "member"))
     if not own or (status(root, cfg.get("node-ip")) or (False, False))[1]:
         m = re.match(r"https://([^:]+):", cfg.get("server", ""))
-        if m and host_root(m.group(1)):
-            return host_root(m.group(1)), m.group(1)
+        joined = m.group(1) if m else None
+        # The API name resolves to the cluster's live servers (the agent keeps its records
+        # true): the server joined through while it runs, else another live one of the cluster.
+        for ip in [joined] + live_servers(cfg):
+            if ip and host_root(ip) and os.path.exists(os.path.join(host_root(ip), "run/k3s-stub/active-k3s")):
+                return host_root(ip), ip
     return root, cfg.get("node-ip")
+
+
+def live_servers(cfg):
+    """Addresses of the hosts whose k3s server runs with this host's cluster CA (the hash in
+    its token, `K10<sha256 of the CA>::…`)."""
+    import hashlib
+    want = re.match(r"K10([0-9a-f]{64})::", cfg.get("token", ""))
+    if not want or not hosts or not os.path.isdir(hosts):
+        return []
+    out = []
+    for ip in sorted(os.listdir(hosts)):
+        r = host_root(ip)
+        ca = os.path.join(r, "var/lib/rancher/k3s/server/tls/server-ca.crt")
+        if os.path.exists(os.path.join(r, "run/k3s-stub/active-k3s")) and os.path.exists(ca):
+            if hashlib.sha256(open(ca, "rb").read()).hexdigest() == want.group(1):
+                out.append(ip)
+    return out
 
 
 def nodes(args):
@@ -493,7 +514,7 @@ def reset(snapshot=None):
             f.write(name)
     elif not os.path.exists(os.path.join(data, "member")):
         sys.exit("etcd database not found in " + data)
-    spawn_etcd(ip, name, force_new=True)
+    p = spawn_etcd(ip, name, force_new=True)
     try:
         for _ in range(200):
             st = status(root, ip)
@@ -503,7 +524,13 @@ def reset(snapshot=None):
         else:
             sys.exit("etcd did not come up with --force-new-cluster")
     finally:
-        stop_etcd()
+        p.terminate()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        log("cluster reset: this member is now a one-member cluster")
 
 
 def save(path):
@@ -538,6 +565,14 @@ def main():
             if detach():
                 register_node(host_root(m.group(1)), m.group(1), cfg["node-name"], "worker", None)
                 os._exit(0)
+    elif cmd == "put":
+        r, ip = api_server([])
+        sys.exit(ctl(r, ip, "put", args[0], args[1]).returncode)
+    elif cmd == "get":
+        r, ip = api_server([])
+        out = ctl(r, ip, "get", args[0], "--print-value-only")
+        print(out.stdout.strip(), end="")
+        sys.exit(out.returncode)
     elif cmd == "reset":
         reset(args[0] if args else None)
     elif cmd == "save":

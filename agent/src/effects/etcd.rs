@@ -45,11 +45,23 @@ impl Member {
     }
 }
 
+/// One member's own view (`POST /v3/maintenance/status`), answered without a quorum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// How far its log goes: of members cut off from each other, the highest holds the newest data.
+    pub raft_index: u64,
+    /// It sees a leader (a cluster with a quorum).
+    pub has_leader: bool,
+    pub learner: bool,
+}
+
 #[async_trait]
 pub trait Etcd: Send + Sync {
     /// The members as the first of `addresses` (server IPs) whose etcd lists them, each with
     /// its health; `None` when no etcd of them answers.
     async fn members(&self, addresses: &[String]) -> Result<Option<Vec<Member>>>;
+    /// The status of the member at `url` (a client URL); `None` when it does not answer.
+    async fn status(&self, url: &str) -> Result<Option<Status>>;
 }
 
 pub struct EtcdClient {
@@ -72,6 +84,29 @@ struct RawMember {
     client_urls: Vec<String>,
     #[serde(default, rename = "isLearner")]
     is_learner: bool,
+}
+
+#[derive(Deserialize)]
+struct RawStatus {
+    #[serde(default)]
+    leader: Option<String>,
+    #[serde(default, rename = "raftIndex")]
+    raft_index: Option<String>,
+    #[serde(default, rename = "isLearner")]
+    is_learner: bool,
+    #[serde(default)]
+    errors: Vec<String>,
+}
+
+impl RawStatus {
+    fn status(&self) -> Status {
+        let leader = self.leader.as_deref().is_some_and(|l| !l.is_empty() && l != "0");
+        Status {
+            raft_index: self.raft_index.as_deref().and_then(|i| i.parse().ok()).unwrap_or(0),
+            has_leader: leader && self.errors.is_empty(),
+            learner: self.is_learner,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -138,6 +173,15 @@ impl Etcd for EtcdClient {
         }
         Ok(None)
     }
+
+    async fn status(&self, url: &str) -> Result<Option<Status>> {
+        let client = self.client()?;
+        let endpoint = format!("{}/v3/maintenance/status", url.trim_end_matches('/'));
+        match client.post(&endpoint).body("{}").send().await {
+            Ok(r) if r.status().is_success() => Ok(r.json::<RawStatus>().await.ok().map(|s| s.status())),
+            _ => Ok(None),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +195,17 @@ mod tests {
         assert_eq!(m("i-0123456789abcdef0").node(), "i-0123456789abcdef0");
         assert_eq!(m("server-a-nothex!").node(), "server-a-nothex!");
         assert_eq!(m("").node(), "");
+    }
+
+    #[test]
+    fn parses_etcds_status() {
+        // etcd's JSON gateway writes 64-bit numbers as strings.
+        let with_leader = r#"{"header":{"cluster_id":"1"},"version":"3.4.23","leader":"11925810718915446969","raftIndex":"9","raftTerm":"3"}"#;
+        let s: RawStatus = serde_json::from_str(with_leader).unwrap();
+        assert_eq!(s.status(), Status { raft_index: 9, has_leader: true, learner: false });
+        let cut_off = r#"{"header":{},"raftIndex":"12","errors":["etcdserver: no leader"],"isLearner":true}"#;
+        let s: RawStatus = serde_json::from_str(cut_off).unwrap();
+        assert_eq!(s.status(), Status { raft_index: 12, has_leader: false, learner: true });
     }
 
     #[test]

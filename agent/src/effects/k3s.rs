@@ -33,6 +33,10 @@ pub trait K3s: Send + Sync {
     /// this server's datastore as a one-member cluster. k3s exits when done; one that has not
     /// within `limit` is killed and the restore fails.
     async fn restore_snapshot(&self, name: &str, limit: Duration) -> Result<()>;
+    /// `k3s server --cluster-reset`, with k3s stopped: this server's own etcd data becomes a
+    /// one-member cluster, its token and CA unchanged (k3s's answer to a lost quorum). Killed,
+    /// and an error, past `limit`.
+    async fn cluster_reset(&self, limit: Duration) -> Result<()>;
     /// `k3s etcd-snapshot save --name NAME --s3 …` through the running local server; waits for
     /// the upload, at most `limit`.
     async fn save_snapshot(&self, name: &str, store: &SnapshotStore, limit: Duration) -> Result<()>;
@@ -156,6 +160,17 @@ impl K3s for K3sCli {
             .map_err(|e| Error::failed("restore etcd snapshot (k3s server --cluster-reset)", name, e.detail))?;
         if !out.status.success() {
             return Err(Error::failed("restore etcd snapshot (k3s server --cluster-reset)", name, last_line(&out)));
+        }
+        Ok(())
+    }
+
+    async fn cluster_reset(&self, limit: Duration) -> Result<()> {
+        let out = self
+            .k3s(&["server", "--cluster-reset"], limit)
+            .await
+            .map_err(|e| Error::failed("reset etcd membership (k3s server --cluster-reset)", "", e.detail))?;
+        if !out.status.success() {
+            return Err(Error::failed("reset etcd membership (k3s server --cluster-reset)", "", last_line(&out)));
         }
         Ok(())
     }

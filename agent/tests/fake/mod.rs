@@ -522,6 +522,11 @@ impl Etcd for Backend {
             .collect();
         Ok((!members.is_empty()).then_some(members))
     }
+
+    async fn status(&self, url: &str) -> Result<Option<etcd::Status>> {
+        drop(self.call(format!("etcd:POST {url}/v3/maintenance/status")));
+        Ok(None)
+    }
 }
 
 #[async_trait]
@@ -575,6 +580,11 @@ impl K3s for Backend {
     async fn restore_snapshot(&self, name: &str, _limit: std::time::Duration) -> Result<()> {
         self.w().log.push(format!("k3s:server --cluster-reset-restore-path={name}"));
         Err(Error::failed("restore etcd snapshot", name, "not modelled by the fake"))
+    }
+
+    async fn cluster_reset(&self, _limit: std::time::Duration) -> Result<()> {
+        drop(self.call("k3s:server --cluster-reset".into()));
+        Ok(())
     }
 
     async fn save_snapshot(&self, name: &str, store: &SnapshotStore, _limit: std::time::Duration) -> Result<()> {

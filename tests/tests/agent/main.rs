@@ -10,6 +10,7 @@ mod crashes;
 mod first_server_election;
 mod join;
 mod leave;
+mod lost_majority;
 mod quorum_guard;
 mod readiness_probes;
 mod recovery;

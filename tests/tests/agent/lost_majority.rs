@@ -1,0 +1,81 @@
+//! A lost majority, against real etcd members (issue 24): two of three servers die hard. The
+//! survivor's etcd has no quorum, so no server can join and nothing else recovers it (it still
+//! answers on the supervisor port). Once EC2 says the lost servers are gone and the grace has
+//! passed, the survivor's `run` resets its member to a one-member cluster with its own data,
+//! token and CA (`k3s server --cluster-reset`), forgets the lost servers' Nodes, and fresh
+//! servers join as usual. Never while a lost server might come back.
+
+use super::common::{initialisers, patient};
+use super::recovery::{join_each, keep_running, until, world};
+use k3s_asg_testbed::check::{ok, state};
+use k3s_asg_testbed::world::Instance;
+use std::time::Duration;
+
+const MARKER: &str = "/k3s-asg-test/marker";
+
+fn voters(s: &Instance) -> usize {
+    s.etcd_members().iter().filter(|(_, learner)| !learner).count()
+}
+
+fn resets(servers: &[&Instance]) -> usize {
+    servers.iter().map(|s| s.stub_calls().iter().filter(|l| l.contains("k3s\tserver --cluster-reset")).count()).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_three_servers_lost_the_survivor_heals_and_fresh_servers_join() {
+    let mut w = world(false).await;
+    let old: Vec<Instance> = vec![
+        w.launch("alpha", "control-plane").await.unwrap(),
+        w.launch("alpha", "control-plane").await.unwrap(),
+        w.launch("alpha", "control-plane").await.unwrap(),
+    ];
+    join_each(&w, &old).await;
+    let node = w.launch("alpha", "node").await.unwrap();
+    ok(&w.agent(&node, &["join"]).await.unwrap());
+    let (a, b, c) = (&old[0], &old[1], &old[2]);
+    a.etcd_put(MARKER, "written before the loss");
+    // a's agent runs, as under systemd, and is watching (its rounds list the Nodes) before the loss.
+    a.clear_stub_calls();
+    let _running = keep_running(&w, a);
+    until("a's run to be watching", || a.stub_calls().iter().any(|l| l.contains("kubectl\tget nodes -o") || l.contains("get nodes -o"))).await;
+
+    // b dies hard and so does c, but c's instance is only stopped: it might come back, so a
+    // must not reset.
+    b.kill_k3s().await;
+    w.terminate(b).await.unwrap();
+    c.kill_k3s().await;
+    w.ec2.stop_instances().instance_ids(&c.id).send().await.unwrap();
+    until("a to say what it waits for", || state(a).waiting_for.is_some_and(|wf| wf.contains(&format!("{} (stopped)", c.id)))).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(resets(&[a, b, c]), 0, "no reset while a lost server might come back");
+    assert_eq!(voters(a), 3, "the membership is untouched");
+
+    // c's instance is terminated: both are gone for good. After the grace, a heals.
+    w.terminate(c).await.unwrap();
+    until("a to reset to a one-member cluster and say so", || state(a).recovery.is_some()).await;
+    assert_eq!(voters(a), 1);
+    assert_eq!(resets(&[a, b, c]), 1, "exactly one reset");
+    assert!(a.stub_calls().iter().any(|l| l.contains("k3s\tserver --cluster-reset") && !l.contains("restore-path")), "its own data, no restore");
+    let outcome = state(a).recovery.expect("status says what it did").outcome;
+    assert!(outcome.contains("healed a lost etcd majority") && outcome.contains(&b.id) && outcome.contains(&c.id), "{outcome}");
+    let nodes = a.nodes();
+    assert!(!nodes.iter().any(|(n, _)| n == &b.id || n == &c.id), "the lost servers' Nodes are forgotten: {nodes:?}");
+    assert!(nodes.contains(&(node.id.clone(), true)), "the node still works: {nodes:?}");
+
+    // Fresh servers join as usual: three voters again, with the data written before the loss.
+    patient(&mut w);
+    let fresh = vec![w.launch("alpha", "control-plane").await.unwrap(), w.launch("alpha", "control-plane").await.unwrap()];
+    join_each(&w, &fresh).await;
+    until("three voters", || voters(a) == 3).await;
+    assert_eq!(fresh[1].etcd_get(MARKER), "written before the loss", "the survivor's data, not an older snapshot");
+    let all: Vec<Instance> = old.into_iter().chain(fresh).collect();
+    assert_eq!(initialisers(&all).len(), 1, "one cluster ever initialised");
+    assert_eq!(resets(&all.iter().collect::<Vec<_>>()), 1);
+    assert!(all[0].nodes().contains(&(node.id.clone(), true)));
+    k3s_asg_testbed::reliability::held(
+        "Recovery",
+        "3 servers and a node; 2 servers die hard (one first only stopped); 2 fresh servers launch",
+        1,
+        "no reset while a lost server is stopped; then exactly one --cluster-reset on the survivor; 3 voters again; the data written before the loss is there; one cluster-init ever; the node still Ready",
+    );
+}
