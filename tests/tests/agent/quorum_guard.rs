@@ -4,17 +4,15 @@
 //! member kept.
 
 use super::common::cluster;
-use super::recovery::{join_each, servers, until, world};
+use super::recovery::{join_each, until, world};
 use k3s_asg_testbed::check::{ok, state};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_guard_keeps_the_member_until_a_replacement_is_healthy() {
     let (mut w, cp, _tg) = cluster().await;
-    let b = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&b, &["join"]).await.unwrap());
-    let c = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&c, &["join"]).await.unwrap());
+    let b = w.joined("alpha", "control-plane").await.unwrap();
+    let c = w.joined("alpha", "control-plane").await.unwrap();
     // b is already down (two of three terminating at once): c must not remove its member.
     let members = w.dir.path().join("cp-nodes");
     std::fs::write(&members, format!("{} True\n{} False\n{} True\n", cp.id, b.id, c.id)).unwrap();
@@ -28,8 +26,7 @@ async fn quorum_guard_keeps_the_member_until_a_replacement_is_healthy() {
     assert!(c.stub_calls().iter().any(|l| l.contains("systemctl\tstop k3s")));
 
     // Same situation, but a replacement becomes healthy while it waits: then it goes.
-    let d = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&d, &["join"]).await.unwrap());
+    let d = w.joined("alpha", "control-plane").await.unwrap();
     std::fs::write(&members, format!("{} True\n{} False\n{} True\n", cp.id, b.id, d.id)).unwrap();
     w.agent_env.insert("K3S_ASG_QUORUM_TIMEOUT".into(), "30".into());
     d.clear_stub_calls();
@@ -47,7 +44,7 @@ async fn quorum_guard_keeps_the_member_until_a_replacement_is_healthy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_guard_holds_past_the_fixed_bound_while_the_hook_allows() {
     let mut w = world(false).await;
-    let s = servers(&w, 3).await;
+    let s = w.servers("alpha", 3).await.unwrap();
     join_each(&w, &s).await;
     let (a, b, c) = (&s[0], &s[1], &s[2]);
     // b is down: c may not remove its member until a replacement is Ready.
