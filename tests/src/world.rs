@@ -256,6 +256,13 @@ impl World {
         Ok(w)
     }
 
+    /// A new world with the clusters `names` and the region's ALB (listener on 443, quota 100): `(world, listener ARN)`.
+    pub async fn with_alb(names: &[&str]) -> anyhow::Result<(World, String)> {
+        let w = Self::with_clusters(names).await?;
+        let (_alb, listener) = w.create_alb(443, 100).await?;
+        Ok((w, listener))
+    }
+
     /// A world whose Route53 lives in a second moto server (for the IAM test: moto's
     /// signature check fails every Route53 call, so Route53 stays outside enforcement).
     pub async fn with_separate_route53() -> anyhow::Result<World> {
