@@ -202,6 +202,7 @@ pub async fn real_effects(cfg: &AgentConfig) -> Result<Effects> {
         target_groups: Box::new(k3s_asg_aws::elbv2::Elbv2::new(&sdk)),
         services: Box::new(effects::services::Systemctl { root: cfg.root.clone() }),
         k3s: Box::new(effects::k3s::K3sCli { root: cfg.root.clone() }),
+        etcd: Box::new(effects::etcd::EtcdClient { root: cfg.root.clone(), port: effects::etcd::CLIENT_PORT }),
         lifecycle: Box::new(effects::lifecycle::AutoScaling(aws_sdk_autoscaling::Client::new(&sdk))),
         supervisor: Box::new(effects::supervisor::HttpsSupervisor { port: cfg.supervisor_port }),
         probes: Box::new(effects::probes::HttpProbes),

@@ -194,6 +194,7 @@ impl Leaving<'_> {
 
     async fn steps(&self, st: &mut State) -> Result<()> {
         let fs = &self.fx.fs;
+        self.stop_a_removed_member().await?;
         self.deregister().await?;
         st.step(fs, StepName::Deregistered)?;
         // The last server going back to a warm pool or into Standby keeps its member, its
@@ -246,17 +247,48 @@ impl Leaving<'_> {
                     st.last_error = Some("etcd member kept: removing it would have lost quorum".into());
                 } else {
                     self.fx.k3s.delete_node(self.instance_id, kubeconfig.as_deref()).await?;
+                    if self.role.is_server()
+                        && !crate::nodes::member_removed(self.fx, self.instance_id, self.budget(Duration::from_secs(120), 0.8), self.hurry).await?
+                    {
+                        tracing::error!(
+                            node = self.instance_id,
+                            "etcd still lists this server's member after its Node was deleted; stopping k3s anyway \
+                             (check the cluster's etcd members once the control plane is healthy)"
+                        );
+                    }
                     st.member_removed = self.role.is_server();
                     st.step(fs, StepName::NodeDeleted)?;
                 }
             }
         }
-        if active {
+        // Stopped wherever it was set up, active or not: a server whose member was removed
+        // exits on its own and waits in systemd's automatic restart (not "active"), and
+        // restarted it would find its tombstone and join the cluster again as a new member.
+        if active || configured {
             self.fx.services.stop(unit).await?;
         }
         st.step(fs, StepName::K3sStopped)?;
         if self.returning && self.role.is_server() {
             forget_membership(self.fx, st)?;
+        }
+        Ok(())
+    }
+
+    /// A server whose etcd member is already gone (a leave cut short after deleting its Node),
+    /// or whose k3s has exited (k3s exits when its member is removed, and systemd restarts it
+    /// within seconds), has its k3s stopped before anything else: restarted, k3s would find its
+    /// tombstone and join the cluster again as a new member while this leave drains.
+    async fn stop_a_removed_member(&self) -> Result<()> {
+        if !self.role.is_server() || !self.fx.fs.exists(render::CONFIG_PATH) {
+            return Ok(());
+        }
+        let unit = render::unit_name(self.role);
+        let exited = !self.fx.services.is_active(unit).await?;
+        let removed =
+            !exited && crate::nodes::etcd_members(self.fx).await?.is_some_and(|members| !members.iter().any(|m| m.node() == self.instance_id));
+        if exited || removed {
+            tracing::info!(exited, removed, "stopping k3s first: its etcd member is gone or it has exited, so it must not restart");
+            self.fx.services.stop(unit).await?;
         }
         Ok(())
     }
@@ -303,11 +335,13 @@ impl Leaving<'_> {
         let Some(store) = &self.snapshots else {
             return Ok(false);
         };
-        // The last Ready one that stays: a NotReady member (a lost server's Node) cannot take a
-        // snapshot, and servers their group terminates with this one (a scale to zero at once)
-        // may each be gone before any of them is last: then each saves one.
-        let members = self.fx.k3s.control_plane_nodes().await?;
-        let others: Vec<String> = members.into_iter().filter(|(n, ready)| n != self.instance_id && *ready).map(|(n, _)| n).collect();
+        // The last healthy voter that stays, as etcd sees it: a member without a leader (a lost
+        // server's) cannot take a snapshot, a learner holds no vote, and servers their group
+        // terminates with this one (a scale to zero at once) may each be gone before any of
+        // them is last: then each saves one.
+        let members = crate::nodes::etcd_members(self.fx).await?.unwrap_or_default();
+        let others: Vec<String> =
+            members.iter().filter(|m| m.node() != self.instance_id && !m.learner && m.healthy).map(|m| m.node().to_string()).collect();
         if !others.is_empty() {
             let going = self.fx.lifecycle.terminating(&others).await?;
             if others.iter().any(|n| !going.contains(n)) {

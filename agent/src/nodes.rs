@@ -7,6 +7,7 @@
 //! each safe to repeat: a Node already gone is deleted again without harm, a drain of a drained
 //! Node finds nothing to evict.
 
+use crate::effects::etcd::Member;
 use crate::effects::Effects;
 use crate::error::{Error, Result};
 use crate::render;
@@ -20,31 +21,58 @@ use std::time::Duration;
 /// Ghosts deleted per round at most (bounded: a bad EC2 answer cannot empty the cluster at once).
 pub const GHOSTS_PER_ROUND: usize = 10;
 
-/// Quorum guard: may this server remove its etcd member now? Only if the
-/// healthy members left afterwards still form a quorum of the membership left
-/// afterwards (the last server may always go).
-pub fn may_remove_member(members: &[(String, bool)], me: &str) -> Result<(), String> {
-    let others: Vec<&(String, bool)> = members.iter().filter(|(n, _)| n != me).collect();
-    if others.is_empty() {
+/// Quorum guard: may this server remove its etcd member now? A member that is not a voter (a
+/// learner, or none at all) may always go. A voter may go only if the healthy voters left
+/// afterwards are a majority of every member left, learners counted: so the cluster keeps its
+/// quorum now and once its learners are promoted, and a roll waits for a replacement's
+/// promotion rather than for its Node (which is Ready before its member votes). The last voter
+/// may always go.
+pub fn may_remove_member(members: &[Member], me: &str) -> Result<(), String> {
+    if !members.iter().any(|m| m.node() == me && !m.learner) {
         return Ok(());
     }
-    let healthy = others.iter().filter(|(_, ready)| *ready).count();
-    let quorum = others.len() / 2 + 1;
-    if healthy >= quorum {
-        Ok(())
-    } else {
-        Err(format!("removing this member would leave {healthy} healthy of {} control-plane members (quorum {quorum})", others.len()))
+    let left: Vec<&Member> = members.iter().filter(|m| m.node() != me).collect();
+    let voters = left.iter().filter(|m| !m.learner).count();
+    if voters == 0 {
+        return Ok(());
     }
+    let learners = left.len() - voters;
+    let healthy = left.iter().filter(|m| !m.learner && m.healthy).count();
+    let quorum = left.len() / 2 + 1;
+    if healthy >= quorum {
+        return Ok(());
+    }
+    let mut why = format!("removing this voter would leave {healthy} healthy of {voters} voting etcd members");
+    if learners > 0 {
+        why.push_str(&format!(" and {learners} learner(s) not yet promoted"));
+    }
+    why.push_str(&format!(" (quorum {quorum} of {})", left.len()));
+    Err(why)
 }
 
-/// Whether this server is the only control-plane member left (`false` when its k3s is not
-/// running: it cannot tell).
+/// The etcd members of this server's cluster, as etcd sees them: asked of this server's own
+/// member first, then of the server it joined through (a learner does not list members);
+/// `None` when no etcd answers (k3s is not running here, or has never been set up).
+pub async fn etcd_members(fx: &Effects) -> Result<Option<Vec<Member>>> {
+    let Some(config) = fx.fs.read(render::CONFIG_PATH)? else {
+        return Ok(None);
+    };
+    let mut addresses: Vec<String> = render::configured(&config, "node-ip").into_iter().collect();
+    if let Some(server) = render::configured(&config, "server") {
+        if let Some(ip) = server.strip_prefix("https://").and_then(|s| s.rsplit_once(':')).map(|(h, _)| h.to_string()) {
+            addresses.push(ip);
+        }
+    }
+    fx.etcd.members(&addresses).await
+}
+
+/// Whether this server holds the only etcd member left (`false` when its k3s is not running or
+/// its etcd does not answer: it cannot tell).
 pub async fn last_member(fx: &Effects, role: Role, me: &str) -> Result<bool> {
-    if !fx.services.is_active(render::unit_name(role)).await? {
+    if !role.is_server() || !fx.services.is_active(render::unit_name(role)).await? {
         return Ok(false);
     }
-    let members = fx.k3s.control_plane_nodes().await?;
-    Ok(!members.iter().any(|(n, _)| n != me))
+    Ok(etcd_members(fx).await?.is_some_and(|members| members.iter().all(|m| m.node() == me)))
 }
 
 /// Cordons and drains this instance's Node within `timeout` (a second SIGTERM cuts it to 10 s
@@ -71,8 +99,8 @@ pub async fn drain(
 }
 
 /// Waits (within `budget`; a hook's heartbeats continue meanwhile) until removing this server's
-/// etcd member keeps quorum, e.g. until a replacement is a Ready member; `false` when the wait
-/// ended first. What it waits for is in `st.waiting_for` (`status`).
+/// etcd member keeps quorum, e.g. until a replacement's learner is promoted; `false` when the
+/// wait ended first. What it waits for is in `st.waiting_for` (`status`).
 pub async fn quorum_allows_removal(
     fx: &Effects,
     me: &str,
@@ -81,10 +109,13 @@ pub async fn quorum_allows_removal(
     budget: Duration,
     hurry: &Hurry,
 ) -> Result<bool> {
-    let mut w = Waiter::new("a Ready replacement control-plane member, so that removing this one keeps quorum", budget).hurry(hurry);
+    let mut w = Waiter::new("a voting replacement etcd member, so that removing this one keeps quorum", budget).hurry(hurry);
     loop {
-        let members = fx.k3s.control_plane_nodes().await?;
-        match may_remove_member(&members, me) {
+        let verdict = match etcd_members(fx).await? {
+            Some(members) => may_remove_member(&members, me),
+            None => Err("no etcd member answers (this server's, or the one it joined through)".to_string()),
+        };
+        match verdict {
             Ok(()) => {
                 if st.waiting_for.take().is_some() {
                     st.save(&fx.fs)?;
@@ -92,7 +123,7 @@ pub async fn quorum_allows_removal(
                 return Ok(true);
             }
             Err(why) => {
-                let waiting = format!("{why}; waiting up to {} s for a Ready replacement", quorum_timeout.as_secs());
+                let waiting = format!("{why}; waiting up to {} s for a voting replacement", quorum_timeout.as_secs());
                 if st.waiting_for.as_deref() != Some(waiting.as_str()) {
                     st.waiting_for = Some(waiting);
                     st.save(&fx.fs)?;
@@ -102,6 +133,24 @@ pub async fn quorum_allows_removal(
                     return Ok(false);
                 }
             }
+        }
+    }
+}
+
+/// Waits (within `budget`) until etcd no longer lists this server's member, after its Node was
+/// deleted: k3s removes the member afterwards (its etcd controller), and etcd refuses to remove
+/// a voter within its health interval (5 s) of a membership change ("unhealthy cluster", etcd
+/// `server.go` `mayRemoveMember`). Stopping k3s first could leave the others without quorum for
+/// good (one of two servers stopped before its removal). `false` when the wait ended first.
+pub async fn member_removed(fx: &Effects, me: &str, budget: Duration, hurry: &Hurry) -> Result<bool> {
+    let mut w = Waiter::new("k3s to remove this server's etcd member", budget).hurry(hurry);
+    loop {
+        // No etcd answering: k3s has exited, as it does once its member is removed.
+        if !etcd_members(fx).await?.is_some_and(|members| members.iter().any(|m| m.node() == me)) {
+            return Ok(true);
+        }
+        if w.pending("etcd still lists this server's member").await.is_err() {
+            return Ok(false);
         }
     }
 }
@@ -162,13 +211,33 @@ mod tests {
 
     #[test]
     fn quorum_guard() {
-        let m = |v: &[(&str, bool)]| v.iter().map(|(n, r)| (n.to_string(), *r)).collect::<Vec<_>>();
-        assert!(may_remove_member(&m(&[("a", true), ("b", true), ("c", true)]), "a").is_ok());
+        let m = |v: &[(&str, bool, bool)]| {
+            v.iter()
+                .map(|(n, learner, healthy)| Member { name: format!("{n}-0000000a"), client_urls: vec![], learner: *learner, healthy: *healthy })
+                .collect::<Vec<_>>()
+        };
+        const V: bool = false; // a voter
+        const L: bool = true; // a learner
+        assert!(may_remove_member(&m(&[("a", V, true), ("b", V, true), ("c", V, true)]), "a").is_ok());
         // Two of three terminating at once: b is already down.
-        let e = may_remove_member(&m(&[("a", true), ("b", false), ("c", true)]), "a").unwrap_err();
-        assert!(e.contains("1 healthy of 2"), "{e}");
-        assert!(may_remove_member(&m(&[("a", true)]), "a").is_ok(), "the last server may go");
-        assert!(may_remove_member(&m(&[("a", true), ("b", true)]), "a").is_ok());
-        assert!(may_remove_member(&m(&[("a", true), ("b", true), ("c", true), ("d", false), ("e", true)]), "a").is_ok());
+        let e = may_remove_member(&m(&[("a", V, true), ("b", V, false), ("c", V, true)]), "a").unwrap_err();
+        assert!(e.contains("1 healthy of 2 voting"), "{e}");
+        assert!(may_remove_member(&m(&[("a", V, true)]), "a").is_ok(), "the last voter may go");
+        assert!(may_remove_member(&m(&[("a", V, true), ("b", V, true)]), "a").is_ok());
+        assert!(may_remove_member(&m(&[("a", V, true), ("b", V, true), ("c", V, true), ("d", V, false), ("e", V, true)]), "a").is_ok());
+        // A learner, or a server that is no member, may always go.
+        assert!(may_remove_member(&m(&[("a", L, true), ("b", V, false), ("c", V, false)]), "a").is_ok());
+        assert!(may_remove_member(&m(&[("b", V, false)]), "a").is_ok());
+        // Ready is not voting: with b dead, the replacement d still a learner, a must wait for
+        // d's promotion (healthy voters c alone are no majority of c, b, d).
+        let e = may_remove_member(&m(&[("a", V, true), ("b", V, false), ("c", V, true), ("d", L, true)]), "a").unwrap_err();
+        assert!(e.contains("1 learner(s) not yet promoted"), "{e}");
+        assert!(may_remove_member(&m(&[("a", V, true), ("b", V, false), ("c", V, true), ("d", V, true)]), "a").is_ok());
+        // A roll: after a first voter left, a second one waits while two replacements are learners.
+        assert!(may_remove_member(&m(&[("a", V, true), ("b", V, true), ("c", V, true), ("d", L, true)]), "a").is_ok());
+        assert!(may_remove_member(&m(&[("b", V, true), ("c", V, true), ("d", L, true), ("e", L, true)]), "b").is_err());
+        // The member this server is known by carries k3s's suffix; a bare name works too.
+        let bare = vec![Member { name: "a".into(), client_urls: vec![], learner: false, healthy: true }];
+        assert!(may_remove_member(&bare, "a").is_ok());
     }
 }

@@ -171,9 +171,9 @@ pub fn snapshot_keys(snap: &SnapshotSpec, instance_region: &str) -> Vec<(&'stati
 
 /// The systemd unit, equivalent to what k3s's installer writes.
 pub fn render_unit(role: Role) -> String {
-    let (kind, ty) = match role {
-        Role::ControlPlane => ("server", "notify"),
-        Role::Node => ("agent", "exec"),
+    let (kind, ty, guard) = match role {
+        Role::ControlPlane => ("server", "notify", TOMBSTONE_GUARD),
+        Role::Node => ("agent", "exec", ""),
     };
     let name = unit_name(role);
     format!(
@@ -205,10 +205,20 @@ Restart=always
 RestartSec=5s
 ExecStartPre=-/sbin/modprobe br_netfilter
 ExecStartPre=-/sbin/modprobe overlay
-ExecStart=/usr/local/bin/k3s {kind}
+{guard}ExecStart=/usr/local/bin/k3s {kind}
 "
     )
 }
+
+/// A server whose etcd member was removed (k3s wrote its tombstone, then exited) is not started
+/// again by systemd's `Restart=always`: restarted, k3s would move its datastore aside and join
+/// the cluster as a new member, or, with `cluster-init` and no `server`, start a second cluster
+/// with the same CA and token (k3s-io/k3s `pkg/etcd/etcd.go`). The agent decides instead: it
+/// backs the datastore up and joins the live cluster (`join`, which `run` goes back to).
+const TOMBSTONE_GUARD: &str = "\
+# k3s-asg: a removed etcd member (k3s's tombstone) is not restarted here; k3s-asg-agent rejoins it.
+ExecStartPre=/bin/sh -c 'if [ -e /var/lib/rancher/k3s/server/db/etcd/tombstone ]; then echo k3s-asg: etcd member removed, k3s-asg-agent rejoins this server >&2; exit 1; fi'
+";
 
 /// The least-privilege identity worker nodes drain themselves with, installed
 /// through k3s's auto-deploy manifests directory.

@@ -185,6 +185,18 @@ async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::
             _ = tokio::time::sleep(POLL) => {
                 if server && last_guard.elapsed() >= cfg.token_check {
                     last_guard = std::time::Instant::now();
+                    // Its etcd member removed while it ran (its Node deleted): k3s wrote its
+                    // tombstone and exited, and its unit will not start it again. Joining again
+                    // backs up the datastore and joins the live cluster as a new member: this
+                    // run ends with an error, and systemd starts the agent again, which joins.
+                    if crate::datastore::member_removed(fx) && !fx.services.is_active(crate::render::unit_name(k3s_asg_aws::tags::Role::ControlPlane)).await? {
+                        return Err(Error::failed(
+                            "watch k3s",
+                            crate::datastore::TOMBSTONE_PATH,
+                            "this server's etcd member was removed from the cluster and k3s has stopped; \
+                             exiting so that the agent starts again and rejoins it as a new member",
+                        ));
+                    }
                     if let Err(e) = crate::guard::check_token(cfg, fx).await {
                         tracing::warn!(error = %e, "could not check the cluster's join token; will retry");
                     }

@@ -268,7 +268,7 @@ async fn a_leave_before_any_join_touches_only_what_exists() {
 /// and registrations are in place, and SERVER2 stays.
 fn alpha_from_a_server() -> Fake {
     let fake = alpha();
-    fake.fs().write_if_changed("/etc/rancher/k3s/config.yaml", &format!("node-name: \"{SERVER}\"\n"), 0o600).unwrap();
+    fake.fs().write_if_changed("/etc/rancher/k3s/config.yaml", &format!("node-name: \"{SERVER}\"\nnode-ip: \"{SERVER_IP}\"\n"), 0o600).unwrap();
     fake.with(|w| {
         w.imds.insert("instance-id".into(), SERVER.into());
         w.imds.insert("local-ipv4".into(), SERVER_IP.into());
@@ -294,8 +294,8 @@ async fn a_server_leaves_removing_only_its_own_api_record_before_its_etcd_member
         &format!("elbv2:DescribeTargetHealth {TG_CP} => []"),
         "route53:ChangeResourceRecordSets Z0ALPHA DELETE api.alpha.example.com. A (set i-0aaaaaaaaaaaaaaa1)",
         "k3s:kubectl drain i-0aaaaaaaaaaaaaaa1 --grace-period=30 --timeout=60s (local)",
-        // The quorum guard: the other server is a Ready member.
-        "k3s:kubectl get nodes -l node-role.kubernetes.io/control-plane=true",
+        // The quorum guard asks etcd: the other server is a healthy voter.
+        &format!("etcd:POST /v3/cluster/member/list via {SERVER_IP}"),
         "k3s:kubectl delete node/i-0aaaaaaaaaaaaaaa1",
         "systemd:stop k3s",
         "autoscaling:CompleteLifecycleAction alpha-servers/drain i-0aaaaaaaaaaaaaaa1 CONTINUE",

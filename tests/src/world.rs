@@ -86,6 +86,57 @@ impl Instance {
         self.root.join(host_path.trim_start_matches('/'))
     }
 
+    /// The etcd members as this server's own member sees them, `(member name, is a learner)`;
+    /// empty when its member does not answer.
+    pub fn etcd_members(&self) -> Vec<(String, bool)> {
+        let out = self.etcd(&["members"]);
+        let list: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap_or_default();
+        list.iter().map(|m| (m["name"].as_str().unwrap_or_default().to_string(), m["isLearner"].as_bool().unwrap_or(false))).collect()
+    }
+
+    /// The Node objects in the cluster's etcd, as kubectl on this host sees them: `(name, Ready)`.
+    pub fn nodes(&self) -> Vec<(String, bool)> {
+        self.etcd(&["nodes"]).lines().filter_map(|l| l.split_once(' ')).map(|(n, r)| (n.to_string(), r == "True")).collect()
+    }
+
+    /// The host's k3s dies hard (a crash, a lost instance): the unit is no longer active and
+    /// its etcd member is killed (SIGKILL, by the stub's watcher). Returns once etcd is gone.
+    pub async fn kill_k3s(&self) {
+        let _ = std::fs::remove_file(self.path("/run/k3s-stub/active-k3s"));
+        let Some(pid) = self.file("/run/k3s-stub/etcd.pid") else { return };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // Gone, or a zombie nobody has reaped yet.
+        while std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).is_ok_and(|s| s.split_whitespace().nth(2) != Some("Z")) {
+            assert!(std::time::Instant::now() < deadline, "the stub's etcd of {} did not die", self.id);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// When (Unix ms) the stub's etcd logged a line containing `needle` on this host.
+    pub fn etcd_log_at(&self, needle: &str) -> Option<u128> {
+        let log = self.file("/run/k3s-stub/etcd.log")?;
+        log.lines().find(|l| l.contains(needle)).and_then(|l| l.split(' ').next()?.parse::<f64>().ok()).map(|s| (s * 1000.0) as u128)
+    }
+
+    /// `kubectl delete node/NAME` as this host (a server): k3s removes a server Node's etcd
+    /// member (asynchronously, as its controller does).
+    pub fn delete_node(&self, name: &str) {
+        self.etcd(&["delete-node", name]);
+    }
+
+    /// Runs the stub's etcd helper (tests/stubs/k3s_etcd.py) as this host; its stdout.
+    fn etcd(&self, args: &[&str]) -> String {
+        let hosts = self.root.parent().map(|d| d.join("hosts")).unwrap_or_default();
+        let out = std::process::Command::new(crate::repo_root().join(".venv/bin/python"))
+            .arg(crate::repo_root().join("tests/stubs/k3s_etcd.py"))
+            .args(args)
+            .env("K3S_ASG_ROOT", &self.root)
+            .env("K3S_STUB_HOSTS", hosts)
+            .output()
+            .expect("run tests/stubs/k3s_etcd.py");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The access key id this instance's agent signs with (the recorder's caller).
     pub fn access_key(&self) -> String {
         access_key_for(&self.id)
@@ -504,6 +555,8 @@ impl World {
             .env("K3S_STUB_CA", ca_file)
             .env("K3S_STUB_HOSTS", self.dir.path().join("hosts"))
             .env("K3S_STUB_PYTHON", crate::repo_root().join(".venv/bin/python"))
+            // The stub's etcd members end with the test process that owns this world.
+            .env("K3S_STUB_OWNER", std::process::id().to_string())
             .env("K3S_ASG_JOIN_TIMEOUT", "60")
             .env("K3S_ASG_READY_TIMEOUT", "20")
             .env("K3S_ASG_LOG", "info");
@@ -719,6 +772,31 @@ impl World {
     pub async fn running(&self) -> anyhow::Result<Vec<String>> {
         let resp = self.ec2.describe_instances().filters(Filter::builder().name("instance-state-name").values("running").build()).send().await?;
         Ok(resp.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.instance_id().map(str::to_string)).collect())
+    }
+}
+
+impl Drop for World {
+    /// The stub's etcd members (and the processes that watch them) end with the world.
+    fn drop(&mut self) {
+        let Ok(hosts) = std::fs::read_dir(self.dir.path().join("hosts")) else { return };
+        // K3S_TESTBED_KEEP=DIR: each host's stub logs are copied there (to debug a failure).
+        let keep = std::env::var_os("K3S_TESTBED_KEEP").map(PathBuf::from);
+        for host in hosts.flatten() {
+            if let Some(keep) = &keep {
+                let to = keep.join(host.file_name());
+                let _ = std::fs::create_dir_all(&to);
+                for f in ["etcd.log", "etcd-server.log", "calls.log"] {
+                    let _ = std::fs::copy(host.path().join("run/k3s-stub").join(f), to.join(f));
+                }
+            }
+            let stub = host.path().join("run/k3s-stub");
+            for (file, group) in [("starter.pid", false), ("watcher.pid", false), ("etcd.pid", true), ("snapshotter.pid", false)] {
+                if let Some(pid) = std::fs::read_to_string(stub.join(file)).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+                    let target = if group { format!("-{pid}") } else { pid.to_string() };
+                    let _ = std::process::Command::new("kill").args(["-KILL", "--", &target]).stderr(std::process::Stdio::null()).status();
+                }
+            }
+        }
     }
 }
 

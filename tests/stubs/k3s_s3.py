@@ -8,15 +8,19 @@ usage: k3s_s3.py save NAME | restore NAME | prune PREFIX KEEP
 Bucket, folder and region come from the k3s config (etcd-s3-*), as k3s reads them;
 the endpoint and credentials from the environment (AWS_ENDPOINT_URL, the instance's key).
 """
+import base64
 import hashlib
 import json
 import os
 import re
+import subprocess
 import sys
+import tempfile
 
 import boto3
 
 root = os.environ["K3S_ASG_ROOT"]
+here = os.path.dirname(os.path.abspath(__file__))
 config = open(os.path.join(root, "etc/rancher/k3s/config.yaml")).read()
 
 
@@ -49,7 +53,14 @@ prefix = folder + "/" if folder else ""
 cmd, arg = sys.argv[1], sys.argv[2]
 if cmd == "save":
     state = open(os.path.join(db, "state")).read() if os.path.exists(os.path.join(db, "state")) else ""
-    body = json.dumps({"password_sha256": pw_hash, "state": state})
+    # The etcd data itself (etcdctl snapshot save through this server's member), as k3s saves it.
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run([sys.executable, os.path.join(here, "k3s_etcd.py"), "save", os.path.join(tmp, "db")],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"failed to save snapshot: {out.stderr.strip()}")
+        etcd = base64.b64encode(open(os.path.join(tmp, "db"), "rb").read()).decode()
+    body = json.dumps({"password_sha256": pw_hash, "state": state, "etcd": etcd})
     s3.put_object(Bucket=bucket, Key=prefix + arg, Body=body.encode())
     print(f"Snapshot {arg} saved to s3://{bucket}/{prefix}{arg}")
 elif cmd == "restore":
@@ -61,6 +72,13 @@ elif cmd == "restore":
     if snap["password_sha256"] != pw_hash:
         sys.exit("failed to decrypt bootstrap data: the token does not match the snapshot's cluster")
     os.makedirs(db, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "db"), "wb") as f:
+            f.write(base64.b64decode(snap["etcd"]))
+        out = subprocess.run([sys.executable, os.path.join(here, "k3s_etcd.py"), "reset", os.path.join(tmp, "db")],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"failed to restore snapshot {arg}: {out.stderr.strip()}")
     with open(os.path.join(db, "state"), "w") as f:
         f.write(snap["state"])
     with open(os.path.join(db, "restored-from"), "w") as f:

@@ -6,6 +6,7 @@
 //! stub programs; pure logic needs none of them. No adapter imports `plan` or
 //! `render`.
 
+pub mod etcd;
 pub mod hostfs;
 pub mod k3s;
 pub mod lifecycle;
@@ -29,6 +30,7 @@ pub struct Effects {
     pub target_groups: Box<dyn TargetGroups>,
     pub services: Box<dyn services::Services>,
     pub k3s: Box<dyn k3s::K3s>,
+    pub etcd: Box<dyn etcd::Etcd>,
     pub lifecycle: Box<dyn lifecycle::Lifecycle>,
     pub supervisor: Box<dyn supervisor::Supervisor>,
     pub probes: Box<dyn probes::Probes>,

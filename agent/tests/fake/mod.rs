@@ -13,6 +13,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the world
 
 use async_trait::async_trait;
+use k3s_asg_agent::effects::etcd::{self, Etcd};
 use k3s_asg_agent::effects::hostfs::HostFs;
 use k3s_asg_agent::effects::k3s::K3s;
 use k3s_asg_agent::effects::lifecycle::{Lifecycle, WaitingHook};
@@ -178,6 +179,7 @@ impl Fake {
             target_groups: Box::new(b.clone()),
             services: Box::new(b.clone()),
             k3s: Box::new(b.clone()),
+            etcd: Box::new(b.clone()),
             lifecycle: Box::new(b.clone()),
             supervisor: Box::new(b.clone()),
             probes: Box::new(b.clone()),
@@ -504,6 +506,22 @@ impl Services for Backend {
 
 fn unreachable_api(node: &str) -> Error {
     Error::failed("run k3s", node, "The connection to the server localhost:8080 was refused")
+}
+
+/// etcd as the control-plane Nodes imply it: a voter each, healthy while Ready (k3s names members
+/// NODE-<8 hex>); the fake has no learners.
+#[async_trait]
+impl Etcd for Backend {
+    async fn members(&self, addresses: &[String]) -> Result<Option<Vec<etcd::Member>>> {
+        let w = self.call(format!("etcd:POST /v3/cluster/member/list via {}", addresses.join(",")));
+        let members: Vec<etcd::Member> = w
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.control_plane)
+            .map(|(name, n)| etcd::Member { name: format!("{name}-0000000a"), client_urls: vec![], learner: false, healthy: n.ready })
+            .collect();
+        Ok((!members.is_empty()).then_some(members))
+    }
 }
 
 #[async_trait]

@@ -36,3 +36,11 @@ pub(crate) async fn cluster() -> (World, Instance, String) {
 pub(crate) fn initialisers(servers: &[Instance]) -> Vec<&Instance> {
     servers.iter().filter(|s| s.file("/etc/rancher/k3s/config.yaml").is_some_and(|c| c.contains("cluster-init: true"))).collect()
 }
+
+/// Ten servers joining at once wait for each other's etcd membership: etcd adds one learner at
+/// a time and no member within 5 s of the last membership change, so each one's k3s is ready
+/// only once etcd has come to it (`K3S_ASG_READY_TIMEOUT`, `K3S_ASG_JOIN_TIMEOUT`).
+pub(crate) fn patient(w: &mut World) {
+    w.agent_env.insert("K3S_ASG_READY_TIMEOUT".into(), "150".into());
+    w.agent_env.insert("K3S_ASG_JOIN_TIMEOUT".into(), "150".into());
+}

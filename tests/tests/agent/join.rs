@@ -47,6 +47,10 @@ async fn first_server_initialises_then_node_joins() {
     assert!(rec < reg, "API record before registration: {ops:?}");
     let start_ms = cp.stub_call_at("systemctl\tstart k3s").expect("k3s started through systemctl");
     assert!(calls[reg].at_ms >= start_ms);
+    // k3s's datastore: one etcd member, named after the node, a voter.
+    let members = cp.etcd_members();
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert!(members[0].0.starts_with(&format!("{}-", cp.id)) && !members[0].1, "{members:?}");
 
     // A worker node joins through the live server, verified by CA hash.
     let node = w.launch("alpha", "node").await.unwrap();
@@ -72,6 +76,13 @@ async fn first_server_initialises_then_node_joins() {
     let node_calls = w.recorder.calls_by(&node.access_key());
     assert!(node_calls.len() <= 8, "node join made {} AWS calls: {:?}", node_calls.len(), node_calls);
     assert_eq!(w.api_records("alpha").await.unwrap().len(), 1, "a node publishes no API record");
+    // Both Nodes are in the cluster's etcd, Ready; the node holds no etcd member.
+    let mut nodes = cp.nodes();
+    nodes.sort();
+    let mut want = vec![(cp.id.clone(), true), (node.id.clone(), true)];
+    want.sort();
+    assert_eq!(nodes, want);
+    assert_eq!(cp.etcd_members().len(), 1);
 
     // Second joins change nothing in AWS.
     w.recorder.clear();
@@ -147,13 +158,21 @@ async fn tags_fall_back_to_describe_tags_and_stale_records_are_pruned() {
         .await
         .unwrap();
 
-    // The second server's instance dies without leaving: its record stays behind.
+    // A third voter, so that the cluster keeps its etcd quorum (2 of 3) when one dies: with
+    // two voters, one lost would leave no quorum, and no server could join (real etcd).
+    let spare = w.launch("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&spare, &["join"]).await.unwrap());
+    // The second server's instance dies without leaving: its record stays behind. The first
+    // server's agent runs on (as under systemd) and collects the dead server's Node and etcd
+    // member, without which etcd would not let the third join.
     w.terminate(&second).await.unwrap();
-    std::fs::remove_file(second.path("/run/k3s-stub/active-k3s")).unwrap();
+    second.kill_k3s().await;
+    w.agent_env.insert("K3S_ASG_TOKEN_CHECK".into(), "1".into());
+    let _running = super::recovery::keep_running(&w, &first);
 
     let third = w.joined("alpha", "control-plane").await.unwrap();
     let records: Vec<String> = w.api_records("alpha").await.unwrap().into_iter().map(|(id, _)| id).collect();
-    let mut want = vec![first.id.clone(), third.id.clone(), "manual-entry".to_string()];
+    let mut want = vec![first.id.clone(), spare.id.clone(), third.id.clone(), "manual-entry".to_string()];
     want.sort();
     assert_eq!(records, want, "the dead server's record is pruned, the foreign one kept");
 }

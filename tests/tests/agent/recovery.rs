@@ -39,6 +39,17 @@ pub(crate) async fn world(snapshots: bool) -> World {
     w
 }
 
+/// `k3s-asg-agent run` on a joined server, as systemd keeps it running: among its rounds (every
+/// second here: `K3S_ASG_TOKEN_CHECK`) it deletes the Nodes, and so the etcd members, of
+/// instances EC2 says are terminated. Without that no server can join a cluster one of whose
+/// voters is dead: etcd refuses to add even a learner while a voter is unreachable ("unhealthy
+/// cluster": etcd `server.go` `mayAddMember`, strict reconfiguration checks, on in k3s). The
+/// agent is killed when the handle is dropped.
+pub(crate) fn keep_running(w: &World, server: &Instance) -> k3s_asg_testbed::world::Running {
+    assert_eq!(w.agent_env.get("K3S_ASG_TOKEN_CHECK").map(String::as_str), Some("1"), "rounds every second");
+    w.spawn_agent(server, &["run"]).unwrap()
+}
+
 /// Joins each server in turn (the first initialises).
 pub(crate) async fn join_each(w: &World, servers: &[Instance]) {
     for s in servers {
@@ -283,7 +294,7 @@ async fn ten_fresh_servers_after_a_loss_elect_one_restorer() {
     let mut w = world(true).await;
     let old = snapshotted_servers(&mut w, 1, "marker: ten").await;
     lose(&w, &old).await;
-    w.agent_env.insert("K3S_ASG_JOIN_TIMEOUT".into(), "120".into());
+    super::common::patient(&mut w);
     let fresh = w.servers("alpha", 10).await.unwrap();
     w.agents_at_once(&fresh, &["join"]).await.unwrap();
     assert_eq!(resets(&fresh), 1, "exactly one restorer");

@@ -1,0 +1,550 @@
+"""The test bed's k3s datastore: each server's embedded etcd is a real etcd member.
+
+Debian's etcd-server (3.4) runs one member per server host, as k3s's embedded etcd does, with
+k3s's paths and rules (k3s-io/k3s, cited per rule):
+
+- data in `server/db/etcd`, certificates in `server/tls/etcd` (`server-ca.crt`, `client.crt`,
+  `client.key`: pkg/daemons/control/deps/deps.go); clients on `https://IP:2379` with client
+  certificates required; peers on `IP:2380` (plain HTTP here: nothing of the agent's speaks
+  on it).
+- member names are the node name and a random suffix (pkg/etcd/etcd.go `setName`).
+- an existing datastore wins over `server:` (pkg/etcd/etcd.go `Start`: IsInitialized → start
+  the member it has); `cluster-init` with none starts a new etcd cluster with a new etcd CA;
+  `server:` with none adds this member as a learner through the named server (a cluster
+  without a leader refuses: the start blocks, as k3s's `Type=notify` unit does) and k3s's
+  learner manager promotes it later (`manageLearners`; delay: K3S_STUB_PROMOTE_AFTER, s).
+- a tombstone (`db/etcd/tombstone`, written when this member was removed) moves the datastore
+  aside at the next start (pkg/etcd/etcd.go `Register`), which then starts as if fresh: with
+  `cluster-init` and no `server:` that is a new cluster from the certificates on disk.
+- `--cluster-reset` is etcd's `--force-new-cluster` on the data kept; with a restore path, the
+  snapshot's etcd data restored with `etcdctl snapshot restore` (pkg/etcd/etcd.go `Reset`).
+- Node objects live in etcd (`/registry/minions/NAME`): kubectl needs a quorum, and deleting a
+  server's Node removes its etcd member (k3s's etcd member controller, pkg/etcd/etcd.go
+  `sync`/`removePeer`); the removed member's etcd stops, k3s writes the tombstone and exits,
+  and systemd (`Restart=always`, `RestartSec=5s`; K3S_STUB_RESTART_SEC) starts it again.
+
+usage: k3s_etcd.py start | stop | members | nodes [--control-plane] | node-ready NAME |
+       delete-node NAME | register | reset [SNAPSHOT_FILE] | save FILE
+Any command that names a server takes it from `--kubeconfig PATH` (the API address in it)
+or uses this host's own member.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import secrets
+
+root = os.environ["K3S_ASG_ROOT"]
+stub = os.path.join(root, "run/k3s-stub")
+server_dir = os.path.join(root, "var/lib/rancher/k3s/server")
+db = os.path.join(server_dir, "db")
+data = os.path.join(db, "etcd")
+cfg_path = os.path.join(root, "etc/rancher/k3s/config.yaml")
+hosts = os.environ.get("K3S_STUB_HOSTS", "")
+os.makedirs(stub, exist_ok=True)
+
+
+def log(msg):
+    with open(os.path.join(stub, "etcd.log"), "a") as f:
+        f.write(f"{time.time():.3f} {msg}\n")
+
+
+def config():
+    out = {}
+    try:
+        text = open(cfg_path).read()
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        m = re.match(r'^([a-z0-9-]+): "?([^"]*)"?$', line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def host_root(ip):
+    return os.path.join(hosts, ip) if hosts else None
+
+
+def tls_dir(r):
+    return os.path.join(r, "var/lib/rancher/k3s/server/tls/etcd")
+
+
+def ctl(r, ip, *args, timeout=3):
+    """etcdctl against the member at `ip` with host `r`'s client certificate."""
+    t = tls_dir(r)
+    cmd = ["etcdctl", f"--endpoints=https://{ip}:2379", f"--cacert={t}/server-ca.crt", f"--cert={t}/client.crt",
+           f"--key={t}/client.key", f"--dial-timeout={timeout}s", f"--command-timeout={timeout}s", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 5)
+
+
+def openssl(*args):
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def new_ca(t):
+    """A new etcd CA and the client certificate k3s's own components use."""
+    os.makedirs(t, exist_ok=True)
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+            f"{t}/server-ca.key", "-out", f"{t}/server-ca.crt", "-days", "3650", "-subj",
+            f"/CN=etcd-server-ca@{int(time.time())}-{secrets.token_hex(4)}")
+    sign(t, "client", "etcd-client", "extendedKeyUsage=clientAuth\n")
+
+
+def sign(t, name, cn, ext):
+    with open(f"{t}/{name}.ext", "w") as f:
+        f.write(ext)
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f"{t}/{name}.key",
+            "-out", f"{t}/{name}.csr", "-subj", f"/CN={cn}")
+    openssl("x509", "-req", "-in", f"{t}/{name}.csr", "-CA", f"{t}/server-ca.crt", "-CAkey", f"{t}/server-ca.key",
+            "-CAcreateserial", "-out", f"{t}/{name}.crt", "-days", "3650", "-extfile", f"{t}/{name}.ext")
+    for key in (f"{t}/{name}.key",):
+        os.chmod(key, 0o600)
+
+
+def server_cert(t, ip):
+    sign(t, "server-client", "etcd-server", f"subjectAltName=IP:{ip},IP:127.0.0.1\n"
+         "extendedKeyUsage=serverAuth,clientAuth\n")
+
+
+def pid_alive(path):
+    try:
+        pid = int(open(path).read())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def member_name():
+    path = os.path.join(data, "name")
+    if os.path.exists(path):
+        return open(path).read().strip()
+    return None
+
+
+def spawn_etcd(ip, name, cluster=None, state=None, force_new=False):
+    t = tls_dir(root)
+    cmd = ["etcd", "--name", name, "--data-dir", data,
+           "--listen-client-urls", f"https://{ip}:2379", "--advertise-client-urls", f"https://{ip}:2379",
+           "--listen-peer-urls", f"http://{ip}:2380", "--initial-advertise-peer-urls", f"http://{ip}:2380",
+           "--cert-file", f"{t}/server-client.crt", "--key-file", f"{t}/server-client.key",
+           "--trusted-ca-file", f"{t}/server-ca.crt", "--client-cert-auth",
+           "--heartbeat-interval", "50", "--election-timeout", "500", "--logger", "zap",
+           "--log-outputs", os.path.join(stub, "etcd-server.log")]
+    if cluster:
+        cmd += ["--initial-cluster", cluster, "--initial-cluster-state", state]
+    if force_new:
+        cmd += ["--force-new-cluster"]
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    with open(os.path.join(stub, "etcd.pid"), "w") as f:
+        f.write(str(p.pid))
+    return p
+
+
+def status(r, ip):
+    """This member's status: (has a leader, is a learner), or None when it does not answer."""
+    out = ctl(r, ip, "endpoint", "status", "-w", "json", timeout=2)
+    if out.returncode != 0:
+        return None
+    try:
+        st = json.loads(out.stdout)[0]["Status"]
+    except (ValueError, IndexError, KeyError):
+        return None
+    return (bool(st.get("leader")) and not st.get("errors"), bool(st.get("isLearner")))
+
+
+def stop_etcd(kill=signal.SIGTERM):
+    pid = pid_alive(os.path.join(stub, "etcd.pid"))
+    if not pid:
+        return
+    try:
+        os.killpg(pid, kill)
+    except OSError:
+        pass
+    for _ in range(100):
+        if not pid_alive(os.path.join(stub, "etcd.pid")):
+            break
+        time.sleep(0.05)
+    else:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def tombstoned():
+    """k3s's tombstone: moves the datastore aside (db/etcd-old-TIMESTAMP) before a fresh start."""
+    if os.path.exists(os.path.join(data, "tombstone")):
+        aside = os.path.join(db, f"etcd-old-{int(time.time())}")
+        os.rename(data, aside)
+        log(f"tombstone found: moved {data} to {aside}")
+
+
+def detach():
+    """Forks; `True` in the child, which runs on in its own session with no tie to the caller's
+    output (whose reader would otherwise wait for it)."""
+    if os.fork():
+        return False
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    return True
+
+
+def start():
+    """`systemctl start k3s` on a server: returns once the member is ready (a notify unit's
+    READY); blocks (retrying, like k3s) while it cannot be."""
+    with open(os.path.join(stub, "starter.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    cfg = config()
+    ip, node = cfg["node-ip"], cfg["node-name"]
+    t = tls_dir(root)
+    tombstoned()
+    peer = None
+    m = re.match(r"https://([^:]+):", cfg.get("server", ""))
+    if m:
+        peer = m.group(1)
+    if os.path.exists(os.path.join(data, "member")):
+        name = member_name()
+        log(f"starting member {name} from the datastore it has")
+        spawn_etcd(ip, name)
+    elif peer:
+        # k3s fetches the cluster's certificates with the token (bootstrap data), then joins.
+        pr = host_root(peer)
+        if not pr or not os.path.exists(f"{tls_dir(pr)}/server-ca.crt"):
+            block(f"no server answers at {peer}")
+        os.makedirs(t, exist_ok=True)
+        for f in ("server-ca.crt", "server-ca.key", "client.crt", "client.key"):
+            shutil.copy(f"{tls_dir(pr)}/{f}", f"{t}/{f}")
+        server_cert(t, ip)
+        name = f"{node}-{secrets.token_hex(4)}"
+        while True:
+            out = ctl(root, peer, "member", "add", name, "--learner", f"--peer-urls=http://{ip}:2380", "-w", "json")
+            if out.returncode == 0:
+                break
+            log(f"member add through {peer} refused: {out.stderr.strip().splitlines()[-1:]}; retrying")
+            time.sleep(0.5)
+        added = json.loads(out.stdout)
+        cluster = []
+        for mem in added["members"]:
+            mname = mem.get("name") or name
+            for u in mem["peerURLs"]:
+                cluster.append(f"{mname}={u}")
+        os.makedirs(data, exist_ok=True)
+        spawn_etcd(ip, name, ",".join(cluster), "existing")
+        with open(os.path.join(data, "name"), "w") as f:
+            f.write(name)
+        log(f"joined through {peer} as learner {name}")
+        promote_later(peer, name)
+    elif cfg.get("cluster-init") == "true":
+        if not os.path.exists(f"{t}/server-ca.crt"):
+            new_ca(t)
+        if not os.path.exists(f"{t}/server-client.crt"):
+            server_cert(t, ip)
+        name = f"{node}-{secrets.token_hex(4)}"
+        os.makedirs(data, exist_ok=True)
+        spawn_etcd(ip, name, f"{name}=http://{ip}:2380", "new")
+        with open(os.path.join(data, "name"), "w") as f:
+            f.write(name)
+        log(f"initialised a new cluster as {name}")
+    else:
+        block("no datastore, no cluster-init and no server to join")
+    while True:
+        st = status(root, ip)
+        if st and st[0]:
+            break
+        if not pid_alive(os.path.join(stub, "etcd.pid")):
+            block("etcd exited while starting")
+        time.sleep(0.1)
+    r, via = api_server([])
+    register_node(r, via, node, "control-plane", member_name())
+    open(os.path.join(stub, "active-k3s"), "w").close()
+    for f in ("activating-k3s", "failed-k3s", "starter.pid"):
+        try:
+            os.remove(os.path.join(stub, f))
+        except FileNotFoundError:
+            pass
+
+
+def block(why):
+    log(f"start blocks: {why}")
+    while True:
+        time.sleep(1)
+
+
+def promote_later(peer, name):
+    """k3s's learner manager: promotes this learner once it has caught up (here: after a delay)."""
+    after = float(os.environ.get("K3S_STUB_PROMOTE_AFTER", "0.5"))
+    if not detach():
+        return
+    time.sleep(after)
+    for _ in range(600):
+        mems = members(root, [peer, config().get("node-ip")])
+        mine = [m for m in mems if m.get("name") == name]
+        if not mine or not pid_alive(os.path.join(stub, "etcd.pid")):
+            os._exit(0)
+        if not mine[0].get("isLearner"):
+            os._exit(0)
+        for voter in [m for m in mems if not m.get("isLearner")]:
+            vip = re.match(r"https://([^:]+):", voter["clientURLs"][0]).group(1) if voter.get("clientURLs") else None
+            if vip and ctl(root, vip, "member", "promote", format(int(mine[0]["ID"]), "x")).returncode == 0:
+                log(f"promoted {name}")
+                os._exit(0)
+        time.sleep(0.5)
+    os._exit(0)
+
+
+def members(r, ips):
+    """The member list as the first member of `ips` that answers sees it."""
+    for ip in ips:
+        if not ip:
+            continue
+        out = ctl(r, ip, "member", "list", "-w", "json", timeout=2)
+        if out.returncode == 0:
+            return json.loads(out.stdout).get("members", [])
+    return []
+
+
+def register_node(r, ip, node, role, member):
+    """The kubelet's Node object, put through the server at `ip` (certificates of host `r`)."""
+    value = json.dumps({"host": root, "role": role, "member": member or ""})
+    for _ in range(600):
+        if ctl(r, ip, "put", f"/registry/minions/{node}", value).returncode == 0:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def api_server(args):
+    """(host root, ip) of the API server a kubectl call talks to: the kubeconfig's address, a
+    name in it reached through the server this host joined (the API record's role), or this
+    host's own member."""
+    cfg = config()
+    if "--kubeconfig" in args:
+        text = open(args[args.index("--kubeconfig") + 1]).read()
+        m = re.search(r"server: https://([0-9.]+):", text)
+        if m and m.group(1) != "127.0.0.1":
+            return host_root(m.group(1)), m.group(1)
+    # A host without a member (an agent), or whose member is a learner (which serves no
+    # linearizable reads or writes), reaches etcd through the server it joined: k3s's API
+    # server is Ready, and its Node registered, before its own member votes.
+    own = os.path.exists(os.path.join(data, "member"))
+    if not own or (status(root, cfg.get("node-ip")) or (False, False))[1]:
+        m = re.match(r"https://([^:]+):", cfg.get("server", ""))
+        if m and host_root(m.group(1)):
+            return host_root(m.group(1)), m.group(1)
+    return root, cfg.get("node-ip")
+
+
+def nodes(args):
+    r, ip = api_server(args)
+    out = ctl(r, ip, "get", "--prefix", "/registry/minions/")
+    if out.returncode != 0:
+        sys.stderr.write("Error from server: etcdserver: request timed out (no quorum)\n")
+        sys.exit(1)
+    lines = out.stdout.splitlines()
+    result = []
+    for k, v in zip(lines[0::2], lines[1::2]):
+        name = k.rsplit("/", 1)[1]
+        node = json.loads(v)
+        if "--control-plane" in args and node["role"] != "control-plane":
+            continue
+        result.append((name, ready(node)))
+    return result
+
+
+def ready(node):
+    unit = "k3s" if node["role"] == "control-plane" else "k3s-agent"
+    host_stub = os.path.join(node["host"], "run/k3s-stub")
+    return os.path.exists(os.path.join(host_stub, f"active-{unit}")) and not os.path.exists(os.path.join(host_stub, "not-ready"))
+
+
+def delete_node(args, name):
+    """`kubectl delete node/NAME --wait=false`: a server's Node carries k3s's etcd finalizer, so
+    its etcd member is removed first (retried, as k3s's controller does: etcd refuses to remove
+    a voter within its health interval of a membership change, "unhealthy cluster") and the
+    Node object goes after; kubectl does not wait for either."""
+    r, ip = api_server(args)
+    out = ctl(r, ip, "get", f"/registry/minions/{name}", "--print-value-only")
+    if out.returncode != 0:
+        sys.stderr.write("Error from server: etcdserver: request timed out (no quorum)\n")
+        sys.exit(1)
+    if not out.stdout.strip():
+        return
+    node = json.loads(out.stdout)
+    if not node.get("member"):
+        if ctl(r, ip, "del", f"/registry/minions/{name}").returncode != 0:
+            sys.stderr.write("Error from server: etcdserver: request timed out (no quorum)\n")
+            sys.exit(1)
+        return
+    # Every member's address, known now: the server this was asked of may stop meanwhile.
+    known = [ip] + [client_ip(m) for m in members(r, [ip])]
+    if not detach():
+        return
+    for _ in range(300):
+        mems = members(r, known)
+        mine = [m for m in mems if m.get("name") == node["member"]]
+        voters = [client_ip(m) for m in mems if not m.get("isLearner") and m.get("name") != node["member"]]
+        if not mine:
+            for via in voters:
+                if ctl(r, via, "del", f"/registry/minions/{name}").returncode == 0:
+                    log(f"deleted Node {name} after its etcd member {node['member']}")
+                    os._exit(0)
+        else:
+            for via in voters + [ip]:
+                out = ctl(r, via, "member", "remove", format(int(mine[0]["ID"]), "x"))
+                if out.returncode == 0:
+                    log(f"removed etcd member {node['member']} of deleted Node {name}")
+                    break
+                log(f"could not remove etcd member {node['member']} through {via}: {out.stderr.strip().splitlines()[-1:]}")
+        time.sleep(0.5)
+    os._exit(0)
+
+
+def client_ip(member):
+    urls = member.get("clientURLs") or []
+    m = re.match(r"https://([^:]+):", urls[0]) if urls else None
+    return m.group(1) if m else None
+
+
+def watch():
+    """Runs beside a server's etcd: the unit's life. When the test bed takes k3s down
+    (active-k3s removed: the host died) etcd dies with it; when etcd stops because its member
+    was removed, k3s writes the tombstone, fails, and systemd restarts it."""
+    if not detach():
+        return
+    with open(os.path.join(stub, "watcher.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    owner = int(os.environ.get("K3S_STUB_OWNER", "0") or 0)
+    etcd_pid = os.path.join(stub, "etcd.pid")
+    active = os.path.join(stub, "active-k3s")
+    while True:
+        time.sleep(0.2)
+        if owner and not _alive(owner):
+            stop_etcd(signal.SIGKILL)
+            os._exit(0)
+        if os.path.exists(os.path.join(stub, "stopping-k3s")):
+            os._exit(0)
+        if not os.path.exists(active) and not os.path.exists(os.path.join(stub, "activating-k3s")):
+            stop_etcd(signal.SIGKILL)
+            os._exit(0)
+        if not pid_alive(etcd_pid):
+            removed = "permanently removed" in _read(os.path.join(stub, "etcd-server.log"))
+            if removed and os.path.isdir(data):
+                open(os.path.join(data, "tombstone"), "w").close()
+                log("this member was removed: wrote the tombstone; k3s exits")
+            for f in ("active-k3s",):
+                try:
+                    os.remove(os.path.join(stub, f))
+                except FileNotFoundError:
+                    pass
+            open(os.path.join(stub, "failed-k3s"), "w").close()
+            delay = float(os.environ.get("K3S_STUB_RESTART_SEC", "5"))
+            time.sleep(delay)
+            if os.path.exists(os.path.join(stub, "failed-k3s")) and not os.path.exists(os.path.join(stub, "stopping-k3s")):
+                log("systemd restarts k3s (Restart=always)")
+                subprocess.Popen([os.path.join(os.path.dirname(__file__), "systemctl"), "start", "--no-block", "k3s"],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            os._exit(0)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _read(path):
+    try:
+        return open(path).read()
+    except FileNotFoundError:
+        return ""
+
+
+def reset(snapshot=None):
+    """`k3s server --cluster-reset`: a one-member cluster from the data kept (or restored)."""
+    cfg = config()
+    ip, node = cfg["node-ip"], cfg["node-name"]
+    name = member_name() or f"{node}-{secrets.token_hex(4)}"
+    if snapshot:
+        aside = os.path.join(db, f"etcd-old-{int(time.time())}")
+        if os.path.exists(data):
+            os.rename(data, aside)
+        t = tls_dir(root)
+        if not os.path.exists(f"{t}/server-ca.crt"):
+            new_ca(t)
+        if not os.path.exists(f"{t}/server-client.crt"):
+            server_cert(t, ip)
+        out = subprocess.run(["etcdctl", "snapshot", "restore", snapshot, "--data-dir", data, "--name", name,
+                              "--initial-cluster", f"{name}=http://{ip}:2380",
+                              "--initial-advertise-peer-urls", f"http://{ip}:2380"], capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"etcd snapshot restore failed: {out.stderr.strip()}")
+        with open(os.path.join(data, "name"), "w") as f:
+            f.write(name)
+    elif not os.path.exists(os.path.join(data, "member")):
+        sys.exit("etcd database not found in " + data)
+    spawn_etcd(ip, name, force_new=True)
+    try:
+        for _ in range(200):
+            st = status(root, ip)
+            if st and st[0]:
+                break
+            time.sleep(0.1)
+        else:
+            sys.exit("etcd did not come up with --force-new-cluster")
+    finally:
+        stop_etcd()
+
+
+def save(path):
+    ip = config()["node-ip"]
+    out = ctl(root, ip, "snapshot", "save", path, timeout=10)
+    if out.returncode != 0:
+        sys.exit(f"etcd snapshot save failed: {out.stderr.strip()}")
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "start":
+        start()
+        watch()
+    elif cmd == "stop":
+        stop_etcd()
+    elif cmd == "members":
+        print(json.dumps(members(root, [config().get("node-ip")])))
+    elif cmd == "nodes":
+        for name, ok in nodes(args):
+            print(f"{name} {'True' if ok else 'False'}")
+    elif cmd == "node-ready":
+        name = args[-1]
+        print("True" if any(n == name and ok for n, ok in nodes(args[:-1])) else "False", end="")
+    elif cmd == "delete-node":
+        delete_node(args[:-1], args[-1])
+    elif cmd == "register":
+        # A k3s agent's kubelet registers its Node through the server it joined.
+        cfg = config()
+        m = re.match(r"https://([^:]+):", cfg.get("server", ""))
+        if m and host_root(m.group(1)):
+            if detach():
+                register_node(host_root(m.group(1)), m.group(1), cfg["node-name"], "worker", None)
+                os._exit(0)
+    elif cmd == "reset":
+        reset(args[0] if args else None)
+    elif cmd == "save":
+        save(args[0])
+    else:
+        sys.exit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()
