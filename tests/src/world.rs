@@ -172,6 +172,12 @@ impl AgentRun {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
+
+    /// The run itself when it exited 0; otherwise an error with everything it printed.
+    pub fn success(self) -> anyhow::Result<AgentRun> {
+        anyhow::ensure!(self.code == 0, "exit {}:\nstdout:\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr);
+        Ok(self)
+    }
 }
 
 /// An agent running in the background.
@@ -226,6 +232,12 @@ impl Running {
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
         }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the agent to exit.
+    pub async fn stop(self, limit: std::time::Duration) -> anyhow::Result<AgentRun> {
+        self.sigterm();
+        self.wait(limit).await
     }
 
     /// Waits (bounded) for the agent to exit; its output is scanned for secrets.
@@ -290,6 +302,27 @@ pub fn agent_bin() -> PathBuf {
 impl World {
     pub async fn new() -> anyhow::Result<World> {
         Self::build(false).await
+    }
+
+    /// A new world with one cluster, `name`.
+    pub async fn with_cluster(name: &str) -> anyhow::Result<World> {
+        Self::with_clusters(&[name]).await
+    }
+
+    /// A new world with the clusters `names`.
+    pub async fn with_clusters(names: &[&str]) -> anyhow::Result<World> {
+        let mut w = Self::new().await?;
+        for name in names {
+            w.create_cluster(name).await?;
+        }
+        Ok(w)
+    }
+
+    /// A new world with the clusters `names` and the region's ALB (listener on 443, quota 100): `(world, listener ARN)`.
+    pub async fn with_alb(names: &[&str]) -> anyhow::Result<(World, String)> {
+        let w = Self::with_clusters(names).await?;
+        let (_alb, listener) = w.create_alb(443, 100).await?;
+        Ok((w, listener))
     }
 
     /// A world whose Route53 lives in a second moto server (for the IAM test: moto's
@@ -458,6 +491,39 @@ impl World {
 
     pub async fn launch(&self, cluster: &str, role: &str) -> anyhow::Result<Instance> {
         self.launch_tagged(&[("Cluster", cluster), ("Role", role)], Some(cluster)).await
+    }
+
+    /// Launches an instance of `cluster` in `role` and joins it (the join must exit 0).
+    pub async fn joined(&self, cluster: &str, role: &str) -> anyhow::Result<Instance> {
+        let inst = self.launch(cluster, role).await?;
+        self.agent(&inst, &["join"]).await?.success()?;
+        Ok(inst)
+    }
+
+    /// Launches `n` control-plane instances of `cluster` (none joined yet).
+    pub async fn servers(&self, cluster: &str, n: usize) -> anyhow::Result<Vec<Instance>> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(self.launch(cluster, "control-plane").await?);
+        }
+        Ok(out)
+    }
+
+    /// The ARN of `cluster`'s target group.
+    pub fn target_group(&self, cluster: &str) -> String {
+        self.clusters[cluster].target_group_arn.clone()
+    }
+
+    /// Runs `k3s-asg-agent ARGS` on every instance at once; every run must exit 0.
+    pub async fn agents_at_once<'a>(&self, insts: impl IntoIterator<Item = &'a Instance>, args: &[&str]) -> anyhow::Result<Vec<AgentRun>> {
+        crate::join_all(insts.into_iter().map(|i| self.agent(i, args)).collect()).await.into_iter().map(|r| r?.success()).collect()
+    }
+
+    /// Starts `run` on `inst` in the background and waits until its state says Ready.
+    pub async fn run_until_ready(&self, inst: &Instance) -> anyhow::Result<Running> {
+        let agent = self.spawn_agent(inst, &["run"])?;
+        crate::check::wait_for_phase(inst, k3s_asg_agent::state::Phase::Ready).await;
+        Ok(agent)
     }
 
     /// Runs `k3s-asg-agent ARGS` as `inst` would: its IMDS, its root, the stubs on PATH.

@@ -23,10 +23,8 @@ fn config(inst: &Instance) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_carry_aws_identity_and_their_groups_template() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let cp = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    let w = World::with_cluster("alpha").await.unwrap();
+    let cp = w.joined("alpha", "control-plane").await.unwrap();
     let server = config(&cp);
     assert!(server.contains("disable-cloud-controller: true\n"), "{server}");
     assert!(server.contains(&format!("  - \"provider-id=aws:///us-east-1a/{}\"", cp.id)), "{server}");
@@ -68,10 +66,8 @@ async fn nodes_carry_aws_identity_and_their_groups_template() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_template_tag_is_bad_input_and_nothing_starts() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let cp = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    let w = World::with_cluster("alpha").await.unwrap();
+    let cp = w.joined("alpha", "control-plane").await.unwrap();
     w.asg.set_group_tags(GROUP, &[("k8s.io/cluster-autoscaler/node-template/taint/dedicated", "gpu")]);
     let node = w.launch("alpha", "node").await.unwrap();
     in_group(&node, GROUP);
@@ -100,17 +96,14 @@ async fn a_bad_template_tag_is_bad_input_and_nothing_starts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_autoscalers_scale_down_is_an_ordered_leave() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let tg = w.clusters["alpha"].target_group_arn.clone();
-    let cp = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    let w = World::with_cluster("alpha").await.unwrap();
+    let tg = w.target_group("alpha");
+    let _cp = w.joined("alpha", "control-plane").await.unwrap();
     w.asg.set_group_tags(GROUP, &[("k8s.io/cluster-autoscaler/enabled", "true")]);
     let node = w.launch("alpha", "node").await.unwrap();
     in_group(&node, GROUP);
     w.asg.add(&node.id, GROUP, "InService", 30);
-    let agent = w.spawn_agent(&node, &["run"]).unwrap();
-    k3s_asg_testbed::check::wait_for_phase(&node, k3s_asg_agent::state::Phase::Ready).await;
+    let agent = w.run_until_ready(&node).await.unwrap();
     assert!(w.members(&tg).await.unwrap().contains(&node.id));
     // The autoscaler's call, as its AWS provider makes it.
     let creds = aws_sdk_autoscaling::config::Credentials::new("AKIAAUTOSCALER", "x", None, None, "testbed");

@@ -243,8 +243,7 @@ async fn join_is_refused(w: &World, inst: &k3s_asg_testbed::world::Instance, nam
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_exits_2_names_the_culprit_and_changes_nothing() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
+    let w = World::with_cluster("alpha").await.unwrap();
     let good_spec = w.default_spec(&w.clusters["alpha"]).to_string();
     for case in CASES {
         w.put_spec("alpha", case.spec.unwrap_or(&good_spec)).await.unwrap();
@@ -332,8 +331,7 @@ const ENV_CASES: &[EnvCase] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_metadata_and_parameters_exit_2_and_change_nothing() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
+    let mut w = World::with_cluster("alpha").await.unwrap();
     // A listener that accepts and never answers, and a port nobody listens on.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_url = format!("http://{}", silent.local_addr().unwrap());

@@ -1,7 +1,6 @@
 //! What several of the agent's modules share: parameter names, the test-bed cluster most
 //! tests start from, and who initialised a cluster.
 
-use k3s_asg_testbed::check::ok;
 use k3s_asg_testbed::world::{Instance, World};
 
 pub(crate) const TOKEN: &str = "/k3s-asg/clusters/alpha/token";
@@ -26,12 +25,10 @@ async fn set_delay(w: &World, tg: &str, seconds: u32) {
 /// A world with cluster alpha (deregistration delay 2 s) and its first server joined:
 /// `(world, server, target group ARN)`.
 pub(crate) async fn cluster() -> (World, Instance, String) {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let tg = w.clusters["alpha"].target_group_arn.clone();
+    let w = World::with_cluster("alpha").await.unwrap();
+    let tg = w.target_group("alpha");
     set_delay(&w, &tg, 2).await;
-    let cp = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    let cp = w.joined("alpha", "control-plane").await.unwrap();
     (w, cp, tg)
 }
 

@@ -5,18 +5,26 @@
 //! registration, no half-written file, no second lifecycle completion.
 
 use super::common::cluster;
-use super::recovery::{join_each, lose, record, servers, snapshot_with, world, write_marker, BUCKET, DB_STATE};
+use super::recovery::{lose, record, snapshotted_servers, world, write_marker, BUCKET, DB_STATE};
 use k3s_asg_agent::failpoint::ENV as FAILPOINT;
 use k3s_asg_agent::state::{Phase, StepName};
 use k3s_asg_aws::tags::Role;
 use k3s_asg_testbed::check::{ok, state};
-use k3s_asg_testbed::world::{AgentRun, World};
+use k3s_asg_testbed::world::{AgentRun, Instance, World};
 use std::path::Path;
 use std::time::Duration;
 
 fn killed_at(run: &AgentRun, step: StepName) {
     assert_eq!(run.code, -1, "the agent was to die by SIGKILL after {step}:\n{}", run.stderr);
     assert!(run.stderr.contains(&format!("failpoint {step}")), "{}", run.stderr);
+}
+
+/// Runs `k3s-asg-agent COMMAND` on `inst` with the crash point after `step` armed (for this run only).
+async fn run_with_failpoint(w: &mut World, inst: &Instance, command: &str, step: StepName) -> AgentRun {
+    w.agent_env.insert(FAILPOINT.into(), step.as_str().into());
+    let run = w.agent(inst, &[command]).await.unwrap();
+    w.agent_env.remove(FAILPOINT);
+    run
 }
 
 /// Files a crashed atomic write could leave: the temp files of `HostFs`.
@@ -43,11 +51,9 @@ async fn killed_after_each_join_step_the_next_join_converges() {
         // A fresh cluster per step, so the crashed server is the one that initialises it.
         let cluster = format!("j-{step}");
         w.create_cluster(&cluster).await.unwrap();
-        let tg = w.clusters[&cluster].target_group_arn.clone();
+        let tg = w.target_group(&cluster);
         let cp = w.launch(&cluster, "control-plane").await.unwrap();
-        w.agent_env.insert(FAILPOINT.into(), step.as_str().into());
-        killed_at(&w.agent(&cp, &["join"]).await.unwrap(), step);
-        w.agent_env.remove(FAILPOINT);
+        killed_at(&run_with_failpoint(&mut w, &cp, "join", step).await, step);
 
         ok(&w.agent(&cp, &["join"]).await.unwrap());
         let token = w.param(&format!("/k3s-asg/clusters/{cluster}/token")).await.unwrap().expect("token");
@@ -78,17 +84,13 @@ async fn killed_after_each_join_step_the_next_join_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_after_each_join_step_converges() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let tg = w.clusters["alpha"].target_group_arn.clone();
-    let cp = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    let mut w = World::with_cluster("alpha").await.unwrap();
+    let tg = w.target_group("alpha");
+    let cp = w.joined("alpha", "control-plane").await.unwrap();
     let mut expected = vec![cp.id.clone()];
     for step in StepName::join_steps(Role::Node) {
         let node = w.launch("alpha", "node").await.unwrap();
-        w.agent_env.insert(FAILPOINT.into(), step.as_str().into());
-        killed_at(&w.agent(&node, &["join"]).await.unwrap(), step);
-        w.agent_env.remove(FAILPOINT);
+        killed_at(&run_with_failpoint(&mut w, &node, "join", step).await, step);
         ok(&w.agent(&node, &["join"]).await.unwrap());
         expected.push(node.id.clone());
         expected.sort();
@@ -107,19 +109,14 @@ async fn a_node_killed_after_each_join_step_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_after_each_leave_step_run_finishes_the_leave() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let tg = w.clusters["alpha"].target_group_arn.clone();
-    let cp = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    let mut w = World::with_cluster("alpha").await.unwrap();
+    let tg = w.target_group("alpha");
+    let cp = w.joined("alpha", "control-plane").await.unwrap();
     for &step in StepName::LEAVE.iter().filter(|s| !s.only_in_recovery()) {
         // A second server (so the first keeps quorum), terminating behind a lifecycle hook.
-        let s = w.launch("alpha", "control-plane").await.unwrap();
-        ok(&w.agent(&s, &["join"]).await.unwrap());
+        let s = w.joined("alpha", "control-plane").await.unwrap();
         w.asg.add(&s.id, "alpha-control-plane", "Terminating:Wait", 30);
-        w.agent_env.insert(FAILPOINT.into(), step.as_str().into());
-        killed_at(&w.agent(&s, &["leave"]).await.unwrap(), step);
-        w.agent_env.remove(FAILPOINT);
+        killed_at(&run_with_failpoint(&mut w, &s, "leave", step).await, step);
 
         // systemd restarts `run`, which finds the unfinished leave.
         let run = w.agent(&s, &["run"]).await.unwrap();
@@ -145,8 +142,7 @@ async fn killed_after_each_leave_step_run_finishes_the_leave() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_leave_the_next_run_finishes_the_job() {
     let (mut w, cp, tg) = cluster().await;
-    let node = w.launch("alpha", "node").await.unwrap();
-    ok(&w.agent(&node, &["join"]).await.unwrap());
+    let node = w.joined("alpha", "node").await.unwrap();
     w.agent_env.insert("K3S_STUB_DRAIN_SECONDS".into(), "30".into());
     let agent = w.spawn_agent(&node, &["leave"]).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -174,18 +170,11 @@ async fn killed_mid_leave_the_next_run_finishes_the_job() {
 async fn a_crash_at_each_recovery_step_converges() {
     for step in [StepName::RecoveryWon, StepName::Restored] {
         let mut w = world(true).await;
-        w.agent_env.insert("K3S_STUB_SNAPSHOT_EVERY".into(), "1".into());
-        let old = servers(&w, 1).await;
-        join_each(&w, &old).await;
-        write_marker(&old, "marker: crash");
-        snapshot_with(&w, "marker: crash").await;
+        let old = snapshotted_servers(&mut w, 1, "marker: crash").await;
         lose(&w, &old).await;
-        w.agent_env.remove("K3S_STUB_SNAPSHOT_EVERY");
         let a = w.launch("alpha", "control-plane").await.unwrap();
-        w.agent_env.insert("K3S_ASG_FAILPOINT".into(), step.as_str().into());
-        let crashed = w.agent(&a, &["join"]).await.unwrap();
+        let crashed = run_with_failpoint(&mut w, &a, "join", step).await;
         assert_ne!(crashed.code, 0, "{step}: the failpoint killed it");
-        w.agent_env.remove("K3S_ASG_FAILPOINT");
         ok(&w.agent(&a, &["join"]).await.unwrap());
         assert_eq!(a.file(DB_STATE).as_deref(), Some("marker: crash"), "{step}");
         assert!(record(&w, 2).await.is_some_and(|r| r.winner == a.id && r.secured_at.is_some()), "{step}");
@@ -193,12 +182,9 @@ async fn a_crash_at_each_recovery_step_converges() {
     }
     // The last server killed right after its final snapshot: leave again finishes.
     let mut w = world(true).await;
-    let s = servers(&w, 1).await.remove(0);
-    join_each(&w, std::slice::from_ref(&s)).await;
+    let s = w.joined("alpha", "control-plane").await.unwrap();
     write_marker(std::slice::from_ref(&s), "marker: final");
-    w.agent_env.insert("K3S_ASG_FAILPOINT".into(), StepName::FinalSnapshot.as_str().into());
-    assert_ne!(w.agent(&s, &["leave"]).await.unwrap().code, 0);
-    w.agent_env.remove("K3S_ASG_FAILPOINT");
+    assert_ne!(run_with_failpoint(&mut w, &s, "leave", StepName::FinalSnapshot).await.code, 0);
     ok(&w.agent(&s, &["leave"]).await.unwrap());
     assert_eq!(state(&s).phase, Phase::Left);
     let snaps = w.snapshots("alpha", BUCKET).await.unwrap();

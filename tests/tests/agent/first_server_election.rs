@@ -47,17 +47,10 @@ async fn dead_winner(w: &mut World, cluster: &str) -> Instance {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_servers_at_once_elect_exactly_one() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let tg = w.clusters["alpha"].target_group_arn.clone();
-    let mut servers = Vec::new();
-    for _ in 0..5 {
-        servers.push(w.launch("alpha", "control-plane").await.unwrap());
-    }
-    let runs = k3s_asg_testbed::join_all(servers.iter().map(|s| w.agent(s, &["join"])).collect()).await;
-    for r in &runs {
-        ok(r.as_ref().unwrap());
-    }
+    let w = World::with_cluster("alpha").await.unwrap();
+    let tg = w.target_group("alpha");
+    let servers = w.servers("alpha", 5).await.unwrap();
+    let runs = w.agents_at_once(&servers, &["join"]).await.unwrap();
     let inits = servers.iter().filter(|s| s.file("/etc/rancher/k3s/config.yaml").unwrap().contains("cluster-init: true")).count();
     assert_eq!(inits, 1, "exactly one server initialises the cluster");
     let creates = w.recorder.calls().iter().filter(|c| c.operation == "PutParameter").count();
@@ -72,7 +65,6 @@ async fn five_servers_at_once_elect_exactly_one() {
     let roots: Vec<&std::path::Path> = servers.iter().map(|s| s.root.as_path()).collect();
     let secrets = secrets_of(&[Some(token), w.param(ADMIN).await.unwrap(), w.param(DRAIN).await.unwrap()], &roots);
     for r in &runs {
-        let r = r.as_ref().unwrap();
         for s in &secrets {
             assert!(!r.stderr.contains(s.as_str()) && !r.stdout.contains(s.as_str()), "a secret leaked into a server's log");
         }
@@ -88,22 +80,16 @@ async fn ten_servers_at_once_elect_exactly_one_three_times() {
         w.recorder.clear();
         let cluster = format!("race{rep}");
         w.create_cluster(&cluster).await.unwrap();
-        let tg = w.clusters[&cluster].target_group_arn.clone();
-        let mut servers = Vec::new();
-        for _ in 0..SERVERS {
-            servers.push(w.launch(&cluster, "control-plane").await.unwrap());
-        }
-        let runs = k3s_asg_testbed::join_all(servers.iter().map(|s| w.agent(s, &["join"])).collect()).await;
-        for r in &runs {
-            ok(r.as_ref().unwrap());
-        }
+        let tg = w.target_group(&cluster);
+        let servers = w.servers(&cluster, SERVERS).await.unwrap();
+        let runs = w.agents_at_once(&servers, &["join"]).await.unwrap();
         let inits: Vec<usize> =
             (0..servers.len()).filter(|i| servers[*i].file("/etc/rancher/k3s/config.yaml").unwrap().contains("cluster-init: true")).collect();
         if inits.len() != 1 {
             // Say what each initialiser saw (its log has no secrets) and what SSM was asked.
             let mut why = String::new();
             for i in &inits {
-                let log = &runs[*i].as_ref().unwrap().stderr;
+                let log = &runs[*i].stderr;
                 let lines: Vec<&str> = log.lines().filter(|l| l.contains("token") || l.contains("mode") || l.contains("PutParameter")).collect();
                 why += &format!("\n{}:\n  {}", servers[*i].id, lines.join("\n  "));
             }
@@ -141,10 +127,7 @@ async fn a_dead_winner_is_replaced_and_the_fresh_servers_form_one_cluster() {
     let a = dead_winner(&mut w, "alpha").await;
     let servers = vec![w.launch("alpha", "control-plane").await.unwrap(), w.launch("alpha", "control-plane").await.unwrap()];
     let node = w.launch("alpha", "node").await.unwrap();
-    let mut runs = k3s_asg_testbed::join_all(servers.iter().chain([&node]).map(|s| w.agent(s, &["join"])).collect()).await;
-    for r in &runs {
-        ok(r.as_ref().unwrap());
-    }
+    let mut runs = w.agents_at_once(servers.iter().chain([&node]), &["join"]).await.unwrap();
     let inits = initialisers(&servers);
     assert_eq!(inits.len(), 1, "exactly one cluster-init");
     let winner = inits[0];
@@ -178,14 +161,8 @@ async fn ten_servers_after_a_dead_winner_elect_exactly_one_three_times() {
     for rep in 0..REPETITIONS {
         let cluster = format!("dead{rep}");
         dead_winner(&mut w, &cluster).await;
-        let mut servers = Vec::new();
-        for _ in 0..SERVERS {
-            servers.push(w.launch(&cluster, "control-plane").await.unwrap());
-        }
-        let runs = k3s_asg_testbed::join_all(servers.iter().map(|s| w.agent(s, &["join"])).collect()).await;
-        for r in &runs {
-            ok(r.as_ref().unwrap());
-        }
+        let servers = w.servers(&cluster, SERVERS).await.unwrap();
+        w.agents_at_once(&servers, &["join"]).await.unwrap();
         let inits = initialisers(&servers);
         assert_eq!(inits.len(), 1, "repetition {rep}: exactly one cluster-init");
         assert_eq!(record(&w, &cluster, 2).await.expect("election 2").winner, inits[0].id, "repetition {rep}");
@@ -204,8 +181,7 @@ async fn ten_servers_after_a_dead_winner_elect_exactly_one_three_times() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_but_live_winner_is_not_displaced() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
+    let mut w = World::with_cluster("alpha").await.unwrap();
     // A short lease: the contender's patience runs out many times while the winner is slow.
     w.agent_env.insert("K3S_ASG_ELECTION_LEASE".into(), "2".into());
     let a = w.launch("alpha", "control-plane").await.unwrap();
@@ -245,8 +221,7 @@ async fn a_slow_but_live_winner_is_not_displaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_token_never_starts_a_second_cluster_and_a_live_server_puts_it_back() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
+    let mut w = World::with_cluster("alpha").await.unwrap();
     let a = w.launch("alpha", "control-plane").await.unwrap();
     let b = w.launch("alpha", "control-plane").await.unwrap();
     ok(&w.agent(&a, &["join"]).await.unwrap());
@@ -282,8 +257,7 @@ async fn a_lost_token_never_starts_a_second_cluster_and_a_live_server_puts_it_ba
     ok(&w.agent(&c, &["join"]).await.unwrap());
     assert!(initialisers(std::slice::from_ref(&c)).is_empty(), "the new server joined, it did not initialise");
     assert_eq!(w.api_records("alpha").await.unwrap().len(), 3);
-    guard.sigterm();
-    guard.wait(Duration::from_secs(30)).await.unwrap();
+    guard.stop(Duration::from_secs(30)).await.unwrap();
     k3s_asg_testbed::reliability::held(
         "Election",
         "two servers live, the token parameter deleted; a third server boots; a live server runs `run`",
@@ -298,12 +272,9 @@ async fn a_lost_token_never_starts_a_second_cluster_and_a_live_server_puts_it_ba
 /// backs its datastore up, resets it and joins the live cluster instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_initialiser_joins_the_live_cluster_and_never_starts_another() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let a = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&a, &["join"]).await.unwrap());
-    let b = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&b, &["join"]).await.unwrap());
+    let w = World::with_cluster("alpha").await.unwrap();
+    let a = w.joined("alpha", "control-plane").await.unwrap();
+    let b = w.joined("alpha", "control-plane").await.unwrap();
     assert!(a.file("/etc/rancher/k3s/config.yaml").is_some_and(|c| c.contains("cluster-init: true")), "a initialised the cluster");
     // a's Node is deleted while it runs (by hand, through b): k3s removes its etcd member, a's
     // k3s writes its tombstone and exits, and its unit refuses the automatic restart (which

@@ -10,9 +10,8 @@ use std::os::unix::fs::PermissionsExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_server_initialises_then_node_joins() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let tg = w.clusters["alpha"].target_group_arn.clone();
+    let w = World::with_cluster("alpha").await.unwrap();
+    let tg = w.target_group("alpha");
 
     let cp = w.launch("alpha", "control-plane").await.unwrap();
     let run = w.agent(&cp, &["join"]).await.unwrap();
@@ -119,10 +118,8 @@ async fn first_server_initialises_then_node_joins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_fall_back_to_describe_tags_and_stale_records_are_pruned() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let first = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&first, &["join"]).await.unwrap());
+    let w = World::with_cluster("alpha").await.unwrap();
+    let first = w.joined("alpha", "control-plane").await.unwrap();
 
     // Instance metadata tags off: the agent reads its tags through ec2:DescribeTags.
     let second = w.launch("alpha", "control-plane").await.unwrap();
@@ -173,8 +170,7 @@ async fn tags_fall_back_to_describe_tags_and_stale_records_are_pruned() {
     w.agent_env.insert("K3S_ASG_TOKEN_CHECK".into(), "1".into());
     let _running = super::recovery::keep_running(&w, &first);
 
-    let third = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&third, &["join"]).await.unwrap());
+    let third = w.joined("alpha", "control-plane").await.unwrap();
     let records: Vec<String> = w.api_records("alpha").await.unwrap().into_iter().map(|(id, _)| id).collect();
     let mut want = vec![first.id.clone(), spare.id.clone(), third.id.clone(), "manual-entry".to_string()];
     want.sort();
@@ -183,10 +179,8 @@ async fn tags_fall_back_to_describe_tags_and_stale_records_are_pruned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_state_file_is_reported_as_corrupt() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let cp = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    let w = World::with_cluster("alpha").await.unwrap();
+    let cp = w.joined("alpha", "control-plane").await.unwrap();
     let token = w.param(TOKEN).await.unwrap();
     std::fs::write(cp.path(k3s_asg_agent::state::STATE_PATH), "{\"instance_id\": \"i-trunc").unwrap();
     let status = w.agent(&cp, &["status"]).await.unwrap();

@@ -6,7 +6,7 @@
 
 use super::common::cluster;
 use k3s_asg_agent::state::{Phase, Trigger};
-use k3s_asg_testbed::check::{ok, wait_for_phase};
+use k3s_asg_testbed::check::ok;
 use k3s_asg_testbed::world::{Instance, World};
 use std::time::Duration;
 
@@ -35,8 +35,7 @@ fn assert_order(t: &[(u128, String)], steps: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_leaves_in_order_and_completes_the_lifecycle_action() {
     let (mut w, cp, tg) = cluster().await;
-    let node = w.launch("alpha", "node").await.unwrap();
-    ok(&w.agent(&node, &["join"]).await.unwrap());
+    let node = w.joined("alpha", "node").await.unwrap();
     w.asg.add(&node.id, "alpha-nodes", "Terminating:Wait", 3);
     w.agent_env.insert("K3S_STUB_DRAIN_SECONDS".into(), "2.5".into());
     w.recorder.clear();
@@ -71,8 +70,7 @@ async fn node_leaves_in_order_and_completes_the_lifecycle_action() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_removes_its_api_record_before_draining() {
     let (w, cp, tg) = cluster().await;
-    let cp2 = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&cp2, &["join"]).await.unwrap());
+    let cp2 = w.joined("alpha", "control-plane").await.unwrap();
     w.recorder.clear();
     cp2.clear_stub_calls();
     ok(&w.agent(&cp2, &["leave"]).await.unwrap());
@@ -103,8 +101,7 @@ async fn second_sigterm_skips_waits_but_still_cleans_up() {
     // A drain that would take far longer than anyone wants to wait.
     w.agent_env.insert("K3S_STUB_DRAIN_SECONDS".into(), "120".into());
     let node = w.launch("alpha", "node").await.unwrap();
-    let agent = w.spawn_agent(&node, &["run"]).unwrap();
-    wait_for_phase(&node, Phase::Ready).await;
+    let agent = w.run_until_ready(&node).await.unwrap();
     w.ec2.stop_instances().instance_ids(&node.id).send().await.unwrap();
     agent.sigterm();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

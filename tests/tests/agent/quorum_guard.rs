@@ -4,14 +4,14 @@
 //! the hook allows), and without one leaves with its member kept. A replacement's Node is Ready before its member votes
 //! (k3s joins members as learners and promotes them later): the guard waits for the vote.
 
-use super::recovery::{join_each, keep_running, servers, until, world};
+use super::recovery::{join_each, keep_running, until, world};
 use k3s_asg_testbed::check::{ok, state};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_guard_keeps_the_member_until_a_replacement_is_healthy() {
     let mut w = world(false).await;
-    let s = servers(&w, 3).await;
+    let s = w.servers("alpha", 3).await.unwrap();
     join_each(&w, &s).await;
     let (a, b, c) = (&s[0], &s[1], &s[2]);
     assert_eq!(a.etcd_members().iter().filter(|(_, learner)| !learner).count(), 3, "three voters");
@@ -30,7 +30,7 @@ async fn quorum_guard_keeps_the_member_until_a_replacement_is_healthy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_voter_waits_for_its_replacements_promotion_not_its_node() {
     let mut w = world(false).await;
-    let s = servers(&w, 3).await;
+    let s = w.servers("alpha", 3).await.unwrap();
     join_each(&w, &s).await;
     let (a, b, c) = (&s[0], &s[1], &s[2]);
     // b's instance dies; a's agent collects its Node and member (etcd adds no member while a
@@ -63,7 +63,7 @@ async fn a_leaving_voter_waits_for_its_replacements_promotion_not_its_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_guard_holds_past_the_fixed_bound_while_the_hook_allows() {
     let mut w = world(false).await;
-    let s = servers(&w, 3).await;
+    let s = w.servers("alpha", 3).await.unwrap();
     join_each(&w, &s).await;
     let (a, b, c) = (&s[0], &s[1], &s[2]);
     // b is down: c may not remove its member until a replacement votes or b's member is gone.

@@ -11,8 +11,7 @@ use std::sync::atomic::Ordering;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_timeout_names_the_probe_and_registers_nothing() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
+    let mut w = World::with_cluster("alpha").await.unwrap();
     w.agent_env.insert("K3S_ASG_READY_TIMEOUT".into(), "2".into());
     w.readiness_status.store(503, std::sync::atomic::Ordering::SeqCst);
     let cp = w.launch("alpha", "control-plane").await.unwrap();
@@ -33,9 +32,8 @@ async fn readiness_timeout_names_the_probe_and_registers_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_nothing_serves_does_not_stop_the_cluster_from_forming() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let tg = w.clusters["alpha"].target_group_arn.clone();
+    let mut w = World::with_cluster("alpha").await.unwrap();
+    let tg = w.target_group("alpha");
     // The README's probe, served by nothing yet (no ingress on a fresh cluster).
     w.readiness_status.store(503, Ordering::SeqCst);
     w.agent_env.insert("K3S_ASG_READY_TIMEOUT".into(), "3".into());
@@ -71,16 +69,14 @@ async fn a_probe_nothing_serves_does_not_stop_the_cluster_from_forming() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_apply_to_the_roles_they_name() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let tg = w.clusters["alpha"].target_group_arn.clone();
+    let mut w = World::with_cluster("alpha").await.unwrap();
+    let tg = w.target_group("alpha");
     let mut spec = w.default_spec(&w.clusters["alpha"]);
     spec["readiness"] = serde_json::json!([{ "http": w.readiness_url(), "expect_status": 200, "roles": ["node"] }]);
     w.put_spec("alpha", &spec.to_string()).await.unwrap();
     w.readiness_status.store(503, Ordering::SeqCst);
     w.agent_env.insert("K3S_ASG_READY_TIMEOUT".into(), "3".into());
-    let cp = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    let cp = w.joined("alpha", "control-plane").await.unwrap();
     assert_eq!(w.members(&tg).await.unwrap(), vec![cp.id.clone()], "a node-only probe does not hold the control plane");
     let node = w.launch("alpha", "node").await.unwrap();
     let run = w.agent(&node, &["join"]).await.unwrap();
@@ -100,8 +96,7 @@ async fn probes_apply_to_the_roles_they_name() {
 /// (`--no-block`) and waits for the unit under its ready timeout, saying what it waits for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_k3s_that_never_gets_ready_ends_the_join_within_the_ready_timeout_and_says_why() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
+    let mut w = World::with_cluster("alpha").await.unwrap();
     w.agent_env.insert("K3S_ASG_READY_TIMEOUT".into(), "3".into());
     w.agent_env.insert("K3S_STUB_START_BLOCKS".into(), "1".into());
     let cp = w.launch("alpha", "control-plane").await.unwrap();

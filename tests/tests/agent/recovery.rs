@@ -12,7 +12,7 @@
 use super::common::initialisers;
 use k3s_asg_agent::election::Record;
 use k3s_asg_agent::state::{Phase, StepName};
-use k3s_asg_testbed::check::{ok, state, wait_for_phase};
+use k3s_asg_testbed::check::{ok, state};
 use k3s_asg_testbed::world::{Instance, World};
 use std::time::{Duration, Instant};
 
@@ -30,8 +30,7 @@ pub(crate) async fn record(w: &World, epoch: u64) -> Option<Record> {
 
 /// A world with cluster alpha, recovery grace of 1 s and node token checks every second.
 pub(crate) async fn world(snapshots: bool) -> World {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
+    let mut w = World::with_cluster("alpha").await.unwrap();
     if snapshots {
         w.enable_snapshots("alpha", BUCKET).await.unwrap();
     }
@@ -49,14 +48,6 @@ pub(crate) async fn world(snapshots: bool) -> World {
 pub(crate) fn keep_running(w: &World, server: &Instance) -> k3s_asg_testbed::world::Running {
     assert_eq!(w.agent_env.get("K3S_ASG_TOKEN_CHECK").map(String::as_str), Some("1"), "rounds every second");
     w.spawn_agent(server, &["run"]).unwrap()
-}
-
-pub(crate) async fn servers(w: &World, n: usize) -> Vec<Instance> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(w.launch("alpha", "control-plane").await.unwrap());
-    }
-    out
 }
 
 /// Joins each server in turn (the first initialises).
@@ -97,8 +88,19 @@ pub(crate) async fn until(what: &str, done: impl Fn() -> bool) {
     k3s_asg_testbed::check::until(what, Duration::from_secs(60), done).await
 }
 
+/// Launches and joins `n` servers that snapshot every second, writes `marker`, waits for a snapshot of it.
+pub(crate) async fn snapshotted_servers(w: &mut World, n: usize, marker: &str) -> Vec<Instance> {
+    w.agent_env.insert("K3S_STUB_SNAPSHOT_EVERY".into(), "1".into());
+    let old = w.servers("alpha", n).await.unwrap();
+    join_each(w, &old).await;
+    write_marker(&old, marker);
+    snapshot_with(w, marker).await;
+    w.agent_env.remove("K3S_STUB_SNAPSHOT_EVERY");
+    old
+}
+
 /// Waits until a scheduled snapshot holding `marker` is in S3.
-pub(crate) async fn snapshot_with(w: &World, marker: &str) {
+async fn snapshot_with(w: &World, marker: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if w.snapshots("alpha", BUCKET).await.unwrap().iter().any(|(n, body)| n.starts_with("etcd-snapshot-") && body.contains(marker)) {
@@ -117,11 +119,10 @@ fn configured_server(inst: &Instance) -> Option<String> {
 async fn total_loss_with_snapshots_restores_the_cluster_and_its_nodes_follow() {
     let mut w = world(true).await;
     w.agent_env.insert("K3S_STUB_SNAPSHOT_EVERY".into(), "1".into());
-    let old = servers(&w, 3).await;
+    let old = w.servers("alpha", 3).await.unwrap();
     join_each(&w, &old).await;
     let node = w.launch("alpha", "node").await.unwrap();
-    let node_run = w.spawn_agent(&node, &["run"]).unwrap();
-    wait_for_phase(&node, Phase::Ready).await;
+    let node_run = w.run_until_ready(&node).await.unwrap();
     let token = w.param(&token_name()).await.unwrap().unwrap();
     write_marker(&old, "marker: objects written before the loss");
     snapshot_with(&w, "marker: objects written before the loss").await;
@@ -133,11 +134,8 @@ async fn total_loss_with_snapshots_restores_the_cluster_and_its_nodes_follow() {
     let members = w.dir.path().join("cp-nodes");
     std::fs::write(&members, old.iter().map(|o| format!("{} False\n", o.id)).collect::<String>()).unwrap();
     w.agent_env.insert("K3S_STUB_CP_NODES".into(), members.display().to_string());
-    let fresh = servers(&w, 3).await;
-    let runs = k3s_asg_testbed::join_all(fresh.iter().map(|s| w.agent(s, &["join"])).collect()).await;
-    for r in &runs {
-        ok(r.as_ref().unwrap());
-    }
+    let fresh = w.servers("alpha", 3).await.unwrap();
+    w.agents_at_once(&fresh, &["join"]).await.unwrap();
     assert_eq!(resets(&fresh), 1, "exactly one restore");
     let inits = initialisers(&fresh);
     assert_eq!(inits.len(), 1, "one server brought the cluster back; the others joined it");
@@ -165,8 +163,7 @@ async fn total_loss_with_snapshots_restores_the_cluster_and_its_nodes_follow() {
     // The node follows by itself: its server is gone, a restored one proves the CA.
     let new_ips: Vec<String> = fresh.iter().map(|s| format!("https://{}:6443", s.ip)).collect();
     until("the node to join a restored server", || configured_server(&node).is_some_and(|u| new_ips.contains(&u))).await;
-    node_run.sigterm();
-    ok(&node_run.wait(Duration::from_secs(60)).await.unwrap());
+    ok(&node_run.stop(Duration::from_secs(60)).await.unwrap());
     k3s_asg_testbed::reliability::held(
         "Recovery",
         "all 3 servers lost with snapshots; 3 fresh servers join at once",
@@ -178,19 +175,15 @@ async fn total_loss_with_snapshots_restores_the_cluster_and_its_nodes_follow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn total_loss_without_snapshots_starts_one_new_cluster_and_says_so() {
     let w = world(false).await;
-    let old = servers(&w, 2).await;
+    let old = w.servers("alpha", 2).await.unwrap();
     join_each(&w, &old).await;
     let node = w.launch("alpha", "node").await.unwrap();
-    let node_run = w.spawn_agent(&node, &["run"]).unwrap();
-    wait_for_phase(&node, Phase::Ready).await;
+    let node_run = w.run_until_ready(&node).await.unwrap();
     let old_token = w.param(&token_name()).await.unwrap().unwrap();
 
     lose(&w, &old).await;
-    let fresh = servers(&w, 2).await;
-    let runs = k3s_asg_testbed::join_all(fresh.iter().map(|s| w.agent(s, &["join"])).collect()).await;
-    for r in &runs {
-        ok(r.as_ref().unwrap());
-    }
+    let fresh = w.servers("alpha", 2).await.unwrap();
+    let runs = w.agents_at_once(&fresh, &["join"]).await.unwrap();
     assert_eq!(resets(&fresh), 0, "nothing to restore");
     let inits = initialisers(&fresh);
     assert_eq!(inits.len(), 1, "exactly one new cluster");
@@ -198,7 +191,7 @@ async fn total_loss_without_snapshots_starts_one_new_cluster_and_says_so() {
     assert!(new_token.starts_with("K10") && new_token != old_token, "a new secure token");
     let st = state(inits[0]);
     assert!(st.recovery.as_ref().is_some_and(|r| r.outcome.contains("the old cluster's state is gone")), "{:?}", st.recovery);
-    let logged = runs.iter().map(|r| r.as_ref().unwrap().stderr.clone()).collect::<String>();
+    let logged = runs.iter().map(|r| r.stderr.clone()).collect::<String>();
     assert!(logged.contains("the old cluster's state is gone"), "said in the log");
     // The node re-joins the new cluster with the new cluster's agent token.
     let agent_token = w.param("/k3s-asg/clusters/alpha/agent-token").await.unwrap().expect("agent token");
@@ -209,15 +202,13 @@ async fn total_loss_without_snapshots_starts_one_new_cluster_and_says_so() {
     })
     .await;
     assert!(configured_server(&node).is_some_and(|u| fresh.iter().any(|s| u.contains(&s.ip))));
-    node_run.sigterm();
-    ok(&node_run.wait(Duration::from_secs(60)).await.unwrap());
+    ok(&node_run.stop(Duration::from_secs(60)).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_server_without_a_record_wins_over_recovery_and_a_silent_member_blocks_it() {
     let mut w = world(true).await;
-    let a = servers(&w, 1).await.remove(0);
-    join_each(&w, std::slice::from_ref(&a)).await;
+    let a = w.joined("alpha", "control-plane").await.unwrap();
     write_marker(std::slice::from_ref(&a), "marker: a lives");
     // A's record is lost (deleted by hand); A itself is fine.
     let c = &w.clusters["alpha"];
@@ -241,8 +232,7 @@ async fn a_live_server_without_a_record_wins_over_recovery_and_a_silent_member_b
         .await
         .unwrap();
     assert!(w.api_records("alpha").await.unwrap().is_empty());
-    let b = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&b, &["join"]).await.unwrap());
+    let b = w.joined("alpha", "control-plane").await.unwrap();
     assert_eq!(configured_server(&b).as_deref(), Some(format!("https://{}:6443", a.ip).as_str()), "joined the live server");
     assert_eq!(resets(std::slice::from_ref(&b)), 0);
     assert!(record(&w, 2).await.is_none(), "no recovery election");
@@ -269,7 +259,7 @@ async fn a_live_server_without_a_record_wins_over_recovery_and_a_silent_member_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_three_to_zero_and_back_to_one_keeps_the_cluster() {
     let mut w = world(true).await;
-    let old = servers(&w, 3).await;
+    let old = w.servers("alpha", 3).await.unwrap();
     join_each(&w, &old).await;
     write_marker(&old, "marker: before the night");
     // Scale-in one by one: the stub's control-plane Node list is what is left.
@@ -290,7 +280,7 @@ async fn scale_three_to_zero_and_back_to_one_keeps_the_cluster() {
 
     // Morning: scale to 1.
     w.agent_env.remove("K3S_STUB_CP_NODES");
-    let morning = servers(&w, 1).await;
+    let morning = w.servers("alpha", 1).await.unwrap();
     ok(&w.agent(&morning[0], &["join"]).await.unwrap());
     assert_eq!(morning[0].file(DB_STATE).as_deref(), Some("marker: before the night"));
     assert_eq!(morning[0].file(RESTORED_FROM).as_deref(), Some(snaps[0].0.as_str()));
@@ -302,19 +292,11 @@ async fn scale_three_to_zero_and_back_to_one_keeps_the_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_fresh_servers_after_a_loss_elect_one_restorer() {
     let mut w = world(true).await;
-    w.agent_env.insert("K3S_STUB_SNAPSHOT_EVERY".into(), "1".into());
-    let old = servers(&w, 1).await;
-    join_each(&w, &old).await;
-    write_marker(&old, "marker: ten");
-    snapshot_with(&w, "marker: ten").await;
+    let old = snapshotted_servers(&mut w, 1, "marker: ten").await;
     lose(&w, &old).await;
-    w.agent_env.remove("K3S_STUB_SNAPSHOT_EVERY");
     super::common::patient(&mut w);
-    let fresh = servers(&w, 10).await;
-    let runs = k3s_asg_testbed::join_all(fresh.iter().map(|s| w.agent(s, &["join"])).collect()).await;
-    for r in &runs {
-        ok(r.as_ref().unwrap());
-    }
+    let fresh = w.servers("alpha", 10).await.unwrap();
+    w.agents_at_once(&fresh, &["join"]).await.unwrap();
     assert_eq!(resets(&fresh), 1, "exactly one restorer");
     assert_eq!(initialisers(&fresh).len(), 1);
     assert!(fresh.iter().all(|s| s.file(DB_STATE).as_deref() == Some("marker: ten")));
@@ -330,7 +312,7 @@ async fn ten_fresh_servers_after_a_loss_elect_one_restorer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_every_server_away_at_once_still_saves_a_final_snapshot() {
     let mut w = world(true).await;
-    let old = servers(&w, 3).await;
+    let old = w.servers("alpha", 3).await.unwrap();
     join_each(&w, &old).await;
     write_marker(&old, "marker: all at once");
     // Every server Ready in the Node list, and every one terminating behind the hook.
@@ -340,10 +322,7 @@ async fn scaling_every_server_away_at_once_still_saves_a_final_snapshot() {
     for s in &old {
         w.asg.add(&s.id, "alpha-control-plane", "Terminating:Wait", 30);
     }
-    let runs = k3s_asg_testbed::join_all(old.iter().map(|s| w.agent(s, &["leave"])).collect()).await;
-    for r in &runs {
-        ok(r.as_ref().unwrap());
-    }
+    w.agents_at_once(&old, &["leave"]).await.unwrap();
     let snaps = w.snapshots("alpha", BUCKET).await.unwrap();
     assert!(!snaps.is_empty() && snaps.iter().all(|(n, b)| n.starts_with("k3s-asg-final-") && b.contains("marker: all at once")), "{snaps:?}");
 }
@@ -351,19 +330,13 @@ async fn scaling_every_server_away_at_once_still_saves_a_final_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_stopped_through_a_recovery_comes_back_into_the_recovered_cluster() {
     let mut w = world(true).await;
-    w.agent_env.insert("K3S_STUB_SNAPSHOT_EVERY".into(), "1".into());
-    let old = servers(&w, 2).await;
-    join_each(&w, &old).await;
-    write_marker(&old, "marker: stopped");
-    snapshot_with(&w, "marker: stopped").await;
-    w.agent_env.remove("K3S_STUB_SNAPSHOT_EVERY");
+    let old = snapshotted_servers(&mut w, 2, "marker: stopped").await;
     // The initialiser is stopped (not terminated), the other lost.
     let a = &old[0];
     let _ = std::fs::remove_file(a.path("/run/k3s-stub/active-k3s"));
     w.ec2.stop_instances().instance_ids(&a.id).send().await.unwrap();
     lose(&w, &old[1..]).await;
-    let c = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&c, &["join"]).await.unwrap());
+    let c = w.joined("alpha", "control-plane").await.unwrap();
     assert!(c.file(RESTORED_FROM).is_some(), "c recovered the cluster");
     std::fs::write(c.path(DB_STATE), "marker: written after the recovery").unwrap();
     // a starts again: its old datastore must not come back as a second cluster.
@@ -385,12 +358,7 @@ async fn a_server_stopped_through_a_recovery_comes_back_into_the_recovered_clust
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_that_will_not_restore_is_set_aside_for_the_next_newest() {
     let mut w = world(true).await;
-    w.agent_env.insert("K3S_STUB_SNAPSHOT_EVERY".into(), "1".into());
-    let old = servers(&w, 1).await;
-    join_each(&w, &old).await;
-    write_marker(&old, "marker: good");
-    snapshot_with(&w, "marker: good").await;
-    w.agent_env.remove("K3S_STUB_SNAPSHOT_EVERY");
+    let old = snapshotted_servers(&mut w, 1, "marker: good").await;
     lose(&w, &old).await;
     tokio::time::sleep(Duration::from_millis(1100)).await; // a later LastModified than the good ones
     let broken = format!("etcd-snapshot-{}-9999999999", old[0].id);

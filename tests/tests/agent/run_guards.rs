@@ -8,15 +8,11 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_in_run_collects_the_nodes_of_dead_instances() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
+    let mut w = World::with_cluster("alpha").await.unwrap();
     w.agent_env.insert("K3S_ASG_TOKEN_CHECK".into(), "1".into());
-    let cp = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&cp, &["join"]).await.unwrap());
-    let alive = w.launch("alpha", "node").await.unwrap();
-    ok(&w.agent(&alive, &["join"]).await.unwrap());
-    let ghost = w.launch("alpha", "node").await.unwrap();
-    ok(&w.agent(&ghost, &["join"]).await.unwrap());
+    let cp = w.joined("alpha", "control-plane").await.unwrap();
+    let alive = w.joined("alpha", "node").await.unwrap();
+    let ghost = w.joined("alpha", "node").await.unwrap();
     // The ghost dies without leaving; a foreign Node (not an instance) is never touched.
     w.terminate(&ghost).await.unwrap();
     let nodes = w.dir.path().join("nodes");
@@ -30,8 +26,7 @@ async fn a_server_in_run_collects_the_nodes_of_dead_instances() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!deleted(&alive.id) && !deleted(&cp.id) && !deleted("workstation-7"), "only dead instances' Nodes go");
-    agent.sigterm();
-    let _ = agent.wait(Duration::from_secs(60)).await.unwrap();
+    let _ = agent.stop(Duration::from_secs(60)).await.unwrap();
     k3s_asg_testbed::reliability::held(
         "Bootstrap",
         "a node dies without leaving (terminated, no hook); an unknown instance id's Node",
@@ -42,12 +37,9 @@ async fn a_server_in_run_collects_the_nodes_of_dead_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_admin_kubeconfig_is_replaced_by_a_servers_own() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let a = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&a, &["join"]).await.unwrap());
-    let b = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&b, &["join"]).await.unwrap());
+    let mut w = World::with_cluster("alpha").await.unwrap();
+    let _a = w.joined("alpha", "control-plane").await.unwrap();
+    let b = w.joined("alpha", "control-plane").await.unwrap();
     let admin = "/k3s-asg/clusters/alpha/kubeconfig/admin";
     let published = w.param(admin).await.unwrap().unwrap();
     // Young: b leaves a's kubeconfig alone.
@@ -61,8 +53,7 @@ async fn an_old_admin_kubeconfig_is_replaced_by_a_servers_own() {
         calls.iter().filter(|c| c.operation == "GetParameters" && c.at_ms > registered).count()
     };
     until("two guard rounds", Duration::from_secs(30), || admin_reads() >= 4).await;
-    run.sigterm();
-    ok(&run.wait(Duration::from_secs(30)).await.unwrap());
+    ok(&run.stop(Duration::from_secs(30)).await.unwrap());
     assert_eq!(w.param(admin).await.unwrap().unwrap(), published, "a young kubeconfig is kept");
     // Old (max age 0 days here): b's own replaces it, once.
     w.agent_env.insert("K3S_ASG_KUBECONFIG_MAX_AGE_DAYS".into(), "0".into());
@@ -72,8 +63,7 @@ async fn an_old_admin_kubeconfig_is_replaced_by_a_servers_own() {
         assert!(Instant::now() < deadline, "the old kubeconfig was not replaced");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    run.sigterm();
-    ok(&run.wait(Duration::from_secs(30)).await.unwrap());
+    ok(&run.stop(Duration::from_secs(30)).await.unwrap());
     let replaced = w.param(admin).await.unwrap().unwrap();
     assert!(replaced.contains("server: https://api.alpha.us-east-1.example.com:6443"), "still the API name");
 }

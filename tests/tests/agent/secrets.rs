@@ -3,17 +3,14 @@
 //! test bed); here the scan is shown to catch a leak.
 
 use super::common::TOKEN;
-use k3s_asg_testbed::check::ok;
 use k3s_asg_testbed::world::World;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_secret_scan_catches_a_leak() {
     // Every program run in the test bed is scanned (World::agent, World::coordinator, Running::wait);
     // here the scan is fed a leak on purpose, to show it fails the test.
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let cp = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    let w = World::with_cluster("alpha").await.unwrap();
+    let cp = w.joined("alpha", "control-plane").await.unwrap();
     let token = w.param(TOKEN).await.unwrap().unwrap();
     let password = token.rsplit_once("::server:").unwrap().1.to_string();
     let scan = w.secret_scan(Some(&cp));

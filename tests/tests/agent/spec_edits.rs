@@ -43,9 +43,8 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_target_group_and_a_renamed_api_converge_while_run_goes() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let tg1 = w.clusters["alpha"].target_group_arn.clone();
+    let w = World::with_cluster("alpha").await.unwrap();
+    let tg1 = w.target_group("alpha");
     let tg2 = target_group(&w, "alpha-two").await;
     let old_host = w.clusters["alpha"].hostname.clone();
     let new_host = old_host.replacen("api.", "api2.", 1);
@@ -102,8 +101,7 @@ async fn a_replaced_target_group_and_a_renamed_api_converge_while_run_goes() {
     .await;
 
     // A new node joins through the renamed API's records.
-    let late = w.launch("alpha", "node").await.unwrap();
-    ok(&w.agent(&late, &["join"]).await.unwrap());
+    let late = w.joined("alpha", "node").await.unwrap();
     assert!(w.members(&tg2).await.unwrap().contains(&late.id));
 
     // The running node leaves from where it now is.
@@ -126,9 +124,8 @@ async fn a_replaced_target_group_and_a_renamed_api_converge_while_run_goes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leave_after_a_spec_edit_undoes_what_was_recorded() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let tg1 = w.clusters["alpha"].target_group_arn.clone();
+    let w = World::with_cluster("alpha").await.unwrap();
+    let tg1 = w.target_group("alpha");
     let tg2 = target_group(&w, "alpha-two").await;
     let old_host = w.clusters["alpha"].hostname.clone();
     let a = w.launch("alpha", "control-plane").await.unwrap();
@@ -155,15 +152,11 @@ async fn a_leave_after_a_spec_edit_undoes_what_was_recorded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_spec_does_not_stop_a_leave_from_what_was_recorded() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let tg = w.clusters["alpha"].target_group_arn.clone();
-    let a = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&a, &["join"]).await.unwrap());
-    let b = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&b, &["join"]).await.unwrap());
-    let node = w.launch("alpha", "node").await.unwrap();
-    ok(&w.agent(&node, &["join"]).await.unwrap());
+    let w = World::with_cluster("alpha").await.unwrap();
+    let tg = w.target_group("alpha");
+    let a = w.joined("alpha", "control-plane").await.unwrap();
+    let b = w.joined("alpha", "control-plane").await.unwrap();
+    let node = w.joined("alpha", "node").await.unwrap();
     // A typo in the spec, then the ASG terminates the node and a server.
     w.put_spec("alpha", r#"{"api": {"hostnme": "oops"}}"#).await.unwrap();
     for inst in [&node, &b] {

@@ -6,7 +6,7 @@
 
 use super::common::cluster;
 use k3s_asg_agent::state::{Phase, Trigger};
-use k3s_asg_testbed::check::{ok, state, until, wait_for_phase};
+use k3s_asg_testbed::check::{ok, state, until};
 use k3s_asg_testbed::world::World;
 use std::time::Duration;
 
@@ -14,13 +14,11 @@ use std::time::Duration;
 async fn a_restart_is_not_a_termination_but_sigterm_of_a_stopping_instance_is() {
     let (w, cp, tg) = cluster().await;
     let node = w.launch("alpha", "node").await.unwrap();
-    let agent = w.spawn_agent(&node, &["run"]).unwrap();
-    wait_for_phase(&node, Phase::Ready).await;
+    let agent = w.run_until_ready(&node).await.unwrap();
     assert!(w.members(&tg).await.unwrap().contains(&node.id));
     // `systemctl restart k3s-asg-agent` (an upgrade), a reboot: AWS says nothing.
     w.recorder.clear();
-    agent.sigterm();
-    let run = agent.wait(Duration::from_secs(30)).await.unwrap();
+    let run = agent.stop(Duration::from_secs(30)).await.unwrap();
     ok(&run);
     assert!(run.stderr.contains("leaving k3s running"), "{}", run.stderr);
     assert!(w.members(&tg).await.unwrap().contains(&node.id), "still serving");
@@ -42,8 +40,7 @@ async fn a_restart_is_not_a_termination_but_sigterm_of_a_stopping_instance_is() 
     }
     // Now the instance is being stopped: SIGTERM means leave.
     w.ec2.stop_instances().instance_ids(&node.id).send().await.unwrap();
-    agent.sigterm();
-    let run = agent.wait(Duration::from_secs(30)).await.unwrap();
+    let run = agent.stop(Duration::from_secs(30)).await.unwrap();
     ok(&run);
     assert_eq!(state(&node).trigger, Some(Trigger::Sigterm));
     assert_eq!(w.members(&tg).await.unwrap(), vec![cp.id.clone()]);
@@ -60,8 +57,7 @@ async fn run_leaves_on_lifecycle_and_spot_notices() {
     ] {
         let node = w.launch("alpha", "node").await.unwrap();
         node.imds.set("autoscaling/target-lifecycle-state", Some("InService"));
-        let agent = w.spawn_agent(&node, &["run"]).unwrap();
-        wait_for_phase(&node, Phase::Ready).await;
+        let agent = w.run_until_ready(&node).await.unwrap();
         node.imds.set(path, Some(value));
         let run = agent.wait(Duration::from_secs(30)).await.unwrap();
         ok(&run);
@@ -76,21 +72,18 @@ async fn rebalance_recommendation_is_ignored_unless_configured() {
     let rebalance = r#"{"noticeTime": "2026-11-24T18:00:00Z"}"#;
     // Default: ignore. The agent keeps serving through several poll rounds.
     let node = w.launch("alpha", "node").await.unwrap();
-    let agent = w.spawn_agent(&node, &["run"]).unwrap();
-    wait_for_phase(&node, Phase::Ready).await;
+    let agent = w.run_until_ready(&node).await.unwrap();
     node.imds.set("events/recommendations/rebalance", Some(rebalance));
     for _ in 0..25 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(w.members(&tg).await.unwrap().contains(&node.id), "left on a rebalance recommendation by default");
     }
-    agent.sigterm();
-    ok(&agent.wait(Duration::from_secs(30)).await.unwrap());
+    ok(&agent.stop(Duration::from_secs(30)).await.unwrap());
 
     // --on-rebalance leave: it leaves.
     w.agent_env.insert("K3S_ASG_ON_REBALANCE".into(), "leave".into());
     let node = w.launch("alpha", "node").await.unwrap();
-    let agent = w.spawn_agent(&node, &["run"]).unwrap();
-    wait_for_phase(&node, Phase::Ready).await;
+    let agent = w.run_until_ready(&node).await.unwrap();
     node.imds.set("events/recommendations/rebalance", Some(rebalance));
     let run = agent.wait(Duration::from_secs(30)).await.unwrap();
     ok(&run);
@@ -100,14 +93,11 @@ async fn rebalance_recommendation_is_ignored_unless_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_imds_token_is_dropped_and_the_notice_still_seen() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let tg = w.clusters["alpha"].target_group_arn.clone();
-    let cp = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    let w = World::with_cluster("alpha").await.unwrap();
+    let tg = w.target_group("alpha");
+    let _cp = w.joined("alpha", "control-plane").await.unwrap();
     let node = w.launch("alpha", "node").await.unwrap();
-    let agent = w.spawn_agent(&node, &["run"]).unwrap();
-    wait_for_phase(&node, Phase::Ready).await;
+    let agent = w.run_until_ready(&node).await.unwrap();
     // IMDS restarts: every token it gave is refused from now on.
     node.imds.revoke_tokens();
     node.imds.set("autoscaling/target-lifecycle-state", Some("Terminated"));
@@ -126,9 +116,8 @@ async fn a_refused_imds_token_is_dropped_and_the_notice_still_seen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notice_while_joining_ends_the_join_and_completes_the_hook() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let tg = w.clusters["alpha"].target_group_arn.clone();
+    let w = World::with_cluster("alpha").await.unwrap();
+    let tg = w.target_group("alpha");
     // No server yet: a node's join waits for the token.
     let node = w.launch("alpha", "node").await.unwrap();
     w.asg.add(&node.id, "alpha-node", "InService", 30);
@@ -153,17 +142,14 @@ async fn a_notice_while_joining_ends_the_join_and_completes_the_hook() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spot_notice_budgets_every_wait_to_finish_before_the_reclaim() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let tg = w.clusters["alpha"].target_group_arn.clone();
-    let cp = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&cp, &["join"]).await.unwrap());
+    let mut w = World::with_cluster("alpha").await.unwrap();
+    let tg = w.target_group("alpha");
+    let _cp = w.joined("alpha", "control-plane").await.unwrap();
     // A drain that would run far past a two-minute notice (the spec allows 60 s here, the
     // workload wants 120 s); the reclaim comes 30 s after the notice.
     w.agent_env.insert("K3S_STUB_DRAIN_SECONDS".into(), "120".into());
     let node = w.launch("alpha", "node").await.unwrap();
-    let agent = w.spawn_agent(&node, &["run"]).unwrap();
-    wait_for_phase(&node, Phase::Ready).await;
+    let agent = w.run_until_ready(&node).await.unwrap();
     let reclaim = std::time::SystemTime::now() + Duration::from_secs(30);
     let at = aws_sdk_ec2::primitives::DateTime::from(reclaim).fmt(aws_sdk_ec2::primitives::DateTimeFormat::DateTime).unwrap();
     node.imds.set("spot/instance-action", Some(&format!(r#"{{"action": "terminate", "time": "{at}"}}"#)));

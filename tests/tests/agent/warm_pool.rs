@@ -24,14 +24,12 @@ async fn warm_pool_instance_joins_only_when_in_service() {
     node.imds.set("autoscaling/target-lifecycle-state", Some("InService"));
     wait_for_phase(&node, Phase::Ready).await;
     assert!(w.members(&tg).await.unwrap().contains(&node.id));
-    agent.sigterm();
-    ok(&agent.wait(Duration::from_secs(30)).await.unwrap());
+    ok(&agent.stop(Duration::from_secs(30)).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_refuses_in_a_warm_pool() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
+    let w = World::with_cluster("alpha").await.unwrap();
     let cp = w.launch("alpha", "control-plane").await.unwrap();
     cp.imds.set("autoscaling/target-lifecycle-state", Some("Warmed:Stopped"));
     let run = w.agent(&cp, &["join"]).await.unwrap();
@@ -43,8 +41,7 @@ async fn join_refuses_in_a_warm_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_waiting_in_a_warm_pool_extends_the_start_timeout() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
+    let mut w = World::with_cluster("alpha").await.unwrap();
     let node = w.launch("alpha", "node").await.unwrap();
     node.imds.set("autoscaling/target-lifecycle-state", Some("Warmed:Running"));
     // systemd's notify socket, as a Type=notify unit gets it.
@@ -56,17 +53,14 @@ async fn a_run_waiting_in_a_warm_pool_extends_the_start_timeout() {
     let n = tokio::time::timeout(Duration::from_secs(20), socket.recv(&mut buf)).await.expect("no notification").unwrap();
     assert_eq!(std::str::from_utf8(&buf[..n]).unwrap().trim(), "EXTEND_TIMEOUT_USEC=60000000");
     assert!(node.file("/etc/rancher/k3s/config.yaml").is_none(), "nothing configured while warmed");
-    agent.sigterm();
-    let _ = agent.wait(Duration::from_secs(30)).await.unwrap();
+    let _ = agent.stop(Duration::from_secs(30)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taken_back_to_the_warm_pool_a_server_and_a_node_leave_and_join_again() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let tg = w.clusters["alpha"].target_group_arn.clone();
-    let a = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&a, &["join"]).await.unwrap());
+    let mut w = World::with_cluster("alpha").await.unwrap();
+    let tg = w.target_group("alpha");
+    let a = w.joined("alpha", "control-plane").await.unwrap();
     let s = w.launch("alpha", "control-plane").await.unwrap();
     let n = w.launch("alpha", "node").await.unwrap();
     w.asg.add(&s.id, "alpha-control-plane", "InService", 30);
@@ -139,13 +133,11 @@ async fn taken_back_to_the_warm_pool_a_server_and_a_node_leave_and_join_again() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_server_sent_to_standby_keeps_the_cluster() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let tg = w.clusters["alpha"].target_group_arn.clone();
+    let w = World::with_cluster("alpha").await.unwrap();
+    let tg = w.target_group("alpha");
     let s = w.launch("alpha", "control-plane").await.unwrap();
     w.asg.add(&s.id, "alpha-control-plane", "InService", 30);
-    let agent = w.spawn_agent(&s, &["run"]).unwrap();
-    wait_for_phase(&s, Phase::Ready).await;
+    let agent = w.run_until_ready(&s).await.unwrap();
     let datastore = s.file("/var/lib/rancher/k3s/server/db/state").expect("datastore");
     s.imds.set("autoscaling/target-lifecycle-state", Some("Standby"));
     until("the server to leave service", Duration::from_secs(60), || in_phase(&s, Phase::Left)).await;

@@ -8,9 +8,7 @@ use k3s_asg_testbed::world::World;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_records_of_stopped_instances_are_collected() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    w.create_alb(443, 100).await.unwrap();
+    let (w, _) = World::with_alb(&["alpha"]).await.unwrap();
     let a = w.launch("alpha", "control-plane").await.unwrap();
     let b = w.launch("alpha", "control-plane").await.unwrap();
     for s in [&a, &b] {
@@ -31,17 +29,13 @@ async fn api_records_of_stopped_instances_are_collected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_while_the_coordinator_collects_garbage() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    w.create_alb(443, 100).await.unwrap();
-    let tg = w.clusters["alpha"].target_group_arn.clone();
-    let a = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&a, &["join"]).await.unwrap());
+    let (w, _) = World::with_alb(&["alpha"]).await.unwrap();
+    let tg = w.target_group("alpha");
+    let a = w.joined("alpha", "control-plane").await.unwrap();
     // Three servers die without leaving: their API records are garbage.
     let mut dead = Vec::new();
     for _ in 0..3 {
-        let d = w.launch("alpha", "control-plane").await.unwrap();
-        ok(&w.agent(&d, &["join"]).await.unwrap());
+        let d = w.joined("alpha", "control-plane").await.unwrap();
         w.terminate(&d).await.unwrap();
         dead.push(d);
     }
@@ -84,12 +78,9 @@ fn writes_of(w: &World, caller: &str) -> Vec<(String, u16)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_deleted_by_another_writer_fails_neither_the_own_record_nor_the_collector() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    w.create_alb(443, 100).await.unwrap();
+    let (w, _) = World::with_alb(&["alpha"]).await.unwrap();
     let hostname = w.clusters["alpha"].hostname.clone();
-    let a = w.launch("alpha", "control-plane").await.unwrap();
-    ok(&w.agent(&a, &["join"]).await.unwrap());
+    let a = w.joined("alpha", "control-plane").await.unwrap();
     // A stopped server's record that another writer deletes between b's read and b's write.
     const DEAD: &str = "i-0deadbeefdeadbeef";
     w.recorder.phantom_api_record(&hostname, DEAD, "10.9.9.9");

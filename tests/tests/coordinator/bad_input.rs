@@ -158,8 +158,7 @@ const SPEC_CASES: &[SpecCase] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_bad_specs_exit_2_name_the_field_and_change_nothing() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
+    let w = World::with_cluster("alpha").await.unwrap();
     let (alb, listener) = w.create_alb(443, 100).await.unwrap();
     let good_region = w.param(RG).await.unwrap().unwrap();
     let zone = w.zone_id().to_string();
@@ -207,10 +206,7 @@ async fn coordinator_bad_specs_exit_2_name_the_field_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_and_bad_specs_refuse_before_the_first_write() {
-    let mut w = World::new().await.unwrap();
-    for c in ["a", "b", "c"] {
-        w.create_cluster(c).await.unwrap();
-    }
+    let w = World::with_clusters(&["a", "b", "c"]).await.unwrap();
     w.create_alb(443, 2).await.unwrap();
     w.recorder.clear();
     let run = w.coordinator(&["apply"]).await.unwrap();
@@ -242,10 +238,7 @@ async fn limits_and_bad_specs_refuse_before_the_first_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_over_quota_is_refused_but_dead_servers_records_are_collected() {
-    let mut w = World::new().await.unwrap();
-    for c in ["alpha", "bravo", "charlie"] {
-        w.create_cluster(c).await.unwrap();
-    }
+    let w = World::with_clusters(&["alpha", "bravo", "charlie"]).await.unwrap();
     w.create_alb(443, 2).await.unwrap();
     let a = w.launch("alpha", "control-plane").await.unwrap();
     let b = w.launch("alpha", "control-plane").await.unwrap();
@@ -273,10 +266,7 @@ async fn a_plan_over_quota_is_refused_but_dead_servers_records_are_collected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_name_the_agent_would_refuse_is_left_out_never_flipped_into_another() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    w.create_cluster("bravo").await.unwrap();
-    let (_alb, listener) = w.create_alb(443, 100).await.unwrap();
+    let (w, listener) = World::with_alb(&["alpha", "bravo"]).await.unwrap();
     // `Alpha` beside `alpha`, pointing at bravo's target group: lower-cased, it would take
     // alpha's wildcard rule on every other apply.
     let bravo = w.default_spec(&w.clusters["bravo"]);

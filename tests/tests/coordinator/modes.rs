@@ -8,9 +8,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lambda_mode_answers_each_event_with_one_reconcile() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let (_alb, listener) = w.create_alb(443, 100).await.unwrap();
+    let (w, listener) = World::with_alb(&["alpha"]).await.unwrap();
     let api = k3s_asg_testbed::lambda_api::RuntimeApi::start().await.unwrap();
     let fixtures = k3s_asg_testbed::repo_root().join("coordinator/testdata");
     let event = |name: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(fixtures.join(name)).unwrap()).unwrap() };
@@ -62,9 +60,7 @@ async fn lambda_mode_answers_each_event_with_one_reconcile() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_coordinator_takes_the_default_region_and_stops_on_sigterm() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    w.create_alb(443, 100).await.unwrap();
+    let (mut w, _) = World::with_alb(&["alpha"]).await.unwrap();
     // No AWS_REGION: AWS_DEFAULT_REGION is the SDK's next choice.
     w.coordinator_env.insert("AWS_REGION".into(), String::new());
     w.coordinator_env.insert("AWS_DEFAULT_REGION".into(), k3s_asg_testbed::world::REGION.into());
@@ -75,15 +71,13 @@ async fn the_coordinator_takes_the_default_region_and_stops_on_sigterm() {
         w.recorder.calls_by("AKIACOORDINATOR").iter().any(|c| c.operation == "DescribeRules")
     })
     .await;
-    run.sigterm();
-    let out = run.wait(Duration::from_secs(30)).await.unwrap();
+    let out = run.stop(Duration::from_secs(30)).await.unwrap();
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubeconfig_command_prints_the_admin_kubeconfig() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
+    let w = World::with_cluster("alpha").await.unwrap();
     let missing = w.coordinator(&["kubeconfig", "alpha"]).await.unwrap();
     assert_eq!(missing.code, 2);
     assert!(missing.stderr.contains("/k3s-asg/clusters/alpha/kubeconfig/admin"), "{}", missing.stderr);

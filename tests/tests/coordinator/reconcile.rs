@@ -38,10 +38,7 @@ async fn manual_records(w: &World) -> Vec<ResourceRecordSet> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_apply_converge_and_leave_foreign_things_alone() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    w.create_cluster("bravo").await.unwrap();
-    let (_alb, listener) = w.create_alb(443, 100).await.unwrap();
+    let (w, listener) = World::with_alb(&["alpha", "bravo"]).await.unwrap();
     let tg_a = w.clusters["alpha"].target_group_arn.clone();
     let tg_b = w.clusters["bravo"].target_group_arn.clone();
     let zone = w.zone_id().to_string();
@@ -154,9 +151,7 @@ async fn plan_apply_converge_and_leave_foreign_things_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_specific_rule_behind_a_wildcard_is_moved_in_front() {
     use aws_sdk_elasticloadbalancingv2::types::RulePriorityPair;
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let (_alb, listener) = w.create_alb(443, 100).await.unwrap();
+    let (w, listener) = World::with_alb(&["alpha"]).await.unwrap();
     w.put_endpoint("blog", serde_json::json!({ "hostname": "blog.example.com", "clusters": { "alpha": 1 } })).await.unwrap();
     ok(&w.coordinator(&["apply"]).await.unwrap());
     let arn_of = |rules: &[aws_sdk_elasticloadbalancingv2::types::Rule], host: &str| {
@@ -209,10 +204,7 @@ fn weights_of(rules: &[aws_sdk_elasticloadbalancingv2::types::Rule], host: &str)
 async fn health_with_host_header_zeroes_failing_clusters_and_fails_open() {
     use std::sync::atomic::{AtomicU16, Ordering};
     use std::sync::Arc;
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    w.create_cluster("bravo").await.unwrap();
-    let (_alb, listener) = w.create_alb(443, 100).await.unwrap();
+    let (w, listener) = World::with_alb(&["alpha", "bravo"]).await.unwrap();
     let zone = w.zone_id().to_string();
     w.put_param(
         "/k3s-asg/endpoints/blog",

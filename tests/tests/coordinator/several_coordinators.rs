@@ -9,11 +9,7 @@ use k3s_asg_testbed::world::World;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_coordinators_at_once_converge_without_duplicates() {
-    let mut w = World::new().await.unwrap();
-    for c in ["alpha", "bravo"] {
-        w.create_cluster(c).await.unwrap();
-    }
-    let (_alb, listener) = w.create_alb(443, 100).await.unwrap();
+    let (w, listener) = World::with_alb(&["alpha", "bravo"]).await.unwrap();
     let zone = w.zone_id().to_string();
     for i in 0..5 {
         w.put_param(
@@ -49,9 +45,7 @@ async fn two_coordinators_at_once_converge_without_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_installations_sharing_a_zone_converge_and_keep_their_records() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    w.create_alb(443, 100).await.unwrap();
+    let (w, _) = World::with_alb(&["alpha"]).await.unwrap();
     // Staging: its own prefix and ALB, the same zone, and (as an operator might) the same owner.
     const STAGING: &str = "/k3s-asg-staging";
     w.create_alb_in(STAGING, 1, 443, 100).await.unwrap();

@@ -36,9 +36,7 @@ async fn coordinator_until_ok(w: &World) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_leave_and_apply_converge_under_faults() {
-    let mut w = World::new().await.unwrap();
-    w.create_cluster("alpha").await.unwrap();
-    let (_alb, listener) = w.create_alb(443, 100).await.unwrap();
+    let (w, listener) = World::with_alb(&["alpha"]).await.unwrap();
     w.put_endpoint("blog", serde_json::json!({ "hostname": "blog.example.com", "clusters": { "alpha": 1 } })).await.unwrap();
     let tg = w.clusters["alpha"].target_group_arn.clone();
     w.recorder.set_fault_rate(RATE);
