@@ -118,7 +118,7 @@ async fn first_server_initialises_then_node_joins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_fall_back_to_describe_tags_and_stale_records_are_pruned() {
-    let w = World::with_cluster("alpha").await.unwrap();
+    let mut w = World::with_cluster("alpha").await.unwrap();
     let first = w.joined("alpha", "control-plane").await.unwrap();
 
     // Instance metadata tags off: the agent reads its tags through ec2:DescribeTags.
