@@ -74,12 +74,12 @@ def tls_dir(r):
     return os.path.join(r, "var/lib/rancher/k3s/server/tls/etcd")
 
 
-def ctl(r, ip, *args, timeout=3):
+def ctl(r, ip, *args, timeout=3, input_text=None):
     """etcdctl against the member at `ip` with host `r`'s client certificate."""
     t = tls_dir(r)
     cmd = ["etcdctl", f"--endpoints=https://{ip}:2379", f"--cacert={t}/server-ca.crt", f"--cert={t}/client.crt",
            f"--key={t}/client.key", f"--dial-timeout={timeout}s", f"--command-timeout={timeout}s", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 5)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 5, input=input_text)
 
 
 def openssl(*args):
@@ -407,6 +407,9 @@ def delete_node(args, name):
         return
     # Every member's address, known now: the server this was asked of may stop meanwhile.
     known = [ip] + [client_ip(m) for m in members(r, [ip])]
+    got = ctl(r, ip, "get", f"/registry/minions/{name}", "-w", "json")
+    kvs = json.loads(got.stdout).get("kvs", []) if got.returncode == 0 else []
+    revision = kvs[0]["mod_revision"] if kvs else 0
     if not detach():
         return
     for _ in range(300):
@@ -415,8 +418,15 @@ def delete_node(args, name):
         voters = [client_ip(m) for m in mems if not m.get("isLearner") and m.get("name") != node["member"]]
         if not mine:
             for via in voters:
-                if ctl(r, via, "del", f"/registry/minions/{name}").returncode == 0:
+                # The Node object this deletion was for, not one the server registered since
+                # (rejoined as a new member under the same name): a compare-and-delete.
+                out = ctl(r, via, "txn", input_text=f'mod("/registry/minions/{name}") = "{revision}"\n\n'
+                          f"del /registry/minions/{name}\n\n\n")
+                if out.returncode == 0 and out.stdout.startswith("SUCCESS"):
                     log(f"deleted Node {name} after its etcd member {node['member']}")
+                    os._exit(0)
+                if out.returncode == 0:
+                    log(f"Node {name} was registered again since; kept it")
                     os._exit(0)
         else:
             for via in voters + [ip]:

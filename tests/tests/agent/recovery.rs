@@ -130,10 +130,7 @@ async fn total_loss_with_snapshots_restores_the_cluster_and_its_nodes_follow() {
 
     lose(&w, &old).await;
     w.agent_env.remove("K3S_STUB_SNAPSHOT_EVERY");
-    // The restored datastore still holds the lost servers' Nodes.
-    let members = w.dir.path().join("cp-nodes");
-    std::fs::write(&members, old.iter().map(|o| format!("{} False\n", o.id)).collect::<String>()).unwrap();
-    w.agent_env.insert("K3S_STUB_CP_NODES".into(), members.display().to_string());
+    // The restored datastore (the snapshot's etcd data) still holds the lost servers' Nodes.
     let fresh = w.servers("alpha", 3).await.unwrap();
     w.agents_at_once(&fresh, &["join"]).await.unwrap();
     assert_eq!(resets(&fresh), 1, "exactly one restore");
@@ -258,16 +255,12 @@ async fn a_live_server_without_a_record_wins_over_recovery_and_a_silent_member_b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_three_to_zero_and_back_to_one_keeps_the_cluster() {
-    let mut w = world(true).await;
+    let w = world(true).await;
     let old = w.servers("alpha", 3).await.unwrap();
     join_each(&w, &old).await;
     write_marker(&old, "marker: before the night");
-    // Scale-in one by one: the stub's control-plane Node list is what is left.
-    let members = w.dir.path().join("cp-nodes");
-    w.agent_env.insert("K3S_STUB_CP_NODES".into(), members.display().to_string());
+    // Scale-in one by one: each leaving server's member goes, the last one's stays.
     for (i, s) in old.iter().enumerate() {
-        let left: String = old[i..].iter().map(|o| format!("{} True\n", o.id)).collect();
-        std::fs::write(&members, left).unwrap();
         ok(&w.agent(s, &["leave"]).await.unwrap());
         w.terminate(s).await.unwrap();
         let took = state(s).steps.iter().any(|st| st.name == StepName::FinalSnapshot);
@@ -279,7 +272,6 @@ async fn scale_three_to_zero_and_back_to_one_keeps_the_cluster() {
     assert!(w.api_records("alpha").await.unwrap().is_empty());
 
     // Morning: scale to 1.
-    w.agent_env.remove("K3S_STUB_CP_NODES");
     let morning = w.servers("alpha", 1).await.unwrap();
     ok(&w.agent(&morning[0], &["join"]).await.unwrap());
     assert_eq!(morning[0].file(DB_STATE).as_deref(), Some("marker: before the night"));
@@ -311,14 +303,11 @@ async fn ten_fresh_servers_after_a_loss_elect_one_restorer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_every_server_away_at_once_still_saves_a_final_snapshot() {
-    let mut w = world(true).await;
+    let w = world(true).await;
     let old = w.servers("alpha", 3).await.unwrap();
     join_each(&w, &old).await;
     write_marker(&old, "marker: all at once");
-    // Every server Ready in the Node list, and every one terminating behind the hook.
-    let members = w.dir.path().join("cp-nodes");
-    std::fs::write(&members, old.iter().map(|o| format!("{} True\n", o.id)).collect::<String>()).unwrap();
-    w.agent_env.insert("K3S_STUB_CP_NODES".into(), members.display().to_string());
+    // Every server a healthy voter, and every one terminating behind the hook.
     for s in &old {
         w.asg.add(&s.id, "alpha-control-plane", "Terminating:Wait", 30);
     }

@@ -58,17 +58,14 @@ async fn a_run_waiting_in_a_warm_pool_extends_the_start_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taken_back_to_the_warm_pool_a_server_and_a_node_leave_and_join_again() {
-    let mut w = World::with_cluster("alpha").await.unwrap();
+    let w = World::with_cluster("alpha").await.unwrap();
     let tg = w.target_group("alpha");
     let a = w.joined("alpha", "control-plane").await.unwrap();
     let s = w.launch("alpha", "control-plane").await.unwrap();
     let n = w.launch("alpha", "node").await.unwrap();
     w.asg.add(&s.id, "alpha-control-plane", "InService", 30);
     w.asg.add(&n.id, "alpha-node", "InService", 30);
-    // Two Ready control-plane members: s is not the last.
-    let members = w.dir.path().join("cp-nodes");
-    std::fs::write(&members, format!("{} True\n{} True\n", a.id, s.id)).unwrap();
-    w.agent_env.insert("K3S_STUB_CP_NODES".into(), members.display().to_string());
+    // Two etcd voters (a and s): s is not the last.
     let server = w.spawn_agent(&s, &["run"]).unwrap();
     let node = w.spawn_agent(&n, &["run"]).unwrap();
     wait_for_phase(&s, Phase::Ready).await;
