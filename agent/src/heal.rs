@@ -95,20 +95,32 @@ pub fn decide(o: &Observed, me: &str, grace: Duration) -> Decision {
     }
 }
 
+/// What a round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// etcd has a quorum (or does not answer, or this server holds no vote).
+    Healthy,
+    /// The majority is lost; it waits (`status` says for what).
+    Waiting,
+    /// This server reset etcd to a one-member cluster.
+    Reset,
+    /// Another survivor healed the cluster and this server's datastore was reset: the agent
+    /// must join again.
+    Rejoin,
+}
+
 /// One look, from `run` on a server: observes etcd and EC2, then waits, resets or follows.
-/// `gone_since` carries, across rounds, since when every missing voter has been gone. `true`:
-/// another survivor healed the cluster and this server's datastore was reset: the agent must
-/// join again.
-pub async fn round(fx: &Effects, me: &str, grace: Duration, limit: Duration, gone_since: &mut Option<Instant>) -> Result<bool> {
+/// `gone_since` carries, across rounds, since when every missing voter has been gone.
+pub async fn round(fx: &Effects, me: &str, grace: Duration, limit: Duration, gone_since: &mut Option<Instant>) -> Result<Outcome> {
     let Some(members) = crate::nodes::etcd_members(fx).await? else {
         *gone_since = None;
-        return Ok(false);
+        return Ok(Outcome::Healthy);
     };
     // A healthy voter has a leader: nothing more to look at.
     if members.iter().any(|m| !m.learner && m.healthy) {
         *gone_since = None;
         clear_wait(fx)?;
-        return Ok(false);
+        return Ok(Outcome::Healthy);
     }
     let mut answering = Vec::new();
     let mut missing_nodes = Vec::new();
@@ -133,13 +145,13 @@ pub async fn round(fx: &Effects, me: &str, grace: Duration, limit: Duration, gon
     }
     let observed = Observed { members, answering, missing, gone_for: gone_since.map(|t| t.elapsed()).unwrap_or_default() };
     match decide(&observed, me, grace) {
-        Decision::Healthy => clear_wait(fx).map(|()| false),
+        Decision::Healthy => clear_wait(fx).map(|()| Outcome::Healthy),
         Decision::Wait(why) => {
             tracing::warn!(waiting = %why, "the control plane has no etcd quorum");
-            set_wait(fx, Some(why)).map(|()| false)
+            set_wait(fx, Some(why)).map(|()| Outcome::Waiting)
         }
-        Decision::Reset { lost } => reset(fx, me, &lost, limit).await.map(|()| false),
-        Decision::Follow { winner } => follow(fx, &observed, &winner).await,
+        Decision::Reset { lost } => reset(fx, me, &lost, limit).await.map(|()| Outcome::Reset),
+        Decision::Follow { winner } => follow(fx, &observed, &winner).await.map(|rejoin| if rejoin { Outcome::Rejoin } else { Outcome::Waiting }),
     }
 }
 

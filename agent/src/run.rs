@@ -51,12 +51,42 @@ pub async fn notice(cfg: &AgentConfig, fx: &Effects, joined: bool) -> Result<Opt
 pub async fn run(cfg: &AgentConfig, fx: &Effects) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| Error::failed("install SIGTERM handler", "", e.to_string()))?;
     loop {
-        serve_once(cfg, fx, &mut term).await?;
+        if let Err(e) = serve_once(cfg, fx, &mut term).await {
+            if !heal_a_stuck_join(cfg, fx, &mut term).await? {
+                return Err(e);
+            }
+            tracing::info!("healed the lost etcd majority; joining again");
+            continue;
+        }
         // Taken out of service (warm pool, Standby) and left: serve again once back in service.
         if !State::load(&fx.fs)?.is_some_and(|s| s.phase == Phase::Left && s.trigger.as_ref().is_some_and(Trigger::returns)) {
             return Ok(());
         }
         tracing::info!("left while out of service; joining again once the instance is put back in service");
+    }
+}
+
+/// A server whose join failed because its etcd lost its majority (k3s is never Ready without a
+/// quorum: a survivor whose agent restarted during the loss) heals here as `watch` would,
+/// looking every `--token-check` seconds: `true` once it reset etcd or reset its datastore to
+/// follow another survivor (join again), `false` when etcd's majority is not lost (the join's
+/// error stands) or on SIGTERM.
+async fn heal_a_stuck_join(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::Signal) -> Result<bool> {
+    let Some(st) = State::load(&fx.fs)? else { return Ok(false) };
+    if !matches!(st.phase, Phase::Joining | Phase::Failed) || !st.role.is_some_and(|r| r.is_server()) {
+        return Ok(false);
+    }
+    let mut gone_since = None;
+    loop {
+        match crate::heal::round(fx, &st.instance_id, cfg.recovery_grace, cfg.ready_timeout, &mut gone_since).await? {
+            crate::heal::Outcome::Healthy => return Ok(false),
+            crate::heal::Outcome::Reset | crate::heal::Outcome::Rejoin => return Ok(true),
+            crate::heal::Outcome::Waiting => {}
+        }
+        tokio::select! {
+            _ = term.recv() => return Ok(false),
+            _ = tokio::time::sleep(cfg.token_check) => {}
+        }
     }
 }
 
@@ -204,14 +234,14 @@ async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::
                     // A lost etcd majority, healed here (k3s server --cluster-reset) on the
                     // survivor with the newest data once the lost voters are gone for good.
                     match crate::heal::round(fx, &me, cfg.recovery_grace, cfg.ready_timeout, &mut gone_since).await {
-                        Ok(false) => {}
-                        Ok(true) => {
+                        Ok(crate::heal::Outcome::Rejoin) => {
                             return Err(Error::failed(
                                 "heal a lost etcd majority",
                                 &me,
                                 "another server healed the cluster and this server's datastore was reset; exiting so that the agent starts again and joins it",
                             ))
                         }
+                        Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "could not check etcd's quorum; will retry"),
                     }
                     if let Err(e) = crate::nodes::collect_ghosts(fx, &me).await {

@@ -79,3 +79,25 @@ async fn two_of_three_servers_lost_the_survivor_heals_and_fresh_servers_join() {
         "no reset while a lost server is stopped; then exactly one --cluster-reset on the survivor; 3 voters again; the data written before the loss is there; one cluster-init ever; the node still Ready",
     );
 }
+
+/// The survivor's agent restarts during the loss (a reboot, an upgrade): its join cannot finish
+/// (k3s is never Ready without a quorum), and it heals from there instead of failing for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_survivor_whose_agent_restarts_during_the_loss_heals_too() {
+    let w = world(false).await;
+    let old = w.servers("alpha", 3).await.unwrap();
+    join_each(&w, &old).await;
+    let (a, b, c) = (&old[0], &old[1], &old[2]);
+    a.etcd_put(MARKER, "written before the loss");
+    for lost in [b, c] {
+        lost.kill_k3s().await;
+        w.terminate(lost).await.unwrap();
+    }
+    // `run` starts on a after the loss: its join waits for a Node that cannot be Ready.
+    let _running = keep_running(&w, a);
+    until("a to heal from its stuck join", || state(a).recovery.is_some()).await;
+    assert_eq!(voters(a), 1);
+    assert_eq!(resets(&[a, b, c]), 1);
+    until("a to be joined again", || state(a).phase == k3s_asg_agent::state::Phase::Ready).await;
+    assert_eq!(a.etcd_get(MARKER), "written before the loss");
+}

@@ -6,15 +6,22 @@
 
 use super::recovery::{join_each, keep_running, until, world};
 use k3s_asg_testbed::check::{ok, state};
+use k3s_asg_testbed::world::{Instance, World};
 use std::time::Duration;
+
+/// Cluster alpha with three servers joined, each a voting etcd member.
+async fn three_voters() -> (World, Vec<Instance>) {
+    let w = world(false).await;
+    let s = w.servers("alpha", 3).await.unwrap();
+    join_each(&w, &s).await;
+    assert_eq!(s[0].etcd_members().iter().filter(|(_, learner)| !learner).count(), 3, "three voters");
+    (w, s)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_guard_keeps_the_member_until_a_replacement_is_healthy() {
-    let mut w = world(false).await;
-    let s = w.servers("alpha", 3).await.unwrap();
-    join_each(&w, &s).await;
+    let (mut w, s) = three_voters().await;
     let (a, b, c) = (&s[0], &s[1], &s[2]);
-    assert_eq!(a.etcd_members().iter().filter(|(_, learner)| !learner).count(), 3, "three voters");
     // b dies (two of three terminating at once): c must not remove its member.
     b.kill_k3s().await;
     w.agent_env.insert("K3S_ASG_QUORUM_TIMEOUT".into(), "1".into());
@@ -29,9 +36,7 @@ async fn quorum_guard_keeps_the_member_until_a_replacement_is_healthy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_voter_waits_for_its_replacements_promotion_not_its_node() {
-    let mut w = world(false).await;
-    let s = w.servers("alpha", 3).await.unwrap();
-    join_each(&w, &s).await;
+    let (mut w, s) = three_voters().await;
     let (a, b, c) = (&s[0], &s[1], &s[2]);
     // b's instance dies; a's agent collects its Node and member (etcd adds no member while a
     // voter is unreachable).
@@ -62,9 +67,7 @@ async fn a_leaving_voter_waits_for_its_replacements_promotion_not_its_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_guard_holds_past_the_fixed_bound_while_the_hook_allows() {
-    let mut w = world(false).await;
-    let s = w.servers("alpha", 3).await.unwrap();
-    join_each(&w, &s).await;
+    let (mut w, s) = three_voters().await;
     let (a, b, c) = (&s[0], &s[1], &s[2]);
     // b is down: c may not remove its member until a replacement votes or b's member is gone.
     b.kill_k3s().await;
