@@ -116,7 +116,7 @@ pub async fn node_rejoin_reason(cfg: &AgentConfig, fx: &Effects) -> Result<Optio
         return Ok(Some(format!("parameter {name} holds another token than this node joined with: its cluster was started anew")));
     }
     let server = render::configured(&config, "server").or(st.server_url.clone());
-    let ip = server.as_deref().and_then(|u| u.strip_prefix("https://")).and_then(|h| h.split(':').next()).map(str::to_string);
+    let ip = server.as_deref().and_then(render::server_address).map(str::to_string);
     let Some(ip) = ip else {
         return Ok(None);
     };

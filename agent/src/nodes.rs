@@ -58,10 +58,8 @@ pub async fn etcd_members(fx: &Effects) -> Result<Option<Vec<Member>>> {
         return Ok(None);
     };
     let mut addresses: Vec<String> = render::configured(&config, "node-ip").into_iter().collect();
-    if let Some(server) = render::configured(&config, "server") {
-        if let Some(ip) = server.strip_prefix("https://").and_then(|s| s.rsplit_once(':')).map(|(h, _)| h.to_string()) {
-            addresses.push(ip);
-        }
+    if let Some(ip) = render::configured(&config, "server").as_deref().and_then(render::server_address) {
+        addresses.push(ip.to_string());
     }
     fx.etcd.members(&addresses).await
 }

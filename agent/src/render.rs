@@ -149,6 +149,11 @@ fn taint_key(taint: &str) -> (&str, &str) {
 }
 
 /// A scalar string key of a rendered config.yaml (`token`, `server`), as `render_config` wrote it.
+/// The address in a `server:` URL (`https://10.0.1.5:6443` → `10.0.1.5`).
+pub fn server_address(url: &str) -> Option<&str> {
+    url.strip_prefix("https://")?.split(':').next().filter(|h| !h.is_empty())
+}
+
 pub fn configured(config: &str, key: &str) -> Option<String> {
     let prefix = format!("{key}: ");
     config.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| serde_json::from_str(v).ok())
@@ -369,6 +374,8 @@ mod tests {
         assert_eq!(configured(&text, "token").as_deref(), Some("K10aaaa::server:pw"));
         assert_eq!(configured(&text, "server").as_deref(), Some("https://10.0.1.5:6443"));
         assert_eq!(configured(&text, "cluster-init"), None);
+        assert_eq!(server_address("https://10.0.1.5:6443"), Some("10.0.1.5"));
+        assert_eq!(server_address("10.0.1.5:6443"), None);
     }
 
     #[test]

@@ -105,8 +105,7 @@ impl Instance {
         let _ = std::fs::remove_file(self.path("/run/k3s-stub/active-k3s"));
         let Some(pid) = self.file("/run/k3s-stub/etcd.pid") else { return };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        // Gone, or a zombie nobody has reaped yet.
-        while std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).is_ok_and(|s| s.split_whitespace().nth(2) != Some("Z")) {
+        while !process_gone(&pid) {
             assert!(std::time::Instant::now() < deadline, "the stub's etcd of {} did not die", self.id);
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
@@ -152,6 +151,11 @@ impl Instance {
     pub fn access_key(&self) -> String {
         access_key_for(&self.id)
     }
+}
+
+/// Whether the process `pid` (as a pid file holds it) is gone, or a zombie nobody has reaped yet.
+pub fn process_gone(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
 }
 
 fn access_key_for(id: &str) -> String {

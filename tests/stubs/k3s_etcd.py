@@ -28,6 +28,7 @@ usage: k3s_etcd.py start | stop | members | nodes [--control-plane] | node-ready
 Any command that names a server takes it from `--kubeconfig PATH` (the API address in it)
 or uses this host's own member.
 """
+import base64
 import json
 import os
 import re
@@ -102,8 +103,7 @@ def sign(t, name, cn, ext):
             "-out", f"{t}/{name}.csr", "-subj", f"/CN={cn}")
     openssl("x509", "-req", "-in", f"{t}/{name}.csr", "-CA", f"{t}/server-ca.crt", "-CAkey", f"{t}/server-ca.key",
             "-CAcreateserial", "-out", f"{t}/{name}.crt", "-days", "3650", "-extfile", f"{t}/{name}.ext")
-    for key in (f"{t}/{name}.key",):
-        os.chmod(key, 0o600)
+    os.chmod(f"{t}/{name}.key", 0o600)
 
 
 def server_cert(t, ip):
@@ -393,13 +393,15 @@ def delete_node(args, name):
     a voter within its health interval of a membership change, "unhealthy cluster") and the
     Node object goes after; kubectl does not wait for either."""
     r, ip = api_server(args)
-    out = ctl(r, ip, "get", f"/registry/minions/{name}", "--print-value-only")
+    out = ctl(r, ip, "get", f"/registry/minions/{name}", "-w", "json")
     if out.returncode != 0:
         sys.stderr.write("Error from server: etcdserver: request timed out (no quorum)\n")
         sys.exit(1)
-    if not out.stdout.strip():
+    kvs = json.loads(out.stdout).get("kvs", [])
+    if not kvs:
         return
-    node = json.loads(out.stdout)
+    # The revision the compare-and-delete below checks: this Node object, not a later one.
+    node, revision = json.loads(base64.b64decode(kvs[0]["value"])), kvs[0]["mod_revision"]
     if not node.get("member"):
         if ctl(r, ip, "del", f"/registry/minions/{name}").returncode != 0:
             sys.stderr.write("Error from server: etcdserver: request timed out (no quorum)\n")
@@ -407,9 +409,6 @@ def delete_node(args, name):
         return
     # Every member's address, known now: the server this was asked of may stop meanwhile.
     known = [ip] + [client_ip(m) for m in members(r, [ip])]
-    got = ctl(r, ip, "get", f"/registry/minions/{name}", "-w", "json")
-    kvs = json.loads(got.stdout).get("kvs", []) if got.returncode == 0 else []
-    revision = kvs[0]["mod_revision"] if kvs else 0
     if not detach():
         return
     for _ in range(300):

@@ -73,8 +73,7 @@ pub(crate) async fn lose(w: &World, servers: &[Instance]) {
     }
     for s in servers {
         let Some(pid) = s.file("/run/k3s-stub/snapshotter.pid") else { continue };
-        // Gone, or a zombie nobody has reaped yet.
-        let stopped = || std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"));
+        let stopped = || k3s_asg_testbed::world::process_gone(&pid);
         until("the dead server's snapshot loop to stop", stopped).await;
     }
 }
