@@ -1,16 +1,14 @@
 """S3 side of the test bed's k3s stub: etcd snapshots as objects in moto's S3.
 
-A snapshot holds what the stub's "cluster" holds (server/db/state, the marker a test
-writes) and a hash of the token's password: like k3s's, a snapshot restores only
-with the cluster's original token (which decrypts its bootstrap data).
+A snapshot object is the etcd snapshot itself (`etcdctl snapshot save` through this server's
+member), and like k3s's it carries object metadata naming the token's hash: a snapshot restores
+only with the cluster's original token (which decrypts its bootstrap data).
 
 usage: k3s_s3.py save NAME | restore NAME | prune PREFIX KEEP
 Bucket, folder and region come from the k3s config (etcd-s3-*), as k3s reads them;
 the endpoint and credentials from the environment (AWS_ENDPOINT_URL, the instance's key).
 """
-import base64
 import hashlib
-import json
 import os
 import re
 import subprocess
@@ -52,35 +50,30 @@ prefix = folder + "/" if folder else ""
 
 cmd, arg = sys.argv[1], sys.argv[2]
 if cmd == "save":
-    state = open(os.path.join(db, "state")).read() if os.path.exists(os.path.join(db, "state")) else ""
     # The etcd data itself (etcdctl snapshot save through this server's member), as k3s saves it.
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run([sys.executable, os.path.join(here, "k3s_etcd.py"), "save", os.path.join(tmp, "db")],
                              capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"failed to save snapshot: {out.stderr.strip()}")
-        etcd = base64.b64encode(open(os.path.join(tmp, "db"), "rb").read()).decode()
-    body = json.dumps({"password_sha256": pw_hash, "state": state, "etcd": etcd})
-    s3.put_object(Bucket=bucket, Key=prefix + arg, Body=body.encode())
+        body = open(os.path.join(tmp, "db"), "rb").read()
+    s3.put_object(Bucket=bucket, Key=prefix + arg, Body=body, Metadata={"k3s-token-hash": pw_hash})
     print(f"Snapshot {arg} saved to s3://{bucket}/{prefix}{arg}")
 elif cmd == "restore":
     try:
         obj = s3.get_object(Bucket=bucket, Key=prefix + arg)
     except s3.exceptions.NoSuchKey:
         sys.exit(f"failed to download snapshot {arg} from S3: NoSuchKey")
-    snap = json.loads(obj["Body"].read())
-    if snap["password_sha256"] != pw_hash:
+    if obj.get("Metadata", {}).get("k3s-token-hash") != pw_hash:
         sys.exit("failed to decrypt bootstrap data: the token does not match the snapshot's cluster")
     os.makedirs(db, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         with open(os.path.join(tmp, "db"), "wb") as f:
-            f.write(base64.b64decode(snap["etcd"]))
+            f.write(obj["Body"].read())
         out = subprocess.run([sys.executable, os.path.join(here, "k3s_etcd.py"), "reset", os.path.join(tmp, "db")],
                              capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"failed to restore snapshot {arg}: {out.stderr.strip()}")
-    with open(os.path.join(db, "state"), "w") as f:
-        f.write(snap["state"])
     with open(os.path.join(db, "restored-from"), "w") as f:
         f.write(arg)
 elif cmd == "prune":

@@ -5,7 +5,7 @@
 //! registration, no half-written file, no second lifecycle completion.
 
 use super::common::cluster;
-use super::recovery::{lose, record, snapshotted_servers, world, write_marker, BUCKET, DB_STATE};
+use super::recovery::{lose, record, snapshotted_servers, world, marker_of, names, write_marker, BUCKET};
 use k3s_asg_agent::failpoint::ENV as FAILPOINT;
 use k3s_asg_agent::state::{Phase, StepName};
 use k3s_asg_aws::tags::Role;
@@ -176,7 +176,7 @@ async fn a_crash_at_each_recovery_step_converges() {
         let crashed = run_with_failpoint(&mut w, &a, "join", step).await;
         assert_ne!(crashed.code, 0, "{step}: the failpoint killed it");
         ok(&w.agent(&a, &["join"]).await.unwrap());
-        assert_eq!(a.file(DB_STATE).as_deref(), Some("marker: crash"), "{step}");
+        assert_eq!(marker_of(&a), "marker: crash", "{step}");
         assert!(record(&w, 2).await.is_some_and(|r| r.winner == a.id && r.secured_at.is_some()), "{step}");
         assert!(record(&w, 3).await.is_none(), "{step}: no second recovery election");
     }
@@ -188,7 +188,7 @@ async fn a_crash_at_each_recovery_step_converges() {
     ok(&w.agent(&s, &["leave"]).await.unwrap());
     assert_eq!(state(&s).phase, Phase::Left);
     let snaps = w.snapshots("alpha", BUCKET).await.unwrap();
-    assert!(!snaps.is_empty() && snaps.iter().all(|(n, b)| n.starts_with("k3s-asg-final-") && b.contains("marker: final")), "{snaps:?}");
+    assert!(!snaps.is_empty() && snaps.iter().all(|(n, b)| n.starts_with("k3s-asg-final-") && b.contains("marker: final")), "{:?}", names(&snaps));
     k3s_asg_testbed::reliability::held(
         "Crashes",
         "kill -9 after recovery-won, restored and final-snapshot",

@@ -5,9 +5,9 @@
 //! recovery comes back into the recovered cluster. (A crash at each recovery step:
 //! crashes.rs; the quorum guard: quorum_guard.rs.)
 //!
-//! The stub k3s keeps a "cluster" in each server's `server/db/state` (the marker a test
-//! writes), copies it to a server that joins, snapshots it to moto's S3 and restores it
-//! with `--cluster-reset` only under the cluster's own token.
+//! The stub k3s keeps the cluster in real etcd (tests/stubs/k3s_etcd.py): a test writes a
+//! marker key through one server and reads it through another; snapshots are etcd's, in
+//! moto's S3, restored with `--cluster-reset` only under the cluster's own token.
 
 use super::common::initialisers;
 use k3s_asg_agent::election::Record;
@@ -17,7 +17,8 @@ use k3s_asg_testbed::world::{Instance, World};
 use std::time::{Duration, Instant};
 
 pub(crate) const BUCKET: &str = "alpha-etcd-snapshots";
-pub(crate) const DB_STATE: &str = "/var/lib/rancher/k3s/server/db/state";
+/// The etcd key a test writes its marker into.
+pub(crate) const MARKER: &str = "/k3s-asg-test/marker";
 const RESTORED_FROM: &str = "/var/lib/rancher/k3s/server/db/restored-from";
 
 fn token_name() -> String {
@@ -57,11 +58,23 @@ pub(crate) async fn join_each(w: &World, servers: &[Instance]) {
     }
 }
 
-/// Writes `marker` into the cluster (every server's datastore).
+/// Writes `marker` into the cluster's etcd through the first of `servers`, and checks that
+/// every one of them reads it back (one cluster, replicated).
 pub(crate) fn write_marker(servers: &[Instance], marker: &str) {
+    servers[0].etcd_put(MARKER, marker);
     for s in servers {
-        std::fs::write(s.path(DB_STATE), marker).unwrap();
+        assert_eq!(marker_of(s), marker, "{} reads the marker", s.id);
     }
+}
+
+/// The marker as this server's API reads it from etcd (empty when absent or unreadable).
+pub(crate) fn marker_of(s: &Instance) -> String {
+    s.etcd_get(MARKER)
+}
+
+/// The names of snapshots, for assertion messages (their bodies are etcd databases).
+pub(crate) fn names(snaps: &[(String, String)]) -> Vec<&str> {
+    snaps.iter().map(|(n, _)| n.as_str()).collect()
 }
 
 /// Every server dies at once: k3s stops answering and EC2 terminates the instances. Returns
@@ -141,7 +154,7 @@ async fn total_loss_with_snapshots_restores_the_cluster_and_its_nodes_follow() {
         assert!(winner.stub_calls().iter().any(|l| l.contains(&format!("delete node/{}", o.id))), "the lost server {}'s Node is forgotten", o.id);
     }
     for s in &fresh {
-        assert_eq!(s.file(DB_STATE).as_deref(), Some("marker: objects written before the loss"), "{}: the marker is back", s.id);
+        assert_eq!(marker_of(s), "marker: objects written before the loss", "{}: the marker is back", s.id);
     }
     assert_eq!(w.param(&token_name()).await.unwrap().unwrap(), token, "the same token: nodes keep verifying");
     let rec = record(&w, 2).await.expect("recovery election 2");
@@ -232,7 +245,7 @@ async fn a_live_server_without_a_record_wins_over_recovery_and_a_silent_member_b
     assert_eq!(configured_server(&b).as_deref(), Some(format!("https://{}:6443", a.ip).as_str()), "joined the live server");
     assert_eq!(resets(std::slice::from_ref(&b)), 0);
     assert!(record(&w, 2).await.is_none(), "no recovery election");
-    assert_eq!(b.file(DB_STATE).as_deref(), Some("marker: a lives"));
+    assert_eq!(marker_of(&b), "marker: a lives");
 
     // A server that holds a record and runs but does not answer could still come up: no recovery.
     for s in [&a, &b] {
@@ -266,14 +279,14 @@ async fn scale_three_to_zero_and_back_to_one_keeps_the_cluster() {
         assert_eq!(took, i == 2, "{}: only the last server saves a final snapshot", s.id);
     }
     let snaps = w.snapshots("alpha", BUCKET).await.unwrap();
-    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(snaps.len(), 1, "{:?}", names(&snaps));
     assert!(snaps[0].0.starts_with(&format!("k3s-asg-final-{}-", old[2].id)) && snaps[0].1.contains("marker: before the night"));
     assert!(w.api_records("alpha").await.unwrap().is_empty());
 
     // Morning: scale to 1.
     let morning = w.servers("alpha", 1).await.unwrap();
     ok(&w.agent(&morning[0], &["join"]).await.unwrap());
-    assert_eq!(morning[0].file(DB_STATE).as_deref(), Some("marker: before the night"));
+    assert_eq!(marker_of(&morning[0]), "marker: before the night");
     assert_eq!(morning[0].file(RESTORED_FROM).as_deref(), Some(snaps[0].0.as_str()));
     let s3: Vec<String> = w.recorder.calls_by(&morning[0].access_key()).into_iter().filter(|c| c.service == "s3").map(|c| c.operation).collect();
     assert!(s3.contains(&"ListObjectsV2".to_string()) && s3.contains(&"GetObject".to_string()), "the agent listed, k3s fetched: {s3:?}");
@@ -290,7 +303,7 @@ async fn ten_fresh_servers_after_a_loss_elect_one_restorer() {
     w.agents_at_once(&fresh, &["join"]).await.unwrap();
     assert_eq!(resets(&fresh), 1, "exactly one restorer");
     assert_eq!(initialisers(&fresh).len(), 1);
-    assert!(fresh.iter().all(|s| s.file(DB_STATE).as_deref() == Some("marker: ten")));
+    assert!(fresh.iter().all(|s| marker_of(s) == "marker: ten"));
     assert!(record(&w, 2).await.is_some_and(|r| r.recovery) && record(&w, 3).await.is_none(), "one recovery election");
     k3s_asg_testbed::reliability::held(
         "Races",
@@ -312,7 +325,7 @@ async fn scaling_every_server_away_at_once_still_saves_a_final_snapshot() {
     }
     w.agents_at_once(&old, &["leave"]).await.unwrap();
     let snaps = w.snapshots("alpha", BUCKET).await.unwrap();
-    assert!(!snaps.is_empty() && snaps.iter().all(|(n, b)| n.starts_with("k3s-asg-final-") && b.contains("marker: all at once")), "{snaps:?}");
+    assert!(!snaps.is_empty() && snaps.iter().all(|(n, b)| n.starts_with("k3s-asg-final-") && b.contains("marker: all at once")), "{:?}", names(&snaps));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,14 +339,14 @@ async fn a_server_stopped_through_a_recovery_comes_back_into_the_recovered_clust
     lose(&w, &old[1..]).await;
     let c = w.joined("alpha", "control-plane").await.unwrap();
     assert!(c.file(RESTORED_FROM).is_some(), "c recovered the cluster");
-    std::fs::write(c.path(DB_STATE), "marker: written after the recovery").unwrap();
+    c.etcd_put(MARKER, "marker: written after the recovery");
     // a starts again: its old datastore must not come back as a second cluster.
     w.ec2.start_instances().instance_ids(&a.id).send().await.unwrap();
     let run = w.agent(a, &["join"]).await.unwrap();
     ok(&run);
     assert!(run.stderr.contains("recovered without it"), "{}", run.stderr);
     assert_eq!(configured_server(a).as_deref(), Some(format!("https://{}:6443", c.ip).as_str()), "a joined the recovered cluster");
-    assert_eq!(a.file(DB_STATE).as_deref(), Some("marker: written after the recovery"), "a's old datastore is gone");
+    assert_eq!(marker_of(a), "marker: written after the recovery", "a's old datastore is gone");
     assert!(initialisers(std::slice::from_ref(a)).is_empty());
     k3s_asg_testbed::reliability::held(
         "Recovery",
@@ -358,7 +371,7 @@ async fn a_snapshot_that_will_not_restore_is_set_aside_for_the_next_newest() {
     }
     assert_eq!(state(&a).failed_snapshots(), vec![broken.clone()]);
     ok(&w.agent(&a, &["join"]).await.unwrap());
-    assert_eq!(a.file(DB_STATE).as_deref(), Some("marker: good"));
+    assert_eq!(marker_of(&a), "marker: good");
     assert!(a.file(RESTORED_FROM).is_some_and(|n| n != broken));
     assert!(record(&w, 3).await.is_none(), "still one recovery election");
 }

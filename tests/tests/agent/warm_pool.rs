@@ -9,6 +9,9 @@ use k3s_asg_testbed::check::{in_phase, ok, state, until, wait_for_phase};
 use k3s_asg_testbed::world::World;
 use std::time::Duration;
 
+/// The stub k3s's etcd member directory (tests/stubs/k3s_etcd.py).
+const ETCD_MEMBER: &str = "/var/lib/rancher/k3s/server/db/etcd/member";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_pool_instance_joins_only_when_in_service() {
     let (w, _cp, tg) = cluster().await;
@@ -70,7 +73,7 @@ async fn taken_back_to_the_warm_pool_a_server_and_a_node_leave_and_join_again() 
     let node = w.spawn_agent(&n, &["run"]).unwrap();
     wait_for_phase(&s, Phase::Ready).await;
     wait_for_phase(&n, Phase::Ready).await;
-    assert!(s.file("/var/lib/rancher/k3s/server/db/state").is_some());
+    assert!(s.path(ETCD_MEMBER).exists(), "s holds an etcd member");
 
     // Scale-in with an instance reuse policy: both go back to the warm pool, paused by the
     // terminating hook in Warmed:Pending:Wait.
@@ -93,7 +96,7 @@ async fn taken_back_to_the_warm_pool_a_server_and_a_node_leave_and_join_again() 
     // …never deleted: moved aside with its contents (k3s: "back up and delete").
     let backups: Vec<_> = std::fs::read_dir(s.path("/var/lib/rancher/k3s/server/db-backups")).expect("a backup").flatten().collect();
     assert_eq!(backups.len(), 1, "one backup of the one reset");
-    assert!(backups[0].path().join("state").exists(), "the backup holds the datastore");
+    assert!(backups[0].path().join("etcd/member").exists(), "the backup holds the etcd data");
     assert_eq!(state(&s).mode, Some(k3s_asg_agent::vocab::Mode::Join));
 
     // Back in service: both join again.
@@ -110,11 +113,8 @@ async fn taken_back_to_the_warm_pool_a_server_and_a_node_leave_and_join_again() 
     assert_eq!(w.api_records("alpha").await.unwrap().len(), 2);
     let config = s.file("/etc/rancher/k3s/config.yaml").unwrap();
     assert!(!config.contains("cluster-init"), "joined the live cluster:\n{config}");
-    assert_eq!(
-        s.file("/var/lib/rancher/k3s/server/db/state"),
-        a.file("/var/lib/rancher/k3s/server/db/state"),
-        "the datastore came from the live cluster"
-    );
+    a.etcd_put("/k3s-asg-test/marker", "written through a");
+    assert_eq!(s.etcd_get("/k3s-asg-test/marker"), "written through a", "s is a member of a's cluster");
 
     for (i, agent) in [(&s, server), (&n, node)] {
         i.imds.set("autoscaling/target-lifecycle-state", Some("Terminated"));
@@ -135,17 +135,19 @@ async fn the_last_server_sent_to_standby_keeps_the_cluster() {
     let s = w.launch("alpha", "control-plane").await.unwrap();
     w.asg.add(&s.id, "alpha-control-plane", "InService", 30);
     let agent = w.run_until_ready(&s).await.unwrap();
-    let datastore = s.file("/var/lib/rancher/k3s/server/db/state").expect("datastore");
+    s.etcd_put("/k3s-asg-test/marker", "before standby");
+    let member = s.file("/var/lib/rancher/k3s/server/db/etcd/name").expect("an etcd member");
     s.imds.set("autoscaling/target-lifecycle-state", Some("Standby"));
     until("the server to leave service", Duration::from_secs(60), || in_phase(&s, Phase::Left)).await;
     assert!(w.members(&tg).await.unwrap().is_empty(), "out of traffic");
     assert!(!s.stub_calls().iter().any(|l| l.contains("delete node/")), "its member kept");
-    assert_eq!(s.file("/var/lib/rancher/k3s/server/db/state"), Some(datastore), "its datastore kept");
+    assert_eq!(s.file("/var/lib/rancher/k3s/server/db/etcd/name"), Some(member), "its datastore kept");
     assert_eq!(w.api_records("alpha").await.unwrap().len(), 1, "its API record kept: nobody recovers a new cluster behind it");
     assert_eq!(state(&s).mode, Some(k3s_asg_agent::vocab::Mode::ClusterInit), "it comes back as the cluster it is");
     s.imds.set("autoscaling/target-lifecycle-state", Some("InService"));
     wait_for_phase(&s, Phase::Ready).await;
     assert_eq!(w.members(&tg).await.unwrap(), vec![s.id.clone()]);
+    assert_eq!(s.etcd_get("/k3s-asg-test/marker"), "before standby", "the same cluster's data");
     s.imds.set("autoscaling/target-lifecycle-state", Some("Terminated"));
     ok(&agent.wait(Duration::from_secs(60)).await.unwrap());
     k3s_asg_testbed::reliability::held(
