@@ -218,15 +218,16 @@ async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::
                     last_guard = std::time::Instant::now();
                     // Its etcd member removed while it ran (its Node deleted): k3s wrote its
                     // tombstone and exited, and its unit will not start it again. Joining again
-                    // backs up the datastore and joins the live cluster as a new member: this
-                    // run ends with an error, and systemd starts the agent again, which joins.
+                    // backs up the datastore and joins the live cluster as a new member.
                     if crate::datastore::member_removed(fx) && !fx.services.is_active(crate::render::unit_name(k3s_asg_aws::tags::Role::ControlPlane)).await? {
-                        return Err(Error::failed(
-                            "watch k3s",
-                            crate::datastore::TOMBSTONE_PATH,
-                            "this server's etcd member was removed from the cluster and k3s has stopped; \
-                             exiting so that the agent starts again and rejoins it as a new member",
-                        ));
+                        tracing::warn!(
+                            path = crate::datastore::TOMBSTONE_PATH,
+                            "this server's etcd member was removed from the cluster and k3s has stopped; joining it again as a new member"
+                        );
+                        if let Some(t) = join_again(cfg, fx, term).await {
+                            return Ok(t);
+                        }
+                        continue;
                     }
                     if let Err(e) = crate::guard::check_token(cfg, fx).await {
                         tracing::warn!(error = %e, "could not check the cluster's join token; will retry");
@@ -235,11 +236,12 @@ async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::
                     // survivor with the newest data once the lost voters are gone for good.
                     match crate::heal::round(fx, &me, cfg.recovery_grace, cfg.ready_timeout, &mut gone_since).await {
                         Ok(crate::heal::Outcome::Rejoin) => {
-                            return Err(Error::failed(
-                                "heal a lost etcd majority",
-                                &me,
-                                "another server healed the cluster and this server's datastore was reset; exiting so that the agent starts again and joins it",
-                            ))
+                            tracing::warn!("another server healed the cluster and this server's datastore was reset; joining it again");
+                            gone_since = None;
+                            if let Some(t) = join_again(cfg, fx, term).await {
+                                return Ok(t);
+                            }
+                            continue;
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "could not check etcd's quorum; will retry"),
@@ -259,15 +261,8 @@ async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::
                     match crate::guard::node_rejoin_reason(cfg, fx).await {
                         Ok(Some(why)) => {
                             tracing::warn!(reason = %why, "joining the cluster again");
-                            // A notice or SIGTERM still ends it: leaving comes first.
-                            tokio::select! {
-                                r = crate::join::join(cfg, fx) => {
-                                    if let Err(e) = r {
-                                        tracing::warn!(error = %e, "joining again failed; will retry");
-                                    }
-                                }
-                                _ = term.recv() => return Ok(Trigger::Sigterm),
-                                t = next_notice(cfg, fx) => return Ok(t),
+                            if let Some(t) = join_again(cfg, fx, term).await {
+                                return Ok(t);
                             }
                         }
                         Ok(None) => {}
@@ -295,5 +290,21 @@ async fn watch(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::
                 }
             }
         }
+    }
+}
+
+/// Joins again in place (a node whose cluster changed, a server whose member was removed or
+/// whose datastore was reset to follow a healed cluster). A notice or SIGTERM still ends it:
+/// leaving comes first. A failed join is retried at the next round.
+async fn join_again(cfg: &AgentConfig, fx: &Effects, term: &mut tokio::signal::unix::Signal) -> Option<Trigger> {
+    tokio::select! {
+        r = crate::join::join(cfg, fx) => {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "joining again failed; will retry");
+            }
+            None
+        }
+        _ = term.recv() => Some(Trigger::Sigterm),
+        t = next_notice(cfg, fx) => Some(t),
     }
 }

@@ -47,7 +47,10 @@ impl Joining<'_> {
     /// live server. Other servers go through the first-server election (`election`): its
     /// latest winner initialises the cluster, everyone else joins it.
     pub(super) async fn token(&mut self) -> Result<(Mode, Secret, Option<String>)> {
-        if self.d.role.is_server() && self.st.mode != Some(Mode::Join) && crate::datastore::member_removed(self.fx) {
+        // Any server, joiner or not: the unit refuses to start k3s over a tombstone (a joiner's
+        // k3s would move its db aside and rejoin by itself; an initialiser's would start a
+        // second cluster), so the agent backs the datastore up and joins as a new member.
+        if self.d.role.is_server() && crate::datastore::member_removed(self.fx) {
             self.removed_member().await?;
         }
         if !self.d.role.is_server() || self.st.mode == Some(Mode::Join) {

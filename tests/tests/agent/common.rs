@@ -37,6 +37,12 @@ pub(crate) fn initialisers(servers: &[Instance]) -> Vec<&Instance> {
     servers.iter().filter(|s| s.file("/etc/rancher/k3s/config.yaml").is_some_and(|c| c.contains("cluster-init: true"))).collect()
 }
 
+/// How many of `servers` ever began a new etcd cluster (the stub's etcd log says so at each
+/// cluster-init start, whatever the server's config says now).
+pub(crate) fn clusters_begun(servers: &[Instance]) -> usize {
+    servers.iter().filter(|s| s.etcd_log_at("initialised a new cluster").is_some()).count()
+}
+
 /// Ten servers joining at once wait for each other's etcd membership: etcd adds one learner at
 /// a time and no member within 5 s of the last membership change, so each one's k3s is ready
 /// only once etcd has come to it (`K3S_ASG_READY_TIMEOUT`, `K3S_ASG_JOIN_TIMEOUT`).

@@ -3,10 +3,12 @@
 //! answers on the supervisor port). Once EC2 says the lost servers are gone and the grace has
 //! passed, the survivor's `run` resets its member to a one-member cluster with its own data,
 //! token and CA (`k3s server --cluster-reset`), forgets the lost servers' Nodes, and fresh
-//! servers join as usual. Never while a lost server might come back.
+//! servers join as usual. Never while a lost server might come back. Two survivors: the one
+//! with the newest data resets, the other backs up, resets and joins it; with S3 snapshots on,
+//! the heal still keeps the survivor's own data (no restore of an older snapshot).
 
-use super::common::{initialisers, patient};
-use super::recovery::{join_each, keep_running, until, world};
+use super::common::{clusters_begun, patient};
+use super::recovery::{join_each, keep_running, lose, record, snapshot_with, until, world};
 use k3s_asg_testbed::check::{ok, state};
 use k3s_asg_testbed::world::Instance;
 use std::time::Duration;
@@ -69,7 +71,7 @@ async fn two_of_three_servers_lost_the_survivor_heals_and_fresh_servers_join() {
     until("three voters", || voters(a) == 3).await;
     assert_eq!(fresh[1].etcd_get(MARKER), "written before the loss", "the survivor's data, not an older snapshot");
     let all: Vec<Instance> = old.into_iter().chain(fresh).collect();
-    assert_eq!(initialisers(&all).len(), 1, "one cluster ever initialised");
+    assert_eq!(clusters_begun(&all), 1, "one cluster ever initialised");
     assert_eq!(resets(&all.iter().collect::<Vec<_>>()), 1);
     assert!(all[0].nodes().contains(&(node.id.clone(), true)));
     k3s_asg_testbed::reliability::held(
@@ -100,4 +102,59 @@ async fn a_survivor_whose_agent_restarts_during_the_loss_heals_too() {
     assert_eq!(resets(&[a, b, c]), 1);
     until("a to be joined again", || state(a).phase == k3s_asg_agent::state::Phase::Ready).await;
     assert_eq!(a.etcd_get(MARKER), "written before the loss");
+}
+
+/// Five servers with S3 snapshots on; three die hard, so the two survivors have no quorum. One
+/// resets with its own data (newer than every snapshot: no restore, no recovery election); the
+/// other backs its datastore up, resets it and joins the healed cluster in place, in its `run`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_survivors_of_five_one_heals_the_other_follows_and_snapshots_stay_unused() {
+    let mut w = world(true).await;
+    patient(&mut w);
+    w.agent_env.insert("K3S_STUB_SNAPSHOT_EVERY".into(), "3".into());
+    let old = w.servers("alpha", 5).await.unwrap();
+    join_each(&w, &old).await;
+    w.agent_env.remove("K3S_STUB_SNAPSHOT_EVERY");
+    old[0].etcd_put(MARKER, "in a snapshot");
+    snapshot_with(&w, "in a snapshot").await;
+    old[0].etcd_put(MARKER, "written after the last snapshot");
+    let (survivors, lost) = old.split_at(2);
+    for s in survivors {
+        s.clear_stub_calls();
+    }
+    let _running: Vec<_> = survivors.iter().map(|s| keep_running(&w, s)).collect();
+    for s in survivors {
+        until("the survivor's run to be watching", || s.stub_calls().iter().any(|l| l.contains("get nodes -o"))).await;
+    }
+    for s in lost {
+        s.kill_k3s().await;
+    }
+    lose(&w, lost).await;
+
+    let healed = || survivors.iter().find(|s| state(s).recovery.is_some_and(|r| r.outcome.contains("healed a lost etcd majority")));
+    until("one survivor to heal", || healed().is_some()).await;
+    let winner = healed().unwrap();
+    let follower = survivors.iter().find(|s| s.id != winner.id).unwrap();
+    let backups = follower.path("/var/lib/rancher/k3s/server/db-backups");
+    until("the other survivor to back up, reset and join the healed cluster", || {
+        backups.exists() && state(follower).phase == k3s_asg_agent::state::Phase::Ready && voters(winner) == 2
+    })
+    .await;
+    let all: Vec<&Instance> = old.iter().collect();
+    assert_eq!(resets(&all), 1, "exactly one reset");
+    assert!(!all.iter().any(|s| s.stub_calls().iter().any(|l| l.contains("restore-path"))), "no snapshot restored");
+    assert!(record(&w, 2).await.is_none(), "no cold-start recovery election");
+    assert_eq!(std::fs::read_dir(&backups).unwrap().count(), 1, "one backup of the follower's datastore");
+    let config = follower.file("/etc/rancher/k3s/config.yaml").unwrap();
+    assert!(config.contains(&format!("server: \"https://{}:6443\"", winner.ip)), "the follower joins the winner:\n{config}");
+    for s in survivors {
+        assert_eq!(s.etcd_get(MARKER), "written after the last snapshot", "{}: the survivor's data", s.id);
+    }
+    assert_eq!(clusters_begun(&old), 1, "one cluster ever initialised");
+    k3s_asg_testbed::reliability::held(
+        "Recovery",
+        "5 servers with S3 snapshots; 3 die hard; both survivors run",
+        1,
+        "one survivor resets with its own data (no snapshot restored, no recovery election); the other backs up, resets and joins it in place; the data written after the last snapshot is there",
+    );
 }

@@ -112,7 +112,7 @@ pub(crate) async fn snapshotted_servers(w: &mut World, n: usize, marker: &str) -
 }
 
 /// Waits until a scheduled snapshot holding `marker` is in S3.
-async fn snapshot_with(w: &World, marker: &str) {
+pub(crate) async fn snapshot_with(w: &World, marker: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if w.snapshots("alpha", BUCKET).await.unwrap().iter().any(|(n, body)| n.starts_with("etcd-snapshot-") && body.contains(marker)) {
