@@ -552,10 +552,24 @@ impl World {
     }
 
     fn agent_command(&self, inst: &Instance, args: &[&str]) -> tokio::process::Command {
+        self.host_command(inst, agent_bin().as_os_str(), args)
+    }
+
+    /// An operator's command on the host (`systemctl`, `k3s`: the stubs, found on the host's
+    /// PATH as the agent finds them), with the host's environment; its output, bounded.
+    pub async fn on_host(&self, inst: &Instance, argv: &[&str]) -> anyhow::Result<AgentRun> {
+        let stub = crate::repo_root().join("tests/stubs").join(argv[0]);
+        let program = if stub.exists() { stub.into_os_string() } else { argv[0].into() };
+        let mut cmd = self.host_command(inst, &program, &argv[1..]);
+        let out = tokio::time::timeout(std::time::Duration::from_secs(120), cmd.output()).await.context("host command did not finish in time")??;
+        Ok(AgentRun::from(out))
+    }
+
+    fn host_command(&self, inst: &Instance, program: &std::ffi::OsStr, args: &[&str]) -> tokio::process::Command {
         let stubs = crate::repo_root().join("tests/stubs");
         let path = format!("{}:{}", stubs.display(), std::env::var("PATH").unwrap_or_default());
         let ca_file = self.clusters.get(&inst.cluster).map(|c| c.ca_file.clone()).unwrap_or_default();
-        let mut cmd = tokio::process::Command::new(agent_bin());
+        let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .env_clear()
             .env("PATH", path)

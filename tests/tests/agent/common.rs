@@ -39,8 +39,8 @@ pub(crate) fn initialisers(servers: &[Instance]) -> Vec<&Instance> {
 
 /// How many of `servers` ever began a new etcd cluster (the stub's etcd log says so at each
 /// cluster-init start, whatever the server's config says now).
-pub(crate) fn clusters_begun(servers: &[Instance]) -> usize {
-    servers.iter().filter(|s| s.etcd_log_at("initialised a new cluster").is_some()).count()
+pub(crate) fn clusters_begun<'a>(servers: impl IntoIterator<Item = &'a Instance>) -> usize {
+    servers.into_iter().filter(|s| s.etcd_log_at("initialised a new cluster").is_some()).count()
 }
 
 /// Ten servers joining at once wait for each other's etcd membership: etcd adds one learner at

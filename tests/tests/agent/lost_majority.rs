@@ -158,3 +158,55 @@ async fn two_survivors_of_five_one_heals_the_other_follows_and_snapshots_stay_un
         "one survivor resets with its own data (no snapshot restored, no recovery election); the other backs up, resets and joins it in place; the data written after the last snapshot is there",
     );
 }
+
+/// The bed is as strict as k3s about a lost majority, by hand: restarting k3s on the survivor
+/// does not bring a quorum back and a fresh server cannot join; k3s's documented recovery does
+/// ("Cluster Reset", docs.k3s.io/cli/server#cluster-options and k3s-io/k3s
+/// `pkg/cluster/managed.go`: stop k3s, `k3s server --cluster-reset`, start k3s again; then
+/// delete the lost servers' Nodes), keeping the data, and a fresh server then joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_hand_a_restart_does_not_heal_a_lost_majority_and_a_cluster_reset_does() {
+    let mut w = world(false).await;
+    let old = w.servers("alpha", 3).await.unwrap();
+    join_each(&w, &old).await;
+    let (a, b, c) = (&old[0], &old[1], &old[2]);
+    a.etcd_put(MARKER, "written before the loss");
+    for lost in [b, c] {
+        lost.kill_k3s().await;
+        w.terminate(lost).await.unwrap();
+    }
+    // No agent runs on a: only the operator acts.
+    // A shortcut: restart k3s. Its etcd comes back with the same three voters and no leader.
+    ok(&w.on_host(a, &["systemctl", "stop", "k3s"]).await.unwrap());
+    ok(&w.on_host(a, &["systemctl", "start", "--no-block", "k3s"]).await.unwrap());
+    until("a's etcd to run again", || a.etcd_log_at("starting member").is_some() && a.file("/run/k3s-stub/etcd.pid").is_some()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // what must not happen: a leader, a Ready unit
+    assert!(!a.path("/run/k3s-stub/active-k3s").exists(), "a notify unit without etcd quorum never becomes active");
+    assert_eq!(a.etcd_get(MARKER), "", "no quorum, no reads");
+    // Another shortcut: a fresh server joins it. etcd adds no member without a leader.
+    w.agent_env.insert("K3S_ASG_JOIN_TIMEOUT".into(), "8".into());
+    let d = w.launch("alpha", "control-plane").await.unwrap();
+    let run = w.agent(&d, &["join"]).await.unwrap();
+    assert_ne!(run.code, 0, "a fresh server cannot join a cluster without quorum:\n{}", run.stderr);
+    assert!(d.etcd_log_at("joined through").is_none(), "no member added");
+    w.agent_env.remove("K3S_ASG_JOIN_TIMEOUT");
+
+    // The recovery k3s documents, by hand.
+    ok(&w.on_host(a, &["systemctl", "stop", "k3s"]).await.unwrap());
+    let reset = w.on_host(a, &["k3s", "server", "--cluster-reset"]).await.unwrap();
+    ok(&reset);
+    assert!(reset.stderr.contains("Managed etcd cluster membership has been reset"), "{}", reset.stderr);
+    ok(&w.on_host(a, &["systemctl", "start", "k3s"]).await.unwrap());
+    assert_eq!(voters(a), 1);
+    assert_eq!(a.etcd_get(MARKER), "written before the loss", "its own data kept");
+    for lost in [b, c] {
+        ok(&w.on_host(a, &["k3s", "kubectl", "delete", &format!("node/{}", lost.id)]).await.unwrap());
+    }
+    let nodes = a.nodes();
+    assert!(!nodes.iter().any(|(n, _)| n == &b.id || n == &c.id), "{nodes:?}");
+    // A fresh server joins as usual now.
+    ok(&w.agent(&d, &["join"]).await.unwrap());
+    until("two voters", || voters(a) == 2).await;
+    assert_eq!(d.etcd_get(MARKER), "written before the loss");
+    assert_eq!(clusters_begun([a, b, c, &d]), 1, "one cluster ever initialised");
+}
