@@ -15,9 +15,12 @@ async fn a_server_in_run_collects_the_nodes_of_dead_instances() {
     let ghost = w.joined("alpha", "node").await.unwrap();
     // The ghost dies without leaving; a foreign Node (not an instance) is never touched.
     w.terminate(&ghost).await.unwrap();
-    let nodes = w.dir.path().join("nodes");
-    std::fs::write(&nodes, format!("{}\n{}\n{}\nworkstation-7\ni-00000000000000000\n", cp.id, alive.id, ghost.id)).unwrap();
-    w.agent_env.insert("K3S_STUB_NODES".into(), nodes.display().to_string());
+    // Nodes no instance holds: a workstation's kubelet, and an instance id EC2 does not know.
+    for foreign in ["workstation-7", "i-00000000000000000"] {
+        cp.etcd_put(&format!("/registry/minions/{foreign}"), r#"{"host": "", "role": "worker", "member": ""}"#);
+    }
+    let names = |i: &k3s_asg_testbed::world::Instance| i.nodes().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+    assert!(names(&cp).contains(&ghost.id) && names(&cp).contains(&"workstation-7".to_string()), "{:?}", cp.nodes());
     let agent = w.spawn_agent(&cp, &["run"]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let deleted = |id: &str| cp.stub_calls().iter().any(|l| l.contains(&format!("delete node/{id}")));
@@ -26,6 +29,11 @@ async fn a_server_in_run_collects_the_nodes_of_dead_instances() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!deleted(&alive.id) && !deleted(&cp.id) && !deleted("workstation-7"), "only dead instances' Nodes go");
+    let mut left = names(&cp);
+    left.sort();
+    let mut want = vec![cp.id.clone(), alive.id.clone(), "workstation-7".to_string()];
+    want.sort();
+    assert_eq!(left, want, "the cluster's Nodes afterwards");
     let _ = agent.stop(Duration::from_secs(60)).await.unwrap();
     k3s_asg_testbed::reliability::held(
         "Bootstrap",
