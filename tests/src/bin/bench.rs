@@ -56,6 +56,11 @@ fn row(label: &str, samples: &[Sample]) -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let write = std::env::args().any(|a| a == "--write");
+    // `scripts/bench heal`: only the lost-majority figure, printed.
+    if std::env::args().any(|a| a == "heal") {
+        println!("{}", bench_heal().await?);
+        return Ok(());
+    }
     let mut w = World::new().await?;
     w.create_cluster("alpha").await?;
     let first = w.launch("alpha", "control-plane").await?;
@@ -140,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
 
     let coordinator_table = bench_coordinator().await?;
     let recovery_table = bench_recovery().await?;
+    let heal_table = bench_heal().await?;
     let storm_table = bench_storm().await?;
 
     let header = "| join | runs | AWS calls per join | calls by service:operation (mean) | ready→registered median ms | max ms | whole join median ms |\n|---|---|---|---|---|---|---|";
@@ -153,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
         row("second join, any role (steady state)", &rejoins),
     ]
     .join("\n");
-    println!("{table}\n\n{leave_table}\n\n{coordinator_table}\n\n{recovery_table}\n\n{storm_table}");
+    println!("{table}\n\n{leave_table}\n\n{coordinator_table}\n\n{recovery_table}\n\n{heal_table}\n\n{storm_table}");
     if write {
         let machine = std::process::Command::new("uname")
             .arg("-srm")
@@ -184,6 +190,12 @@ async fn main() -> anyhow::Result<()> {
              `K3S_ASG_RECOVERY_GRACE={grace}`. Time from starting them to every one Ready, minus the grace; AWS calls of the \
              winner (who restores) and of all three. Target (survival issue): ≤ 60 s beyond the grace. The agents poll with \
              backoff, so the figure includes up to one poll interval after the grace.\n\n{recovery_table}\n\n\
+             ## Healing a lost majority\n\n3 servers (real etcd members), 2 die hard and are terminated; the survivor's `run` \
+             checks every second (`K3S_ASG_TOKEN_CHECK=1`) with `K3S_ASG_RECOVERY_GRACE={grace}`; 2 fresh servers boot and \
+             `join` right away. Time from their boot to 3 voting etcd members, minus the grace: the survivor's \
+             `--cluster-reset`, the fresh servers' learner joins (etcd adds one member at a time, none within 5 s of the \
+             last change) and their promotion (`K3S_STUB_PROMOTE_AFTER`). AWS calls of the survivor from the loss to the \
+             end.\n\n{heal_table}\n\n\
              ## Boot storm\n\nServers and nodes of one cluster `join` at once through the recording proxy, which allows \
              Route53 5 requests a second for all callers together (its account limit; the rest get Route53's throttling \
              error) and throttles 20 % of every other call. \"Route53 sent\" counts every request, throttled ones included; \
@@ -306,6 +318,64 @@ async fn bench_recovery() -> anyhow::Result<String> {
          | 1 server lost, 3 fresh servers, grace {RECOVERY_GRACE_S} s | {wall} | {} | {} | {all} | {} |",
         wall.saturating_sub(RECOVERY_GRACE_S as u128 * 1000),
         mine.len(),
+        ops.join(", ")
+    ))
+}
+
+/// A lost majority: 3 servers, 2 die hard; the survivor's `run` heals; 2 fresh servers join.
+async fn bench_heal() -> anyhow::Result<String> {
+    let mut w = World::new().await?;
+    w.create_cluster("alpha").await?;
+    for (k, v) in [("K3S_ASG_RECOVERY_GRACE", RECOVERY_GRACE_S.to_string()), ("K3S_ASG_TOKEN_CHECK", "1".into()), ("K3S_ASG_JOIN_TIMEOUT", "240".into()), ("K3S_ASG_READY_TIMEOUT", "240".into())] {
+        w.agent_env.insert(k.into(), v);
+    }
+    let mut old = Vec::new();
+    for _ in 0..3 {
+        let s = w.launch("alpha", "control-plane").await?;
+        anyhow::ensure!(w.agent(&s, &["join"]).await?.code == 0, "a server's join failed");
+        old.push(s);
+    }
+    let survivor = &old[0];
+    let _run = w.spawn_agent(survivor, &["run"])?;
+    let voters = || survivor.etcd_members().iter().filter(|(_, learner)| !learner).count();
+    anyhow::ensure!(voters() == 3, "three voters before the loss");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await; // its run is watching
+    w.recorder.clear();
+    for lost in &old[1..] {
+        lost.kill_k3s().await;
+        w.terminate(lost).await?;
+    }
+    let mut fresh = Vec::new();
+    for _ in 0..2 {
+        fresh.push(w.launch("alpha", "control-plane").await?);
+    }
+    let t = std::time::Instant::now();
+    let joins: Vec<_> = fresh.iter().map(|s| w.spawn_agent(s, &["join"])).collect::<anyhow::Result<_>>()?;
+    // 3 voters again: the survivor and both fresh servers (member names begin with the node name).
+    let healed = || {
+        let v: Vec<String> = survivor.etcd_members().into_iter().filter(|(_, learner)| !learner).map(|(n, _)| n).collect();
+        v.len() == 3 && fresh.iter().all(|f| v.iter().any(|n| n.starts_with(&f.id)))
+    };
+    while !healed() {
+        anyhow::ensure!(t.elapsed() < std::time::Duration::from_secs(240), "no 3 voters after 240 s");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let wall = t.elapsed().as_millis();
+    for j in joins {
+        let r = j.wait(std::time::Duration::from_secs(240)).await?;
+        anyhow::ensure!(r.code == 0, "a fresh server's join failed: {}", r.stderr);
+    }
+    let calls = w.recorder.calls_by(&survivor.access_key());
+    let mut ops: BTreeMap<String, usize> = BTreeMap::new();
+    for c in &calls {
+        *ops.entry(format!("{}:{}", c.service, c.operation)).or_insert(0) += 1;
+    }
+    let ops: Vec<String> = ops.iter().map(|(k, v)| format!("{k}×{v}")).collect();
+    Ok(format!(
+        "| scenario | wall ms | beyond the grace ms | AWS calls (survivor) | survivor's calls by service:operation |\n|---|---|---|---|---|\n\
+         | 2 of 3 servers lost, 2 fresh servers, grace {RECOVERY_GRACE_S} s | {wall} | {} | {} | {} |",
+        wall.saturating_sub(RECOVERY_GRACE_S as u128 * 1000),
+        calls.len(),
         ops.join(", ")
     ))
 }
