@@ -7,7 +7,8 @@
 //! - [`imds::ImdsDouble`]: IMDSv2 per fake instance (token TTL header, 401
 //!   without a token, settable tags / spot / lifecycle state).
 //! - [`supervisor::SupervisorDouble`]: the k3s server's supervisor port
-//!   (`/cacerts`, `/ping` over TLS with the cluster CA) on each server's address.
+//!   (`/cacerts`, `/ping` over TLS with the host's own server CA, as soon as k3s starts)
+//!   on each server's address.
 //! - `stubs/`: `systemctl` and `k3s` stand-ins put first on PATH.
 //! - [`world::World`]: ties them together: clusters, instances, agent runs.
 //!

@@ -7,7 +7,7 @@ use crate::imds::ImdsDouble;
 use crate::lifecycle::LifecycleDouble;
 use crate::moto::Moto;
 use crate::recorder::Recorder;
-use crate::supervisor::{ClusterCa, SupervisorDouble};
+use crate::supervisor::SupervisorDouble;
 use anyhow::Context;
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use std::collections::BTreeMap;
@@ -48,8 +48,6 @@ pub struct Cluster {
     pub zone_id: String,
     pub hostname: String,
     pub target_group_arn: String,
-    pub ca: ClusterCa,
-    pub ca_file: PathBuf,
 }
 
 pub struct Instance {
@@ -425,16 +423,11 @@ impl World {
             .send()
             .await?;
         let arn = tg.target_groups()[0].target_group_arn().context("tg arn")?.to_string();
-        let ca = ClusterCa::generate(name)?;
-        let ca_file = self.dir.path().join(format!("{name}-ca.pem"));
-        std::fs::write(&ca_file, &ca.pem)?;
         let cluster = Cluster {
             name: name.to_string(),
             zone_id: self.zone_id.clone(),
             hostname: format!("api.{name}.{REGION}.{ZONE_NAME}"),
             target_group_arn: arn,
-            ca,
-            ca_file,
         };
         let spec = self.default_spec(&cluster);
         self.clusters.insert(name.to_string(), cluster);
@@ -487,7 +480,7 @@ impl World {
         let imds = ImdsDouble::start(values, Some(tag_map.clone())).await?;
         let role = tag_map.get("Role").cloned().unwrap_or_default();
         let supervisor = match (cluster.and_then(|c| self.clusters.get(c)), role.as_str()) {
-            (Some(c), "control-plane") => Some(SupervisorDouble::start(&c.ca, &ip, 6443, root.clone()).await?),
+            (Some(_), "control-plane") => Some(SupervisorDouble::start(&ip, 6443, root.clone()).await?),
             _ => None,
         };
         Ok(Instance { id, ip, cluster: cluster.unwrap_or_default().to_string(), role, root, imds, _supervisor: supervisor })
@@ -568,7 +561,6 @@ impl World {
     fn host_command(&self, inst: &Instance, program: &std::ffi::OsStr, args: &[&str]) -> tokio::process::Command {
         let stubs = crate::repo_root().join("tests/stubs");
         let path = format!("{}:{}", stubs.display(), std::env::var("PATH").unwrap_or_default());
-        let ca_file = self.clusters.get(&inst.cluster).map(|c| c.ca_file.clone()).unwrap_or_default();
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .env_clear()
@@ -581,7 +573,6 @@ impl World {
             .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.path().join("aws-config"))
             .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", inst.imds.url())
             .env("K3S_ASG_ROOT", &inst.root)
-            .env("K3S_STUB_CA", ca_file)
             .env("K3S_STUB_HOSTS", self.dir.path().join("hosts"))
             .env("K3S_STUB_PYTHON", crate::repo_root().join(".venv/bin/python"))
             // The stub's etcd members end with the test process that owns this world.

@@ -29,6 +29,7 @@ Any command that names a server takes it from `--kubeconfig PATH` (the API addre
 or uses this host's own member.
 """
 import base64
+import hashlib
 import json
 import os
 import re
@@ -109,6 +110,117 @@ def sign(t, name, cn, ext):
 def server_cert(t, ip):
     sign(t, "server-client", "etcd-server", f"subjectAltName=IP:{ip},IP:127.0.0.1\n"
          "extendedKeyUsage=serverAuth,clientAuth\n")
+
+
+# k3s's own certificates (pkg/daemons/control/deps/deps.go): the server CA that /cacerts serves
+# and whose hash a secure token carries, and the supervisor's serving certificate it signs.
+ktls = os.path.join(server_dir, "tls")
+
+
+def password_of(token):
+    """The token's password: what follows `::server:` in a secure token, or the whole token."""
+    return token.split("::server:")[-1] if token else ""
+
+
+def bootstrap_key(token):
+    """Where k3s keeps the cluster's bootstrap data in etcd, encrypted with the token's password:
+    `/bootstrap/` + the first 12 hex digits of its sha256 (pkg/cluster/storage.go
+    `bootstrapKeyName`). Only the cluster's own token finds (and decrypts) it."""
+    return "/bootstrap/" + hashlib.sha256(password_of(token).encode()).hexdigest()[:12]
+
+
+def fatal(why):
+    """k3s exits with a fatal error: the unit fails (systemd would restart it, and it would fail
+    the same way)."""
+    log(f"k3s fatal: {why}")
+    open(os.path.join(stub, "failed-k3s"), "w").close()
+    for f in ("activating-k3s", "starter.pid"):
+        try:
+            os.remove(os.path.join(stub, f))
+        except FileNotFoundError:
+            pass
+    sys.stderr.write(f"level=fatal msg=\"{why}\"\n")
+    sys.exit(1)
+
+
+def new_server_ca():
+    """cluster-init with no certificates on disk: a new server CA (k3s's `server-ca`)."""
+    os.makedirs(ktls, exist_ok=True)
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+            f"{ktls}/server-ca.key", "-out", f"{ktls}/server-ca.crt", "-days", "3650", "-subj",
+            f"/CN=k3s-server-ca@{int(time.time())}-{secrets.token_hex(4)}")
+    os.chmod(f"{ktls}/server-ca.key", 0o600)
+    log("generated a new server CA")
+
+
+def bootstrap_from(pr, peer, token):
+    """A joining server's bootstrap (pkg/cluster/bootstrap.go): the token's CA hash must match the
+    server's CA (`ParseAndValidateToken`), its password must be the server's (the bootstrap
+    request answers 401 otherwise), and the CA comes from the cluster unless the copy on disk
+    differs and is newer, which k3s refuses (`ReconcileBootstrapData`: "newer than datastore")."""
+    peer_ca = open(f"{pr}/var/lib/rancher/k3s/server/tls/server-ca.crt", "rb").read()
+    if token.startswith("K10"):
+        want, got = token[3:].split("::")[0], hashlib.sha256(peer_ca).hexdigest()
+        if want != got:
+            fatal(f"failed to validate token: token CA hash does not match the Cluster CA certificate hash: {want} != {got}")
+    peer_token = _read(f"{pr}/var/lib/rancher/k3s/server/token").strip()
+    if password_of(peer_token) != password_of(token):
+        fatal(f"failed to get bootstrap data: https://{peer}:6443/v1-k3s/server-bootstrap: 401 Unauthorized")
+    os.makedirs(ktls, exist_ok=True)
+    newer = []
+    for f in ("server-ca.crt", "server-ca.key"):
+        mine, theirs = f"{ktls}/{f}", f"{pr}/var/lib/rancher/k3s/server/tls/{f}"
+        if os.path.exists(mine) and open(mine, "rb").read() != open(theirs, "rb").read() \
+                and os.path.getmtime(mine) - os.path.getmtime(theirs) >= 3:  # `systemTimeSkew`
+            newer.append(mine)
+    if newer:
+        fatal(", ".join(newer) + " newer than datastore and could cause a cluster outage. "
+              "Remove the file(s) from disk and restart to be recreated from datastore.")
+    for f in ("server-ca.crt", "server-ca.key"):
+        shutil.copy2(f"{pr}/var/lib/rancher/k3s/server/tls/{f}", f"{ktls}/{f}")
+
+
+def serve(cfg):
+    """What k3s writes for its clients once its CA is settled: the supervisor's serving
+    certificate (signed by the server CA; the test bed's supervisor double serves it), the
+    secure token `K10<sha256 of the CA>::server:<password>` and the admin kubeconfig."""
+    ip = cfg["node-ip"]
+    sign(ktls, "serving-kube-apiserver", "kube-apiserver", f"subjectAltName=IP:{ip},IP:127.0.0.1,DNS:localhost\n"
+         "extendedKeyUsage=serverAuth\n")
+    ca = open(f"{ktls}/server-ca.crt", "rb").read()
+    old = os.umask(0o077)
+    try:
+        with open(os.path.join(server_dir, "token"), "w") as f:
+            f.write(f"K10{hashlib.sha256(ca).hexdigest()}::server:{password_of(cfg.get('token', ''))}\n")
+    finally:
+        os.umask(old)
+    sa = _read(os.path.join(stub, "sa-token")).strip()
+    os.makedirs(os.path.dirname(cfg_path), exist_ok=True)
+    with open(os.path.join(os.path.dirname(cfg_path), "k3s.yaml"), "w") as f:
+        f.write(KUBECONFIG.format(ca=base64.b64encode(ca).decode(),
+                                  key=base64.b64encode(f"stub-admin-key-{sa}".encode()).decode()))
+
+
+KUBECONFIG = """apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: {ca}
+    server: https://127.0.0.1:6443
+  name: default
+contexts:
+- context:
+    cluster: default
+    user: default
+  name: default
+current-context: default
+kind: Config
+preferences: {{}}
+users:
+- name: default
+  user:
+    client-certificate-data: c3R1Yi1hZG1pbi1jZXJ0LSQxMjM0NQ==
+    client-key-data: {key}
+"""
 
 
 def pid_alive(path):
@@ -206,6 +318,7 @@ def start():
     cfg = config()
     ip, node = cfg["node-ip"], cfg["node-name"]
     t = tls_dir(root)
+    initialised = False
     tombstoned()
     peer = None
     m = re.match(r"https://([^:]+):", cfg.get("server", ""))
@@ -214,12 +327,15 @@ def start():
     if os.path.exists(os.path.join(data, "member")):
         name = member_name()
         log(f"starting member {name} from the datastore it has")
+        serve(cfg)
         spawn_etcd(ip, name)
     elif peer:
         # k3s fetches the cluster's certificates with the token (bootstrap data), then joins.
         pr = host_root(peer)
         if not pr or not os.path.exists(f"{tls_dir(pr)}/server-ca.crt"):
             block(f"no server answers at {peer}")
+        bootstrap_from(pr, peer, cfg.get("token", ""))
+        serve(cfg)
         os.makedirs(t, exist_ok=True)
         for f in ("server-ca.crt", "server-ca.key", "client.crt", "client.key"):
             shutil.copy(f"{tls_dir(pr)}/{f}", f"{t}/{f}")
@@ -244,6 +360,9 @@ def start():
         log(f"joined through {peer} as learner {name}")
         promote_later(peer, name)
     elif cfg.get("cluster-init") == "true":
+        if not os.path.exists(f"{ktls}/server-ca.crt"):
+            new_server_ca()
+        serve(cfg)
         if not os.path.exists(f"{t}/server-ca.crt"):
             new_ca(t)
         if not os.path.exists(f"{t}/server-client.crt"):
@@ -254,6 +373,7 @@ def start():
         with open(os.path.join(data, "name"), "w") as f:
             f.write(name)
         log(f"initialised a new cluster as {name}")
+        initialised = True
     else:
         block("no datastore, no cluster-init and no server to join")
     while True:
@@ -263,6 +383,11 @@ def start():
         if not pid_alive(os.path.join(stub, "etcd.pid")):
             block("etcd exited while starting")
         time.sleep(0.1)
+    if initialised:
+        # k3s saves the cluster's bootstrap data (its CA among it) into etcd under the token.
+        ca = {f: open(f"{ktls}/{f}").read() for f in ("server-ca.crt", "server-ca.key")}
+        while ctl(root, ip, "put", bootstrap_key(cfg.get("token", "")), json.dumps(ca)).returncode != 0:
+            time.sleep(0.2)
     r, via = api_server([])
     register_node(r, via, node, "control-plane", member_name())
     open(os.path.join(stub, "active-k3s"), "w").close()
@@ -532,6 +657,19 @@ def reset(snapshot=None):
             time.sleep(0.1)
         else:
             sys.exit("etcd did not come up with --force-new-cluster")
+        # The bootstrap data under this token (pkg/cluster/bootstrap.go `ReconcileBootstrapData`):
+        # none means another cluster's data or another token. A reset writes the datastore's
+        # certificates to disk after backing up server/tls.
+        out = ctl(root, ip, "get", bootstrap_key(cfg.get("token", "")), "--print-value-only")
+        if out.returncode != 0 or not out.stdout.strip():
+            sys.exit("no bootstrap data found in datastore - check server token value and verify datastore integrity")
+        boot = json.loads(out.stdout)
+        if os.path.isdir(ktls):
+            shutil.copytree(ktls, os.path.join(server_dir, f"tls-{int(time.time())}"), dirs_exist_ok=True)
+        os.makedirs(ktls, exist_ok=True)
+        for f, body in boot.items():
+            with open(f"{ktls}/{f}", "w") as fh:
+                fh.write(body)
     finally:
         p.terminate()
         try:

@@ -1,8 +1,9 @@
 """S3 side of the test bed's k3s stub: etcd snapshots as objects in moto's S3.
 
 A snapshot object is the etcd snapshot itself (`etcdctl snapshot save` through this server's
-member), and like k3s's it carries object metadata naming the token's hash: a snapshot restores
-only with the cluster's original token (which decrypts its bootstrap data).
+member), and like k3s's it carries object metadata naming the token's hash. It restores only
+with the cluster's original token: the reset finds the cluster's bootstrap data in the restored
+etcd under that token (k3s_etcd.py `reset`).
 
 usage: k3s_s3.py save NAME | restore NAME | prune PREFIX KEEP
 Bucket, folder and region come from the k3s config (etcd-s3-*), as k3s reads them;
@@ -45,7 +46,8 @@ s3 = boto3.client("s3", region_name=region)
 db = os.path.join(root, "var/lib/rancher/k3s/server/db")
 token = key("token") or ""
 password = token.split("::server:")[-1]
-pw_hash = hashlib.sha256(password.encode()).hexdigest()
+# k3s pkg/etcd/s3: the first 12 hex digits of the sha256 of the token's password.
+pw_hash = hashlib.sha256(password.encode()).hexdigest()[:12]
 prefix = folder + "/" if folder else ""
 
 cmd, arg = sys.argv[1], sys.argv[2]
@@ -57,15 +59,13 @@ if cmd == "save":
         if out.returncode != 0:
             sys.exit(f"failed to save snapshot: {out.stderr.strip()}")
         body = open(os.path.join(tmp, "db"), "rb").read()
-    s3.put_object(Bucket=bucket, Key=prefix + arg, Body=body, Metadata={"k3s-token-hash": pw_hash})
+    s3.put_object(Bucket=bucket, Key=prefix + arg, Body=body, Metadata={"k3s-token-hash": pw_hash, "k3s-node-name": key("node-name") or ""})
     print(f"Snapshot {arg} saved to s3://{bucket}/{prefix}{arg}")
 elif cmd == "restore":
     try:
         obj = s3.get_object(Bucket=bucket, Key=prefix + arg)
     except s3.exceptions.NoSuchKey:
         sys.exit(f"failed to download snapshot {arg} from S3: NoSuchKey")
-    if obj.get("Metadata", {}).get("k3s-token-hash") != pw_hash:
-        sys.exit("failed to decrypt bootstrap data: the token does not match the snapshot's cluster")
     os.makedirs(db, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         with open(os.path.join(tmp, "db"), "wb") as f:

@@ -190,6 +190,9 @@ async fn by_hand_a_restart_does_not_heal_a_lost_majority_and_a_cluster_reset_doe
     assert_ne!(run.code, 0, "a fresh server cannot join a cluster without quorum:\n{}", run.stderr);
     assert!(d.etcd_log_at("joined through").is_none(), "no member added");
     w.agent_env.remove("K3S_ASG_JOIN_TIMEOUT");
+    // d's k3s would go on trying (and join once the cluster has a leader again); stopped here so
+    // that the reset below is the survivor's alone.
+    ok(&w.on_host(&d, &["systemctl", "stop", "k3s"]).await.unwrap());
 
     // The recovery k3s documents, by hand.
     ok(&w.on_host(a, &["systemctl", "stop", "k3s"]).await.unwrap());
