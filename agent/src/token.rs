@@ -57,6 +57,14 @@ pub fn agent_token_of(server: &SecureToken) -> String {
 
 /// The password part k3s derives a cluster from: the whole election token, or the
 /// part after `server:` of a secure token.
+/// k3s's short hash of a token: the first 12 hex digits of the sha256 of its password (the
+/// `K3s-Token-Hash` metadata of its S3 snapshots, and the key of its bootstrap data in etcd):
+/// k3s-io/k3s `pkg/util/token.go` `GetTokenHash`/`ShortHash`, `pkg/cluster/encrypt.go`.
+pub fn short_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(password_of(token).as_bytes()))[..12].to_string()
+}
+
 pub fn password_of(token: &str) -> &str {
     match token.strip_prefix("K10").and_then(|r| r.split_once("::")) {
         Some((_, creds)) => creds.split_once(':').map(|(_, p)| p).unwrap_or(creds),

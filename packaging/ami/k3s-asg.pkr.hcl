@@ -21,8 +21,9 @@ variable "region" {
 }
 
 variable "k3s_version" {
-  type    = string
-  default = "v1.31.4+k3s1"
+  description = "The k3s release baked in: inside upstream support, with the compressed-snapshot restore fix (k3s #14528, first in v1.37.1+k3s1). Upgrade one minor at a time, servers first (README: Upgrading k3s)."
+  type        = string
+  default     = "v1.37.1+k3s1"
 }
 
 variable "k3s_checksums_sha256" {

@@ -342,12 +342,19 @@ def start():
         server_cert(t, ip)
         name = f"{node}-{secrets.token_hex(4)}"
         while True:
+            # An add that timed out on this side may have gone through: k3s finds its own peer
+            # URL in the member list and starts as that member (pkg/etcd/etcd.go `join`).
+            listed = members(root, [peer])
+            if any(f"http://{ip}:2380" in m.get("peerURLs", []) for m in listed):
+                added = {"members": listed}
+                log(f"an earlier member add through {peer} went through")
+                break
             out = ctl(root, peer, "member", "add", name, "--learner", f"--peer-urls=http://{ip}:2380", "-w", "json")
             if out.returncode == 0:
+                added = json.loads(out.stdout)
                 break
             log(f"member add through {peer} refused: {out.stderr.strip().splitlines()[-1:]}; retrying")
             time.sleep(0.5)
-        added = json.loads(out.stdout)
         cluster = []
         for mem in added["members"]:
             mname = mem.get("name") or name

@@ -238,10 +238,18 @@ impl Joining<'_> {
             None => {
                 let store = self.d.snapshot_store();
                 let skip = self.st.failed_snapshots();
-                let newest = match &store {
-                    Some(s) => self.fx.snapshots.newest(s, &skip).await?,
-                    None => None,
+                // Only the cluster's own snapshots: their k3s metadata names this token's hash.
+                let hash = self.d.param(&self.d.names.token).map(|t| crate::token::short_hash(t.value.expose())).unwrap_or_default();
+                let found = match &store {
+                    Some(s) => self.fx.snapshots.newest(s, &skip, &hash).await?,
+                    None => Default::default(),
                 };
+                let foreign = if found.foreign.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (skipped {}: another cluster's, by their k3s token hash)", found.foreign.join(", "))
+                };
+                let newest = found.snapshot;
                 if let (Some(s), None, false) = (&store, &newest, skip.is_empty()) {
                     // Never trade snapshots that exist for a new, empty cluster.
                     return Err(Error::failed(
@@ -256,9 +264,9 @@ impl Joining<'_> {
                     ));
                 }
                 let outcome = match (&store, &newest) {
-                    (Some(s), Some(n)) => format!("recovery election {epoch}: restored snapshot {} from {}", n.name, s.url()),
+                    (Some(s), Some(n)) => format!("recovery election {epoch}: restored snapshot {} from {}{foreign}", n.name, s.url()),
                     (Some(s), None) => format!(
-                        "recovery election {epoch}: no snapshot in {}: started a NEW cluster with a new token; the old cluster's state is gone",
+                        "recovery election {epoch}: no snapshot of this cluster in {}{foreign}: started a NEW cluster with a new token; the old cluster's state is gone",
                         s.url()
                     ),
                     (None, _) => format!(

@@ -21,7 +21,7 @@ use k3s_asg_agent::effects::metadata::Metadata;
 use k3s_asg_agent::effects::parameters::{Listed, Param, Parameters};
 use k3s_asg_agent::effects::probes::Probes;
 use k3s_asg_agent::effects::services::Services;
-use k3s_asg_agent::effects::snapshots::{Snapshot, SnapshotStore, Snapshots};
+use k3s_asg_agent::effects::snapshots::{Newest, SnapshotStore, Snapshots};
 use k3s_asg_agent::effects::supervisor::Supervisor;
 use k3s_asg_agent::effects::Effects;
 use k3s_asg_agent::error::{Error, Result};
@@ -676,8 +676,8 @@ impl Probes for Backend {
 
 #[async_trait]
 impl Snapshots for Backend {
-    async fn newest(&self, store: &SnapshotStore, _skip: &[String]) -> Result<Option<Snapshot>> {
+    async fn newest(&self, store: &SnapshotStore, _skip: &[String], _token_hash: &str) -> Result<Newest> {
         self.w().log.push(format!("s3:ListObjectsV2 {}", store.url()));
-        Ok(None)
+        Ok(Newest::default())
     }
 }

@@ -375,3 +375,33 @@ async fn a_snapshot_that_will_not_restore_is_set_aside_for_the_next_newest() {
     assert!(a.file(RESTORED_FROM).is_some_and(|n| n != broken));
     assert!(record(&w, 3).await.is_none(), "still one recovery election");
 }
+
+/// A snapshot of another cluster (its k3s token hash is not this cluster's: a folder shared by
+/// mistake, an old cluster's leftovers) newer than the cluster's own is skipped and named; the
+/// cluster's own newest is restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_snapshot_of_another_cluster_is_skipped_by_a_restore() {
+    let mut w = world(true).await;
+    let old = snapshotted_servers(&mut w, 1, "marker: ours").await;
+    lose(&w, &old).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a later LastModified than ours
+    let foreign = "etcd-snapshot-i-0f0f0f0f0f0f0f0f0-9999999999";
+    w.s3()
+        .put_object()
+        .bucket(BUCKET)
+        .key(format!("clusters/alpha/{foreign}"))
+        .metadata("k3s-token-hash", "0123456789ab")
+        .body(b"another cluster's etcd".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let a = w.launch("alpha", "control-plane").await.unwrap();
+    let run = w.agent(&a, &["join"]).await.unwrap();
+    ok(&run);
+    assert!(run.stderr.contains("skipping a snapshot of another cluster") && run.stderr.contains(foreign), "said so:\n{}", run.stderr);
+    assert!(a.file(RESTORED_FROM).is_some_and(|n| n.starts_with(&format!("etcd-snapshot-{}-", old[0].id))), "its own snapshot");
+    assert_eq!(marker_of(&a), "marker: ours");
+    assert!(state(&a).failed_snapshots().is_empty(), "the foreign one was never tried");
+    let outcome = state(&a).recovery.expect("recovery").outcome;
+    assert!(outcome.contains(&format!("skipped {foreign}")), "{outcome}");
+}

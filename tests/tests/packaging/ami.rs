@@ -29,7 +29,7 @@ print(json.dumps(d))
     ] {
         assert!(parsed.contains(needle), "packer template lacks {needle}");
     }
-    // An AMI name may not hold a `+`, and k3s versions do (v1.31.4+k3s1).
+    // An AMI name may not hold a `+`, and k3s versions do (v1.37.1+k3s1).
     let template = std::fs::read_to_string(root.join("packaging/ami/k3s-asg.pkr.hcl")).unwrap();
     let names: Vec<&str> = template.lines().filter(|l| l.trim_start().starts_with("ami_name")).collect();
     assert_eq!(names.len(), 2, "one AMI name per source");
