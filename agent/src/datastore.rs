@@ -20,6 +20,10 @@ pub const BACKUPS_PATH: &str = "/var/lib/rancher/k3s/server/db-backups";
 /// `pkg/etcd/etcd.go` (the tombstone file and its check at start).
 pub const TOMBSTONE_PATH: &str = "/var/lib/rancher/k3s/server/db/etcd/tombstone";
 
+/// etcd's member directory: present once this host's datastore holds a member (k3s's
+/// `IsInitialized`).
+pub const ETCD_MEMBER_PATH: &str = "/var/lib/rancher/k3s/server/db/etcd/member";
+
 /// Whether this server's etcd member was removed from its cluster (k3s left a tombstone).
 pub fn member_removed(fx: &Effects) -> bool {
     fx.fs.exists(TOMBSTONE_PATH)

@@ -43,6 +43,11 @@ pub struct ConfigInputs<'a> {
     pub instance_type: Option<&'a str>,
     /// The Cluster Autoscaler's node template of the instance's group.
     pub template: &'a NodeTemplate,
+    /// A server's cluster uses the agent token as its node password (it began with one):
+    /// `agent-token` is configured. Never set for a cluster that began without one: k3s keeps
+    /// the node password in its bootstrap data, and a server that changes it locally is
+    /// refused at its next start (k3s-io/k3s `pkg/cluster/bootstrap.go` `ReconcileBootstrapData`).
+    pub agent_token: bool,
 }
 
 /// Renders `/etc/rancher/k3s/config.yaml`.
@@ -58,7 +63,7 @@ pub fn render_config(i: &ConfigInputs<'_>) -> String {
     out.push_str(&format!("node-name: {}\n", q(i.instance_id)));
     out.push_str(&format!("node-ip: {}\n", q(i.node_ip)));
     out.push_str(&format!("token: {}\n", q(i.token)));
-    if i.role.is_server() {
+    if i.role.is_server() && i.agent_token {
         // Nodes join with this (published as `agent-token`), never with the server token.
         out.push_str(&format!("agent-token: {}\n", q(&crate::token::agent_password(crate::token::password_of(i.token)))));
     }
@@ -364,7 +369,18 @@ mod tests {
             spec,
             instance_type: Some("m7g.large"),
             template: &TEMPLATE,
+            agent_token: true,
         }
+    }
+
+    #[test]
+    fn a_server_of_a_cluster_begun_without_an_agent_token_keeps_the_server_password_for_nodes() {
+        let spec = spec();
+        let with = render_config(&inputs(&spec, Role::ControlPlane, Mode::Join, Some("https://10.0.1.5:6443")));
+        assert!(with.contains("agent-token: "), "{with}");
+        let legacy = render_config(&ConfigInputs { agent_token: false, ..inputs(&spec, Role::ControlPlane, Mode::Join, Some("https://10.0.1.5:6443")) });
+        assert!(!legacy.contains("agent-token"), "{legacy}");
+        assert_eq!(legacy.lines().count() + 1, with.lines().count(), "only that line differs");
     }
 
     #[test]

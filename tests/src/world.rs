@@ -134,15 +134,7 @@ impl Instance {
 
     /// Runs the stub's etcd helper (tests/stubs/k3s_etcd.py) as this host; its stdout.
     fn etcd(&self, args: &[&str]) -> String {
-        let hosts = self.root.parent().map(|d| d.join("hosts")).unwrap_or_default();
-        let out = std::process::Command::new(crate::repo_root().join(".venv/bin/python"))
-            .arg(crate::repo_root().join("tests/stubs/k3s_etcd.py"))
-            .args(args)
-            .env("K3S_ASG_ROOT", &self.root)
-            .env("K3S_STUB_HOSTS", hosts)
-            .output()
-            .expect("run tests/stubs/k3s_etcd.py");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stub_etcd(&self.root, args)
     }
 
     /// The access key id this instance's agent signs with (the recorder's caller).
@@ -856,4 +848,26 @@ pub fn secrets_of(world_params: &[Option<String>], roots: &[&Path]) -> Vec<Strin
     }
     out.retain(|s| s.len() >= 8);
     out
+}
+
+/// Runs the stub's etcd helper (tests/stubs/k3s_etcd.py) as the host at `root`; its stdout.
+pub fn stub_etcd(root: &std::path::Path, args: &[&str]) -> String {
+    let hosts = root.parent().map(|d| d.join("hosts")).unwrap_or_default();
+    let out = std::process::Command::new(crate::repo_root().join(".venv/bin/python"))
+        .arg(crate::repo_root().join("tests/stubs/k3s_etcd.py"))
+        .args(args)
+        .env("K3S_ASG_ROOT", root)
+        .env("K3S_STUB_HOSTS", hosts)
+        .output()
+        .expect("run tests/stubs/k3s_etcd.py");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// etcd's members as the host at `root` sees them, with their health: `(name, learner, healthy)`;
+/// empty when its etcd does not answer.
+pub fn etcd_health_at(root: &std::path::Path) -> Vec<(String, bool, bool)> {
+    let list: Vec<serde_json::Value> = serde_json::from_str(stub_etcd(root, &["health"]).trim()).unwrap_or_default();
+    list.iter()
+        .map(|m| (m["name"].as_str().unwrap_or_default().to_string(), m["learner"].as_bool().unwrap_or(false), m["healthy"].as_bool().unwrap_or(false)))
+        .collect()
 }

@@ -23,7 +23,7 @@ k3s's paths and rules (k3s-io/k3s, cited per rule):
   `sync`/`removePeer`); the removed member's etcd stops, k3s writes the tombstone and exits,
   and systemd (`Restart=always`, `RestartSec=5s`; K3S_STUB_RESTART_SEC) starts it again.
 
-usage: k3s_etcd.py start | stop | members | nodes [--control-plane] | node-ready NAME |
+usage: k3s_etcd.py start | stop | members | health | nodes [--control-plane] | node-ready NAME |
        delete-node NAME | register | reset [SNAPSHOT_FILE] | save FILE
 Any command that names a server takes it from `--kubeconfig PATH` (the API address in it)
 or uses this host's own member.
@@ -143,6 +143,74 @@ def fatal(why):
     sys.exit(1)
 
 
+passwd_path = os.path.join(server_dir, "cred/passwd")
+
+
+def passwd_rows(text):
+    """k3s's `cred/passwd` (its apiserver's basic-auth file): `password,user,user,group` rows."""
+    rows = {}
+    for line in (text or "").splitlines():
+        parts = line.split(",")
+        if len(parts) >= 2:
+            rows[parts[1]] = parts[0]
+    return rows
+
+
+def gen_users(cfg):
+    """k3s's `genUsers` at every start (pkg/daemons/control/deps/deps.go): the `server` user's
+    password is the token's, the `node` user's the agent token's or, without one, the token's
+    (`getNodePass`); the file is rewritten (on this host only) when either differs."""
+    server_pw = password_of(cfg.get("token", ""))
+    agent = cfg.get("agent-token", "")
+    node_pw = agent.split("::node:")[-1] if agent else server_pw
+    want = f"{node_pw},node,node,k3s:agent\n{server_pw},server,server,k3s:server\n"
+    if _read(passwd_path) != want:
+        os.makedirs(os.path.dirname(passwd_path), exist_ok=True)
+        with open(passwd_path, "w") as f:
+            f.write(want)
+        os.chmod(passwd_path, 0o600)
+
+
+def reconcile(files, why):
+    """k3s's `ReconcileBootstrapData` (pkg/cluster/bootstrap.go): for each bootstrap file, data on
+    disk that differs from the datastore's and is newer by the allowed skew (3 s) is refused
+    ("newer than datastore"); otherwise the datastore's is written to disk with its time.
+    `files`: {path: (content, mtime)}."""
+    newer = []
+    for path, (content, mtime) in files.items():
+        if os.path.exists(path) and _read(path) != content and os.path.getmtime(path) - mtime >= 3:
+            newer.append(path)
+    if newer:
+        fatal(", ".join(newer) + " newer than datastore and could cause a cluster outage. "
+              "Remove the file(s) from disk and restart to be recreated from datastore.")
+    for path, (content, mtime) in files.items():
+        if _read(path) != content:
+            log(f"{why}: updating {os.path.relpath(path, server_dir)} on disk from the datastore")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(content)
+            os.utime(path, (mtime, mtime))
+
+
+def bootstrap_files(boot):
+    """The bootstrap data (as saved in etcd, or served by a server) as {path: (content, mtime)}."""
+    out = {}
+    for name, entry in boot.items():
+        path = passwd_path if name == "passwd" else os.path.join(ktls, name)
+        out[path] = (entry["content"], entry["mtime"]) if isinstance(entry, dict) else (entry, 0)
+    return out
+
+
+def disk_bootstrap(r):
+    """A server's bootstrap files from its disk, with their times (what it serves a joiner)."""
+    out = {}
+    for name, path in (("server-ca.crt", "tls/server-ca.crt"), ("server-ca.key", "tls/server-ca.key"), ("passwd", "cred/passwd")):
+        full = os.path.join(r, "var/lib/rancher/k3s/server", path)
+        if os.path.exists(full):
+            out[name] = {"content": _read(full), "mtime": os.path.getmtime(full)}
+    return out
+
+
 def new_server_ca():
     """cluster-init with no certificates on disk: a new server CA (k3s's `server-ca`)."""
     os.makedirs(ktls, exist_ok=True)
@@ -167,17 +235,7 @@ def bootstrap_from(pr, peer, token):
     if password_of(peer_token) != password_of(token):
         fatal(f"failed to get bootstrap data: https://{peer}:6443/v1-k3s/server-bootstrap: 401 Unauthorized")
     os.makedirs(ktls, exist_ok=True)
-    newer = []
-    for f in ("server-ca.crt", "server-ca.key"):
-        mine, theirs = f"{ktls}/{f}", f"{pr}/var/lib/rancher/k3s/server/tls/{f}"
-        if os.path.exists(mine) and open(mine, "rb").read() != open(theirs, "rb").read() \
-                and os.path.getmtime(mine) - os.path.getmtime(theirs) >= 3:  # `systemTimeSkew`
-            newer.append(mine)
-    if newer:
-        fatal(", ".join(newer) + " newer than datastore and could cause a cluster outage. "
-              "Remove the file(s) from disk and restart to be recreated from datastore.")
-    for f in ("server-ca.crt", "server-ca.key"):
-        shutil.copy2(f"{pr}/var/lib/rancher/k3s/server/tls/{f}", f"{ktls}/{f}")
+    reconcile(bootstrap_files(disk_bootstrap(pr)), "joining")
 
 
 def serve(cfg):
@@ -318,7 +376,7 @@ def start():
     cfg = config()
     ip, node = cfg["node-ip"], cfg["node-name"]
     t = tls_dir(root)
-    initialised = False
+    initialised = restarted = False
     tombstoned()
     peer = None
     m = re.match(r"https://([^:]+):", cfg.get("server", ""))
@@ -326,6 +384,7 @@ def start():
         peer = m.group(1)
     if os.path.exists(os.path.join(data, "member")):
         name = member_name()
+        restarted = True
         log(f"starting member {name} from the datastore it has")
         serve(cfg)
         spawn_etcd(ip, name)
@@ -391,10 +450,21 @@ def start():
             block("etcd exited while starting")
         time.sleep(0.1)
     if initialised:
-        # k3s saves the cluster's bootstrap data (its CA among it) into etcd under the token.
-        ca = {f: open(f"{ktls}/{f}").read() for f in ("server-ca.crt", "server-ca.key")}
-        while ctl(root, ip, "put", bootstrap_key(cfg.get("token", "")), json.dumps(ca)).returncode != 0:
+        # k3s saves the cluster's bootstrap data (its CA and cred/passwd among it) into etcd
+        # under the token, once, when the cluster begins (`Save`, never overwritten after).
+        gen_users(cfg)
+        boot = disk_bootstrap(root)
+        while ctl(root, ip, "put", bootstrap_key(cfg.get("token", "")), json.dumps(boot)).returncode != 0:
             time.sleep(0.2)
+    elif restarted:
+        # A restart reconciles its files with the datastore's bootstrap data, then genUsers.
+        out = ctl(root, ip, "get", bootstrap_key(cfg.get("token", "")), "--print-value-only")
+        if out.returncode != 0 or not out.stdout.strip():
+            fatal("bootstrap data already found and encrypted with different token")
+        reconcile(bootstrap_files(json.loads(out.stdout)), "restart")
+        gen_users(cfg)
+    else:
+        gen_users(cfg)
     r, via = api_server([])
     register_node(r, via, node, "control-plane", member_name())
     open(os.path.join(stub, "active-k3s"), "w").close()
@@ -673,10 +743,11 @@ def reset(snapshot=None):
         boot = json.loads(out.stdout)
         if os.path.isdir(ktls):
             shutil.copytree(ktls, os.path.join(server_dir, f"tls-{int(time.time())}"), dirs_exist_ok=True)
-        os.makedirs(ktls, exist_ok=True)
-        for f, body in boot.items():
-            with open(f"{ktls}/{f}", "w") as fh:
-                fh.write(body)
+        for path, (content, mtime) in bootstrap_files(boot).items():
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as fh:
+                fh.write(content)
+            os.utime(path, (mtime, mtime))
     finally:
         p.terminate()
         try:
@@ -719,6 +790,31 @@ def main():
             if detach():
                 register_node(host_root(m.group(1)), m.group(1), cfg["node-name"], "worker", None)
                 os._exit(0)
+    elif cmd == "agent-auth":
+        # A k3s agent authenticates to its server with its token's user and password
+        # (pkg/clientaccess/token.go `parseToken`); the server checks its cred/passwd.
+        cfg = config()
+        m = re.match(r"https://([^:]+):", cfg.get("server", ""))
+        pr = host_root(m.group(1)) if m else None
+        if not pr:
+            sys.exit("k3s agent: no server")
+        rows = passwd_rows(_read(os.path.join(pr, "var/lib/rancher/k3s/server/cred/passwd")))
+        token = cfg.get("token", "")
+        # The token names its user (`K10<hash>::node:<pw>`, or `::server:` for the server token,
+        # which agents may join with: k3s's own node-token file holds it); a bare one is `node`.
+        user, pw = token.rsplit("::", 1)[-1].split(":", 1) if "::" in token else ("node", token)
+        if user not in ("node", "server") or rows.get(user) != pw:
+            sys.exit(f"level=fatal msg=\"Error: failed to get CA certs: https://{m.group(1)}:6443/cacerts: 401 Unauthorized (node password rejected)\"")
+    elif cmd == "health":
+        # Every member as this host's etcd lists it, with its health (a learner serves no
+        # reads, so it never counts as a healthy voter): JSON [{"name", "learner", "healthy"}].
+        ip = config().get("node-ip")
+        out = []
+        for m in members(root, [ip]):
+            cip = client_ip(m)
+            healthy = cip is not None and ctl(root, cip, "endpoint", "health", timeout=1).returncode == 0
+            out.append({"name": m.get("name", ""), "learner": bool(m.get("isLearner")), "healthy": healthy})
+        print(json.dumps(out))
     elif cmd == "put":
         r, ip = api_server([])
         sys.exit(ctl(r, ip, "put", args[0], args[1]).returncode)

@@ -43,7 +43,7 @@ pub struct Newest {
 #[async_trait]
 pub trait Snapshots: Send + Sync {
     /// The newest snapshot k3s wrote into `store` (scheduled or on-demand) for the cluster whose
-    /// token hash is `token_hash` ([`crate::token::short_hash`]), if any, leaving out the names
+    /// token hash is `token_hash` (the token module's `short_hash`), if any, leaving out the names
     /// in `skip` (ones that failed to restore).
     async fn newest(&self, store: &SnapshotStore, skip: &[String], token_hash: &str) -> Result<Newest>;
 }

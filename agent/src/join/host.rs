@@ -27,9 +27,40 @@ pub(super) struct Written {
 }
 
 impl Joining<'_> {
+    /// Whether this server's cluster takes the agent token as its node password. k3s keeps the
+    /// node password in the cluster's bootstrap data (`cred/passwd`) as the first server wrote
+    /// it, and refuses to start a server whose copy changed locally and is newer ("newer than
+    /// datastore": k3s-io/k3s `pkg/cluster/bootstrap.go` `ReconcileBootstrapData`;
+    /// `pkg/daemons/control/deps/deps.go` `genUsers` rewrites it from `agent-token`). So:
+    /// a server beginning a new cluster sets it; any other server follows what the cluster
+    /// began with: the agent token parameter holding this token's agent token (published by the
+    /// cluster's first server before its token was secured), or, restarting over the same
+    /// datastore, what it configured before. A cluster begun by an earlier release without one
+    /// keeps the server password for nodes.
+    fn uses_agent_token(&self, mode: Mode, token: &Secret) -> bool {
+        let has_datastore = self.fx.fs.exists(crate::datastore::ETCD_MEMBER_PATH);
+        let restoring = self.st.recovery.as_ref().is_some_and(|r| r.snapshot.is_some() && !r.restored);
+        if mode == Mode::ClusterInit && !has_datastore && !restoring {
+            return true;
+        }
+        if self.st.agent_token && has_datastore {
+            return true;
+        }
+        let Some(published) = self.d.param(&self.d.names.agent_token) else { return false };
+        match crate::token::parse_secure(published.value.expose()) {
+            Some(p) => p.password == crate::token::agent_password(crate::token::password_of(token.expose())),
+            None => false,
+        }
+    }
+
     /// Renders and writes k3s's config, its unit, the drain manifest (servers) and the
     /// drain kubeconfig (nodes).
     pub(super) fn render(&mut self, mode: Mode, token: &Secret, server_url: Option<&str>) -> Result<Written> {
+        let agent_token = self.d.role.is_server() && self.uses_agent_token(mode, token);
+        if self.st.agent_token != agent_token {
+            self.st.agent_token = agent_token;
+            self.st.save(&self.fx.fs)?;
+        }
         let (fx, d) = (self.fx, &self.d);
         let config = render::render_config(&ConfigInputs {
             role: d.role,
@@ -43,6 +74,7 @@ impl Joining<'_> {
             spec: &d.spec,
             instance_type: d.instance_type.as_deref(),
             template: &d.template,
+            agent_token,
         });
         let config_changed = fx.fs.write_if_changed(render::CONFIG_PATH, &config, 0o600)?;
         let unit_path = render::unit_path(d.role);

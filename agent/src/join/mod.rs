@@ -82,12 +82,8 @@ async fn join_once(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
     j.ready(written.drain_kubeconfig.as_deref(), Gate::K3s).await?;
     j.st.step(&fx.fs, StepName::Ready)?;
     if j.d.role.is_server() {
-        if mode == Mode::ClusterInit {
-            j.secure_the_token().await?;
-        }
-        let replace = j.st.recovery.as_ref().is_some_and(|r| Some(r.epoch) == j.lease.map(|l| l.epoch));
-        let published = |name: &str| j.d.params.contains_key(name);
-        crate::kubeconfigs::publish(fx, &j.d.names, &j.d.spec.api.hostname, published, replace, cfg.ready_timeout).await?;
+        // The agent token before the secure token: a server that joins once the token is secure
+        // finds the agent token too, and so configures the node password the cluster began with.
         // Never a reason to fail the join (an instance role of an earlier release may not write
         // it: nodes then keep the server token); AWS being busy still is, as everywhere.
         if let Err(e) = j.publish_agent_token().await {
@@ -96,6 +92,12 @@ async fn join_once(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
             }
             tracing::warn!(error = %e, "could not publish the agent token; nodes join with the server token where their role may read it");
         }
+        if mode == Mode::ClusterInit {
+            j.secure_the_token().await?;
+        }
+        let replace = j.st.recovery.as_ref().is_some_and(|r| Some(r.epoch) == j.lease.map(|l| l.epoch));
+        let published = |name: &str| j.d.params.contains_key(name);
+        crate::kubeconfigs::publish(fx, &j.d.names, &j.d.spec.api.hostname, published, replace, cfg.ready_timeout).await?;
         j.st.step(&fx.fs, StepName::Kubeconfigs)?;
         j.forget_lost_servers().await?;
         j.publish_api_record().await?;

@@ -20,19 +20,30 @@ impl Joining<'_> {
     }
 
     /// Publishes the agent token nodes join with (`token::agent_token_of` this server's secure
-    /// token, as k3s writes it), when the token parameter holds that same secure token: only a
-    /// server of the cluster the parameter describes speaks for it. Deterministic, so servers
-    /// that publish at once write the same value; a new cluster (recovery without a snapshot)
-    /// replaces it.
+    /// token, as k3s writes it), when this server's cluster uses it (`State::agent_token`: it
+    /// began with one) and the token parameter holds this server's token (in the election's
+    /// form or the secure one): only a server of the cluster the parameter describes speaks for
+    /// it. A cluster's first server publishes it before it secures the token, so a server that
+    /// sees the secure token sees the agent token too. Deterministic, so servers that publish at
+    /// once write the same value; a new cluster (recovery without a snapshot) replaces it.
     pub(super) async fn publish_agent_token(&mut self) -> Result<()> {
         let (fx, names) = (self.fx, self.d.names.clone());
+        if !self.st.agent_token {
+            if self.d.param(&names.agent_token).is_none() {
+                tracing::info!(
+                    parameter = %names.agent_token,
+                    "this cluster began without an agent token (an earlier release): its node password stays the server token's, \
+                     and nodes join with the server token (README: Existing clusters)"
+                );
+            }
+            return Ok(());
+        }
         let Some(own) = fx.fs.read(render::SERVER_TOKEN_PATH)?.and_then(|t| token::parse_secure(t.trim())) else {
             return Ok(());
         };
         let fresh = fx.parameters.get(&[names.token.clone(), names.agent_token.clone()]).await?;
-        let published = fresh.get(&names.token).and_then(|p| token::parse_secure(p.value.expose()));
-        if published.as_ref() != Some(&own) {
-            tracing::warn!(parameter = %names.token, "the token parameter does not hold this server's secure token: not publishing an agent token");
+        if fresh.get(&names.token).map(|p| token::password_of(p.value.expose())) != Some(own.password.as_str()) {
+            tracing::warn!(parameter = %names.token, "the token parameter does not hold this server's token: not publishing an agent token");
             return Ok(());
         }
         let want = Secret::new(token::agent_token_of(&own));

@@ -3,6 +3,7 @@
 //! doubles, stub systemctl/k3s). One module per behaviour; the timing-sensitive load tests are
 //! in the `stress` binary, the coordinator's in `coordinator`.
 
+mod agent_token;
 mod autoscaler;
 mod bad_input;
 mod common;

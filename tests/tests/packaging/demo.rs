@@ -33,10 +33,10 @@ fn the_rolling_upgrade_demo_keeps_quorum_and_traffic_off_leaving_instances() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "roll demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     for needle in [
-        "etcd members Ready at every moment: at least ",
+        "etcd kept a quorum at every sample: yes",
         "5 of 5 leaving instances were out of their target group before they drained or stopped k3s",
         "all on ami-0new000000000000: yes",
-        "Done: at least 2 of 3 etcd members were Ready at every moment",
+        "Done: etcd kept a quorum of healthy voters at every sample",
     ] {
         assert!(stdout.contains(needle), "roll demo output lacks {needle:?}:\n{stdout}");
     }
