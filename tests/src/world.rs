@@ -560,6 +560,10 @@ impl World {
             .env("HOME", self.dir.path())
             .env("AWS_ENDPOINT_URL", self.recorder.url())
             .env("AWS_ACCESS_KEY_ID", inst.access_key())
+            // k3s's view of the instance role and of S3 (tests/stubs/k3s_s3.py).
+            .env("K3S_STUB_AWS_ACCESS_KEY_ID", inst.access_key())
+            .env("K3S_STUB_AWS_SECRET_ACCESS_KEY", "testbed-secret")
+            .env("K3S_STUB_S3_ENDPOINT", self.recorder.url())
             .env("AWS_SECRET_ACCESS_KEY", "testbed-secret")
             .env("AWS_CONFIG_FILE", self.dir.path().join("aws-config"))
             .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.path().join("aws-config"))

@@ -165,10 +165,7 @@ def gen_users(cfg):
     node_pw = agent.split("::node:")[-1] if agent else server_pw
     want = f"{node_pw},node,node,k3s:agent\n{server_pw},server,server,k3s:server\n"
     if _read(passwd_path) != want:
-        os.makedirs(os.path.dirname(passwd_path), exist_ok=True)
-        with open(passwd_path, "w") as f:
-            f.write(want)
-        os.chmod(passwd_path, 0o600)
+        write_atomic(passwd_path, want)
 
 
 def reconcile(files, why):
@@ -186,10 +183,19 @@ def reconcile(files, why):
     for path, (content, mtime) in files.items():
         if _read(path) != content:
             log(f"{why}: updating {os.path.relpath(path, server_dir)} on disk from the datastore")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w") as f:
-                f.write(content)
-            os.utime(path, (mtime, mtime))
+            write_atomic(path, content, mtime)
+
+
+def write_atomic(path, content, mtime=None):
+    """Writes a file whole (a reader never sees it half-written), with `mtime` if given."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(content)
+    os.chmod(tmp, 0o600)
+    if mtime is not None:
+        os.utime(tmp, (mtime, mtime))
+    os.rename(tmp, path)
 
 
 def bootstrap_files(boot):
@@ -209,6 +215,49 @@ def disk_bootstrap(r):
         if os.path.exists(full):
             out[name] = {"content": _read(full), "mtime": os.path.getmtime(full)}
     return out
+
+
+# The kubelet's own label rule (kubernetes/kubernetes cmd/kubelet/app/options/options.go
+# `ValidateKubeletFlags`, pkg/kubelet/apis/well_known_labels.go): a label in the kubernetes.io or
+# k8s.io namespaces (or a subdomain) is refused unless a kubelet may set it on its own Node.
+KUBELET_LABELS = {
+    "beta.kubernetes.io/arch", "beta.kubernetes.io/instance-type", "beta.kubernetes.io/os",
+    "failure-domain.beta.kubernetes.io/region", "failure-domain.beta.kubernetes.io/zone",
+    "kubernetes.io/arch", "kubernetes.io/hostname", "kubernetes.io/os", "node.kubernetes.io/instance-type",
+    "topology.kubernetes.io/region", "topology.kubernetes.io/zone",
+}
+KUBELET_LABEL_NAMESPACES = ("kubelet.kubernetes.io", "node.kubernetes.io")
+
+
+def node_labels():
+    """The `node-label` entries of this host's config.yaml (a YAML list or one string)."""
+    out, inside = [], False
+    for line in _read(cfg_path).splitlines():
+        if line.startswith("node-label:"):
+            rest = line[len("node-label:"):].strip()
+            if rest:
+                out.append(rest.strip('"'))
+            inside = not rest
+        elif inside and line.startswith("  - "):
+            out.append(line[4:].strip().strip('"'))
+        else:
+            inside = False
+    return out
+
+
+def kubelet_refused():
+    """The labels the kubelet refuses to start with."""
+    refused = []
+    for label in node_labels():
+        key = label.split("=", 1)[0]
+        if "/" not in key:
+            continue
+        ns = key.split("/", 1)[0]
+        under = lambda d: ns == d or ns.endswith("." + d)
+        if (under("kubernetes.io") or under("k8s.io")) and key not in KUBELET_LABELS \
+                and not any(under(d) for d in KUBELET_LABEL_NAMESPACES):
+            refused.append(key)
+    return refused
 
 
 def new_server_ca():
@@ -243,20 +292,20 @@ def serve(cfg):
     certificate (signed by the server CA; the test bed's supervisor double serves it), the
     secure token `K10<sha256 of the CA>::server:<password>` and the admin kubeconfig."""
     ip = cfg["node-ip"]
-    sign(ktls, "serving-kube-apiserver", "kube-apiserver", f"subjectAltName=IP:{ip},IP:127.0.0.1,DNS:localhost\n"
-         "extendedKeyUsage=serverAuth\n")
     ca = open(f"{ktls}/server-ca.crt", "rb").read()
-    old = os.umask(0o077)
-    try:
-        with open(os.path.join(server_dir, "token"), "w") as f:
-            f.write(f"K10{hashlib.sha256(ca).hexdigest()}::server:{password_of(cfg.get('token', ''))}\n")
-    finally:
-        os.umask(old)
+    # Signed again only when the CA changed (a restore, another cluster's CA after a reset).
+    signed_by = os.path.join(ktls, "serving-kube-apiserver.ca-sha256")
+    if _read(signed_by) != hashlib.sha256(ca).hexdigest():
+        sign(ktls, "serving-kube-apiserver", "kube-apiserver", f"subjectAltName=IP:{ip},IP:127.0.0.1,DNS:localhost\n"
+             "extendedKeyUsage=serverAuth\n")
+        write_atomic(signed_by, hashlib.sha256(ca).hexdigest())
+    # Whole files only: a joining server reads this one's token (its bootstrap request).
+    write_atomic(os.path.join(server_dir, "token"),
+                 f"K10{hashlib.sha256(ca).hexdigest()}::server:{password_of(cfg.get('token', ''))}\n")
     sa = _read(os.path.join(stub, "sa-token")).strip()
-    os.makedirs(os.path.dirname(cfg_path), exist_ok=True)
-    with open(os.path.join(os.path.dirname(cfg_path), "k3s.yaml"), "w") as f:
-        f.write(KUBECONFIG.format(ca=base64.b64encode(ca).decode(),
-                                  key=base64.b64encode(f"stub-admin-key-{sa}".encode()).decode()))
+    write_atomic(os.path.join(os.path.dirname(cfg_path), "k3s.yaml"),
+                 KUBECONFIG.format(ca=base64.b64encode(ca).decode(),
+                                   key=base64.b64encode(f"stub-admin-key-{sa}".encode()).decode()))
 
 
 KUBECONFIG = """apiVersion: v1
@@ -394,6 +443,7 @@ def start():
         if not pr or not os.path.exists(f"{tls_dir(pr)}/server-ca.crt"):
             block(f"no server answers at {peer}")
         bootstrap_from(pr, peer, cfg.get("token", ""))
+        gen_users(cfg)
         serve(cfg)
         os.makedirs(t, exist_ok=True)
         for f in ("server-ca.crt", "server-ca.key", "client.crt", "client.key"):
@@ -428,6 +478,7 @@ def start():
     elif cfg.get("cluster-init") == "true":
         if not os.path.exists(f"{ktls}/server-ca.crt"):
             new_server_ca()
+        gen_users(cfg)
         serve(cfg)
         if not os.path.exists(f"{t}/server-ca.crt"):
             new_ca(t)
@@ -790,6 +841,12 @@ def main():
             if detach():
                 register_node(host_root(m.group(1)), m.group(1), cfg["node-name"], "worker", None)
                 os._exit(0)
+    elif cmd == "kubelet-labels":
+        refused = kubelet_refused()
+        if refused:
+            log(f"kubelet refuses node labels it may not set on its own Node: {refused}")
+            sys.exit("level=fatal msg=\"kubelet: unknown 'kubernetes.io' or 'k8s.io' labels specified with --node-labels: "
+                     f"{refused}\"")
     elif cmd == "agent-auth":
         # A k3s agent authenticates to its server with its token's user and password
         # (pkg/clientaccess/token.go `parseToken`); the server checks its cred/passwd.

@@ -7,7 +7,8 @@ etcd under that token (k3s_etcd.py `reset`).
 
 usage: k3s_s3.py save NAME | restore NAME | prune PREFIX KEEP
 Bucket, folder and region come from the k3s config (etcd-s3-*), as k3s reads them;
-the endpoint and credentials from the environment (AWS_ENDPOINT_URL, the instance's key).
+the endpoint and credentials from the environment (k3s's own AWS_* variables, else the
+instance's key as the instance role would give it: K3S_STUB_*).
 """
 import hashlib
 import os
@@ -42,7 +43,16 @@ folder = args_or_config("--s3-folder", "etcd-s3-folder") or ""
 region = args_or_config("--s3-region", "etcd-s3-region") or "us-east-1"
 if not bucket:
     sys.exit("k3s: etcd-s3 is not configured (no etcd-s3-bucket)")
-s3 = boto3.client("s3", region_name=region)
+# k3s takes S3 credentials from its flags or environment, else the instance role (IMDS): the
+# agent runs k3s without its own credentials, so the bed hands k3s the instance's key and moto's
+# address under its own names (K3S_STUB_*), as the instance role and the real endpoint would.
+s3 = boto3.client(
+    "s3",
+    region_name=region,
+    endpoint_url=os.environ.get("K3S_STUB_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL"),
+    aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("K3S_STUB_AWS_ACCESS_KEY_ID"),
+    aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY") or os.environ.get("K3S_STUB_AWS_SECRET_ACCESS_KEY"),
+)
 db = os.path.join(root, "var/lib/rancher/k3s/server/db")
 token = key("token") or ""
 password = token.split("::server:")[-1]

@@ -57,14 +57,25 @@ impl K3sCli {
         self.k3s(&all, limit).await
     }
 
-    /// Runs `k3s ARGS`, killed (and an error) when it has not finished within `limit`.
+    /// Runs `k3s ARGS` with a minimal environment ([`k3s_env`]), killed (and an error) when it
+    /// has not finished within `limit`.
     async fn k3s(&self, args: &[&str], limit: Duration) -> Result<std::process::Output> {
-        let run = Command::new("k3s").args(args).env("K3S_ASG_ROOT", &self.root).kill_on_drop(true).output();
+        let run = Command::new("k3s").args(args).env_clear().envs(k3s_env(std::env::vars())).env("K3S_ASG_ROOT", &self.root).kill_on_drop(true).output();
         match tokio::time::timeout(limit, run).await {
             Ok(out) => out.map_err(|e| Error::from_cause("run k3s", args.join(" "), e)),
             Err(_) => Err(Error::failed("run k3s", args.join(" "), format!("no answer within {} s; killed it", limit.as_secs()))),
         }
     }
+}
+
+/// The environment a `k3s` subcommand runs with: the agent's own minus everything else. k3s
+/// reads its S3 credentials from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`
+/// (k3s-io/k3s `pkg/cli/cmds/etcd_snapshot.go`, `server.go`), and `K3S_*` variables as flags
+/// (`K3S_TOKEN`, `K3S_URL`, …): none of the agent's may leak into it, so it uses the instance
+/// role as the k3s unit does. Kept: `PATH`, `HOME` (kubectl's cache), the locale and time zone,
+/// and the test bed's own hooks (`K3S_STUB_*`, which no production host sets).
+pub fn k3s_env(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    vars.filter(|(k, _)| matches!(k.as_str(), "PATH" | "HOME" | "LANG" | "LC_ALL" | "TZ") || k.starts_with("K3S_STUB_")).collect()
 }
 
 /// k3s's last stderr line: what went wrong, without its whole log.
@@ -231,5 +242,23 @@ mod tests {
     fn node_readiness() {
         let parsed = super::parse_node_readiness("i-1 True\ni-2 False\n\ni-3\n");
         assert_eq!(parsed, vec![("i-1".to_string(), true), ("i-2".to_string(), false), ("i-3".to_string(), false)]);
+    }
+
+    #[test]
+    fn k3s_runs_without_the_agents_credentials_or_flags() {
+        let vars = [
+            ("PATH", "/usr/bin"),
+            ("HOME", "/root"),
+            ("AWS_ACCESS_KEY_ID", "AKIA…"),
+            ("AWS_SECRET_ACCESS_KEY", "…"),
+            ("AWS_SESSION_TOKEN", "…"),
+            ("AWS_PROFILE", "admin"),
+            ("K3S_TOKEN", "K10…"),
+            ("K3S_ASG_PREFIX", "/k3s-asg"),
+            ("K3S_STUB_HOSTS", "/tmp/hosts"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let kept: Vec<String> = super::k3s_env(vars.into_iter()).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(kept, vec!["PATH", "HOME", "K3S_STUB_HOSTS"]);
     }
 }

@@ -53,6 +53,20 @@ impl Joining<'_> {
         }
     }
 
+    /// A joining server read the agent token parameter at discovery, possibly before the
+    /// cluster's first server published it (just before it secured the token this server has
+    /// waited for): read again where it was absent. One read, only then.
+    pub(super) async fn refresh_agent_token(&mut self) -> Result<()> {
+        let name = self.d.names.agent_token.clone();
+        if self.d.params.contains_key(&name) {
+            return Ok(());
+        }
+        if let Some(p) = self.fx.parameters.get(std::slice::from_ref(&name)).await?.remove(&name) {
+            self.d.params.insert(name, p);
+        }
+        Ok(())
+    }
+
     /// Renders and writes k3s's config, its unit, the drain manifest (servers) and the
     /// drain kubeconfig (nodes).
     pub(super) fn render(&mut self, mode: Mode, token: &Secret, server_url: Option<&str>) -> Result<Written> {

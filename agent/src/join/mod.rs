@@ -66,6 +66,9 @@ async fn join_once(cfg: &AgentConfig, fx: &Effects) -> Result<State> {
     let mut j = Joining { cfg, fx, d, st, lease: None };
 
     let (mode, token, server_url) = j.token().await?;
+    if j.d.role.is_server() && mode == Mode::Join {
+        j.refresh_agent_token().await?;
+    }
     j.st.mode = Some(mode);
     j.st.server_url = server_url.clone();
     j.st.step(&fx.fs, StepName::Token)?;

@@ -132,3 +132,22 @@ async fn the_autoscalers_scale_down_is_an_ordered_leave() {
         "the lifecycle hook holds it; the agent deregisters, drains, deletes the Node, completes the hook",
     );
 }
+
+/// The bed's kubelet refuses what the real one refuses (kubernetes/kubernetes
+/// `ValidateKubeletFlags`): the agent's exit 2 above is not the only guard the tests see. Here
+/// the label reaches k3s's config by hand, as an operator's edit would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubelet_refuses_a_label_it_may_not_set_on_its_own_node() {
+    let w = World::with_cluster("alpha").await.unwrap();
+    let _cp = w.joined("alpha", "control-plane").await.unwrap();
+    let node = w.joined("alpha", "node").await.unwrap();
+    let config = node.file("/etc/rancher/k3s/config.yaml").unwrap();
+    let with = |label: &str| config.replace("node-label:\n", &format!("node-label:\n  - \"{label}\"\n"));
+    ok(&w.on_host(&node, &["systemctl", "stop", "k3s-agent"]).await.unwrap());
+    std::fs::write(node.path("/etc/rancher/k3s/config.yaml"), with("node-role.kubernetes.io/worker=true")).unwrap();
+    let refused = w.on_host(&node, &["systemctl", "start", "k3s-agent"]).await.unwrap();
+    assert_ne!(refused.code, 0, "the kubelet refuses node-role.kubernetes.io/worker");
+    assert!(node.etcd_log_at("kubelet refuses node labels").is_some());
+    std::fs::write(node.path("/etc/rancher/k3s/config.yaml"), with("node.kubernetes.io/pool=gpu")).unwrap();
+    ok(&w.on_host(&node, &["systemctl", "start", "k3s-agent"]).await.unwrap());
+}

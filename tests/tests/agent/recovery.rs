@@ -290,6 +290,11 @@ async fn scale_three_to_zero_and_back_to_one_keeps_the_cluster() {
     assert_eq!(morning[0].file(RESTORED_FROM).as_deref(), Some(snaps[0].0.as_str()));
     let s3: Vec<String> = w.recorder.calls_by(&morning[0].access_key()).into_iter().filter(|c| c.service == "s3").map(|c| c.operation).collect();
     assert!(s3.contains(&"ListObjectsV2".to_string()) && s3.contains(&"GetObject".to_string()), "the agent listed, k3s fetched: {s3:?}");
+    // k3s ran (final snapshot, restore) with none of the agent's AWS credentials in its environment.
+    for s in old.iter().chain(&morning) {
+        let leaked: Vec<String> = s.stub_calls().into_iter().filter(|l| l.contains("k3s-env")).collect();
+        assert!(leaked.is_empty(), "{}: {leaked:?}", s.id);
+    }
     k3s_asg_testbed::reliability::held("Recovery", "control plane scaled 3 → 0 → 1", 1, "the last server's final snapshot is restored");
 }
 
