@@ -410,3 +410,36 @@ async fn a_newer_snapshot_of_another_cluster_is_skipped_by_a_restore() {
     let outcome = state(&a).recovery.expect("recovery").outcome;
     assert!(outcome.contains(&format!("skipped {foreign}")), "{outcome}");
 }
+
+/// k3s prunes its scheduled S3 snapshots to the retention by name prefix across every server
+/// writing to the folder (k3s-io/k3s `pkg/etcd/s3/s3.go` `SnapshotRetention`: the prefix is
+/// `<folder>/<etcd-snapshot-name>`, not per node), so a replaced server's snapshots go within the
+/// same bound as everyone's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduled_snapshots_a_replaced_server_left_are_pruned_to_the_retention() {
+    let mut w = world(true).await;
+    w.agent_env.insert("K3S_STUB_SNAPSHOT_EVERY".into(), "1".into());
+    let a = w.joined("alpha", "control-plane").await.unwrap();
+    let scheduled_by = |id: &str, snaps: &[(String, String)]| snaps.iter().filter(|(n, _)| n.starts_with(&format!("etcd-snapshot-{id}-"))).count();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while scheduled_by(&a.id, &w.snapshots("alpha", BUCKET).await.unwrap()) < 3 {
+        assert!(Instant::now() < deadline, "a's scheduled snapshots");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // a is replaced: b joins, a leaves and is terminated; a's snapshots stay behind in S3.
+    let b = w.joined("alpha", "control-plane").await.unwrap();
+    ok(&w.agent(&a, &["leave"]).await.unwrap());
+    w.terminate(&a).await.unwrap();
+    // b's schedule prunes them with its own, to the retention (5).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let snaps = w.snapshots("alpha", BUCKET).await.unwrap();
+        let scheduled = snaps.iter().filter(|(n, _)| n.starts_with("etcd-snapshot-")).count();
+        if scheduled_by(&a.id, &snaps) == 0 && scheduled_by(&b.id, &snaps) >= 5 {
+            assert!(scheduled <= 5 + 1, "at most the retention (and one being written): {:?}", names(&snaps));
+            break;
+        }
+        assert!(Instant::now() < deadline, "a's leftovers were not pruned: {:?}", names(&snaps));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
