@@ -103,7 +103,7 @@ pub async fn server_token_fallback(fx: &Effects, names: &Names, params: &BTreeMa
     match fx.parameters.get(std::slice::from_ref(&names.token)).await {
         Ok(found) => {
             if found.contains_key(&names.token) {
-                tracing::warn!(parameter = %names.agent_token, "the cluster has no agent token yet: joining with the server token (the next control-plane join publishes the agent token)");
+                tracing::warn!(parameter = %names.agent_token, "the cluster has no agent token: joining with the server token (a cluster begun by an earlier release has none; a new cluster's first server publishes it before it secures the token)");
             }
             found
         }

@@ -774,7 +774,13 @@ impl World {
         let mut out = Vec::new();
         for o in objs {
             let key = o.key().unwrap_or_default().to_string();
-            let body = s3.get_object().bucket(bucket).key(&key).send().await?.body.collect().await?.into_bytes();
+            // k3s's retention may prune an object between the listing and the read: skip it.
+            let got = match s3.get_object().bucket(bucket).key(&key).send().await {
+                Ok(got) => got,
+                Err(e) if e.as_service_error().is_some_and(|se| se.is_no_such_key()) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let body = got.body.collect().await?.into_bytes();
             out.push((key.trim_start_matches(&prefix).to_string(), String::from_utf8_lossy(&body).into_owned()));
         }
         Ok(out)

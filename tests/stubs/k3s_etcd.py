@@ -353,7 +353,7 @@ def spawn_etcd(ip, name, cluster=None, state=None, force_new=False):
            "--listen-peer-urls", f"http://{ip}:2380", "--initial-advertise-peer-urls", f"http://{ip}:2380",
            "--cert-file", f"{t}/server-client.crt", "--key-file", f"{t}/server-client.key",
            "--trusted-ca-file", f"{t}/server-ca.crt", "--client-cert-auth",
-           "--heartbeat-interval", "50", "--election-timeout", "500", "--logger", "zap",
+           "--heartbeat-interval", "100", "--election-timeout", "1000", "--logger", "zap",
            "--log-outputs", os.path.join(stub, "etcd-server.log")]
     if cluster:
         cmd += ["--initial-cluster", cluster, "--initial-cluster-state", state]
