@@ -30,12 +30,6 @@ pub struct State {
     /// datastore and API record: a resumed leave (k3s already stopped) keeps them too.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kept_cluster: bool,
-    /// This server's k3s config carries the agent token: the node password of its cluster (in
-    /// k3s's bootstrap data) is the agent token's, not the server token's. Kept so that a restart
-    /// of the same datastore configures the same password (k3s refuses a `cred/passwd` that
-    /// changed locally: "newer than datastore").
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub agent_token: bool,
     /// The API name (hostname, zone) this server published under before a spec rename, until its
     /// record there is removed and the kubeconfigs point at the new name.
     #[serde(default, skip_serializing_if = "Option::is_none")]

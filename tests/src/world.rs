@@ -126,6 +126,11 @@ impl Instance {
         self.etcd(&["get", key])
     }
 
+    /// This host's k3s config (`/etc/rancher/k3s/config.yaml`); empty when there is none.
+    pub fn k3s_config(&self) -> String {
+        self.file("/etc/rancher/k3s/config.yaml").unwrap_or_default()
+    }
+
     /// `kubectl delete node/NAME` as this host (a server): k3s removes a server Node's etcd
     /// member (asynchronously, as its controller does).
     pub fn delete_node(&self, name: &str) {

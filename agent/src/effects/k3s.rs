@@ -68,6 +68,18 @@ impl K3sCli {
     }
 }
 
+impl K3sCli {
+    /// Runs `k3s ARGS` to its end: a run that fails, or does not finish within `limit`, is an
+    /// error of `step` on `resource` with k3s's last line.
+    async fn k3s_ok(&self, args: &[&str], limit: Duration, step: &'static str, resource: &str) -> Result<()> {
+        let out = self.k3s(args, limit).await.map_err(|e| Error::failed(step, resource, e.detail))?;
+        if !out.status.success() {
+            return Err(Error::failed(step, resource, last_line(&out)));
+        }
+        Ok(())
+    }
+}
+
 /// The environment a `k3s` subcommand runs with: the agent's own minus everything else. k3s
 /// reads its S3 credentials from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`
 /// (k3s-io/k3s `pkg/cli/cmds/etcd_snapshot.go`, `server.go`), and `K3S_*` variables as flags
@@ -165,25 +177,11 @@ impl K3s for K3sCli {
 
     async fn restore_snapshot(&self, name: &str, limit: Duration) -> Result<()> {
         let path = format!("--cluster-reset-restore-path={name}");
-        let out = self
-            .k3s(&["server", "--cluster-reset", &path], limit)
-            .await
-            .map_err(|e| Error::failed("restore etcd snapshot (k3s server --cluster-reset)", name, e.detail))?;
-        if !out.status.success() {
-            return Err(Error::failed("restore etcd snapshot (k3s server --cluster-reset)", name, last_line(&out)));
-        }
-        Ok(())
+        self.k3s_ok(&["server", "--cluster-reset", &path], limit, "restore etcd snapshot (k3s server --cluster-reset)", name).await
     }
 
     async fn cluster_reset(&self, limit: Duration) -> Result<()> {
-        let out = self
-            .k3s(&["server", "--cluster-reset"], limit)
-            .await
-            .map_err(|e| Error::failed("reset etcd membership (k3s server --cluster-reset)", "", e.detail))?;
-        if !out.status.success() {
-            return Err(Error::failed("reset etcd membership (k3s server --cluster-reset)", "", last_line(&out)));
-        }
-        Ok(())
+        self.k3s_ok(&["server", "--cluster-reset"], limit, "reset etcd membership (k3s server --cluster-reset)", "").await
     }
 
     async fn save_snapshot(&self, name: &str, store: &SnapshotStore, limit: Duration) -> Result<()> {

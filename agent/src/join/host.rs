@@ -35,22 +35,22 @@ impl Joining<'_> {
     /// a server beginning a new cluster sets it; any other server follows what the cluster
     /// began with: the agent token parameter holding this token's agent token (published by the
     /// cluster's first server before its token was secured), or, restarting over the same
-    /// datastore, what it configured before. A cluster begun by an earlier release without one
-    /// keeps the server password for nodes.
-    fn uses_agent_token(&self, mode: Mode, token: &Secret) -> bool {
+    /// datastore, what its k3s config already says ([`configures_agent_token`]). A cluster begun
+    /// by an earlier release without one keeps the server password for nodes.
+    fn uses_agent_token(&self, mode: Mode, token: &Secret) -> Result<bool> {
         let has_datastore = self.fx.fs.exists(crate::datastore::ETCD_MEMBER_PATH);
         let restoring = self.st.recovery.as_ref().is_some_and(|r| r.snapshot.is_some() && !r.restored);
         if mode == Mode::ClusterInit && !has_datastore && !restoring {
-            return true;
+            return Ok(true);
         }
-        if self.st.agent_token && has_datastore {
-            return true;
+        if has_datastore && configures_agent_token(self.fx)? {
+            return Ok(true);
         }
-        let Some(published) = self.d.param(&self.d.names.agent_token) else { return false };
-        match crate::token::parse_secure(published.value.expose()) {
+        let Some(published) = self.d.param(&self.d.names.agent_token) else { return Ok(false) };
+        Ok(match crate::token::parse_secure(published.value.expose()) {
             Some(p) => p.password == crate::token::agent_password(crate::token::password_of(token.expose())),
             None => false,
-        }
+        })
     }
 
     /// A joining server read the agent token parameter at discovery, possibly before the
@@ -70,11 +70,7 @@ impl Joining<'_> {
     /// Renders and writes k3s's config, its unit, the drain manifest (servers) and the
     /// drain kubeconfig (nodes).
     pub(super) fn render(&mut self, mode: Mode, token: &Secret, server_url: Option<&str>) -> Result<Written> {
-        let agent_token = self.d.role.is_server() && self.uses_agent_token(mode, token);
-        if self.st.agent_token != agent_token {
-            self.st.agent_token = agent_token;
-            self.st.save(&self.fx.fs)?;
-        }
+        let agent_token = self.d.role.is_server() && self.uses_agent_token(mode, token)?;
         let (fx, d) = (self.fx, &self.d);
         let config = render::render_config(&ConfigInputs {
             role: d.role,
@@ -179,4 +175,10 @@ impl Joining<'_> {
         }
         None
     }
+}
+
+/// Whether the k3s config on this host sets `agent-token` (what this server's cluster uses as
+/// its node password, as last configured).
+pub(super) fn configures_agent_token(fx: &crate::effects::Effects) -> Result<bool> {
+    Ok(fx.fs.read(render::CONFIG_PATH)?.is_some_and(|c| render::configured(&c, "agent-token").is_some()))
 }

@@ -20,7 +20,7 @@ impl Joining<'_> {
     }
 
     /// Publishes the agent token nodes join with (`token::agent_token_of` this server's secure
-    /// token, as k3s writes it), when this server's cluster uses it (`State::agent_token`: it
+    /// token, as k3s writes it), when this server's cluster uses it (its k3s config sets it: it
     /// began with one) and the token parameter holds this server's token (in the election's
     /// form or the secure one): only a server of the cluster the parameter describes speaks for
     /// it. A cluster's first server publishes it before it secures the token, so a server that
@@ -28,7 +28,7 @@ impl Joining<'_> {
     /// once write the same value; a new cluster (recovery without a snapshot) replaces it.
     pub(super) async fn publish_agent_token(&mut self) -> Result<()> {
         let (fx, names) = (self.fx, self.d.names.clone());
-        if !self.st.agent_token {
+        if !super::host::configures_agent_token(fx)? {
             if self.d.param(&names.agent_token).is_none() {
                 tracing::info!(
                     parameter = %names.agent_token,

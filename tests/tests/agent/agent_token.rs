@@ -18,10 +18,6 @@ async fn restart(w: &World, s: &Instance) -> k3s_asg_testbed::world::AgentRun {
     w.on_host(s, &["systemctl", "start", "k3s"]).await.unwrap()
 }
 
-fn config(s: &Instance) -> String {
-    s.file("/etc/rancher/k3s/config.yaml").unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_begun_without_the_agent_token_rolls_onto_this_release_and_every_server_restarts() {
     let w = World::with_cluster("alpha").await.unwrap();
@@ -42,13 +38,13 @@ async fn a_cluster_begun_without_the_agent_token_rolls_onto_this_release_and_eve
     let mut new = Vec::new();
     for _ in 0..2 {
         let s = w.joined("alpha", "control-plane").await.unwrap();
-        assert!(!config(&s).contains("agent-token"), "the node password the cluster began with:\n{}", config(&s));
+        assert!(!s.k3s_config().contains("agent-token"), "the node password the cluster began with:\n{}", s.k3s_config());
         new.push(s);
     }
     assert_eq!(w.param(AGENT_TOKEN).await.unwrap(), None, "no agent token for a cluster that began without one");
     // A node joins with the server token (the earlier release's way) and is accepted.
     let node = w.joined("alpha", "node").await.unwrap();
-    assert!(config(&node).contains("::server:"), "{}", config(&node));
+    assert!(node.k3s_config().contains("::server:"), "{}", node.k3s_config());
     // Every server restarts, twice (k3s reconciles cred/passwd with the datastore each time).
     tokio::time::sleep(std::time::Duration::from_secs(3)).await; // past k3s's allowed skew
     for s in new.iter().chain([&old]) {
@@ -61,7 +57,7 @@ async fn a_cluster_begun_without_the_agent_token_rolls_onto_this_release_and_eve
     // What the earlier roll did (an agent token configured on a server of such a cluster) is
     // what k3s refuses: the first start rewrites cred/passwd, the next is refused.
     let s = &new[0];
-    let changed = config(s).replace("cluster-init: true\n", "") + "agent-token: \"a-new-node-password\"\n";
+    let changed = s.k3s_config().replace("cluster-init: true\n", "") + "agent-token: \"a-new-node-password\"\n";
     std::fs::write(s.path("/etc/rancher/k3s/config.yaml"), changed).unwrap();
     assert_eq!(restart(&w, s).await.code, 0, "the first start takes the new node password (on this host only)");
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
@@ -77,10 +73,10 @@ async fn a_cluster_begun_with_the_agent_token_keeps_it_through_restarts_and_node
     let b = w.joined("alpha", "control-plane").await.unwrap();
     let agent_token = w.param(AGENT_TOKEN).await.unwrap().expect("published by the first server");
     for s in [&a, &b] {
-        assert!(config(s).contains("agent-token: "), "{}", config(s));
+        assert!(s.k3s_config().contains("agent-token: "), "{}", s.k3s_config());
     }
     let node = w.joined("alpha", "node").await.unwrap();
-    assert!(config(&node).contains(&format!("token: \"{agent_token}\"")), "the node joins with the agent token");
+    assert!(node.k3s_config().contains(&format!("token: \"{agent_token}\"")), "the node joins with the agent token");
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     for s in [&a, &b] {
         for n in 1..=2 {

@@ -17,15 +17,11 @@ fn in_group(inst: &Instance, group: &str) {
     inst.imds.set_tags(Some(tags));
 }
 
-fn config(inst: &Instance) -> String {
-    inst.file("/etc/rancher/k3s/config.yaml").unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_carry_aws_identity_and_their_groups_template() {
     let w = World::with_cluster("alpha").await.unwrap();
     let cp = w.joined("alpha", "control-plane").await.unwrap();
-    let server = config(&cp);
+    let server = cp.k3s_config();
     assert!(server.contains("disable-cloud-controller: true\n"), "{server}");
     assert!(server.contains(&format!("  - \"provider-id=aws:///us-east-1a/{}\"", cp.id)), "{server}");
     assert!(server.contains("  - \"node.kubernetes.io/instance-type=t3.medium\""), "{server}");
@@ -43,7 +39,7 @@ async fn nodes_carry_aws_identity_and_their_groups_template() {
     in_group(&node, GROUP);
     w.recorder.clear();
     ok(&w.agent(&node, &["join"]).await.unwrap());
-    let cfg = config(&node);
+    let cfg = node.k3s_config();
     for line in [
         format!("  - \"provider-id=aws:///us-east-1a/{}\"", node.id),
         "  - \"node.kubernetes.io/instance-type=t3.medium\"".to_string(),

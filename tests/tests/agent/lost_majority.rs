@@ -10,7 +10,7 @@
 use super::common::{clusters_begun, patient};
 use super::recovery::{join_each, keep_running, lose, record, snapshot_with, until, world};
 use k3s_asg_testbed::check::{ok, state};
-use k3s_asg_testbed::world::Instance;
+use k3s_asg_testbed::world::{Instance, World};
 use std::time::Duration;
 
 const MARKER: &str = "/k3s-asg-test/marker";
@@ -21,6 +21,19 @@ fn voters(s: &Instance) -> usize {
 
 fn resets(servers: &[&Instance]) -> usize {
     servers.iter().map(|s| s.stub_calls().iter().filter(|l| l.contains("k3s\tserver --cluster-reset")).count()).sum()
+}
+
+/// Three joined servers, the data written through the first before the loss; the other two
+/// die hard (k3s killed, instances terminated). The first is the survivor.
+async fn three_servers_two_die_hard(w: &World) -> Vec<Instance> {
+    let old = w.servers("alpha", 3).await.unwrap();
+    join_each(w, &old).await;
+    old[0].etcd_put(MARKER, "written before the loss");
+    for lost in &old[1..] {
+        lost.kill_k3s().await;
+        w.terminate(lost).await.unwrap();
+    }
+    old
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,14 +100,8 @@ async fn two_of_three_servers_lost_the_survivor_heals_and_fresh_servers_join() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_survivor_whose_agent_restarts_during_the_loss_heals_too() {
     let w = world(false).await;
-    let old = w.servers("alpha", 3).await.unwrap();
-    join_each(&w, &old).await;
+    let old = three_servers_two_die_hard(&w).await;
     let (a, b, c) = (&old[0], &old[1], &old[2]);
-    a.etcd_put(MARKER, "written before the loss");
-    for lost in [b, c] {
-        lost.kill_k3s().await;
-        w.terminate(lost).await.unwrap();
-    }
     // `run` starts on a after the loss: its join waits for a Node that cannot be Ready.
     let _running = keep_running(&w, a);
     until("a to heal from its stuck join", || state(a).recovery.is_some()).await;
@@ -167,14 +174,8 @@ async fn two_survivors_of_five_one_heals_the_other_follows_and_snapshots_stay_un
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn by_hand_a_restart_does_not_heal_a_lost_majority_and_a_cluster_reset_does() {
     let mut w = world(false).await;
-    let old = w.servers("alpha", 3).await.unwrap();
-    join_each(&w, &old).await;
+    let old = three_servers_two_die_hard(&w).await;
     let (a, b, c) = (&old[0], &old[1], &old[2]);
-    a.etcd_put(MARKER, "written before the loss");
-    for lost in [b, c] {
-        lost.kill_k3s().await;
-        w.terminate(lost).await.unwrap();
-    }
     // No agent runs on a: only the operator acts.
     // A shortcut: restart k3s. Its etcd comes back with the same three voters and no leader.
     ok(&w.on_host(a, &["systemctl", "stop", "k3s"]).await.unwrap());
